@@ -1,0 +1,38 @@
+//! # kubeedge-core
+//!
+//! The shared language and plumbing of kubeedge-rs, KubeEdge reimagined in Rust: what the cloud
+//! (`kubeedge-cloud`) and the edge (`kubeedge-edge`) both speak, wire-compatible with upstream
+//! KubeEdge.
+//!
+//! What it is:
+//!
+//! * [`message`]: the beehive message (`header` / `route` / `content`), serde-exact to upstream, with
+//!   typed [`message::Operation`] and [`message::ResourceType`] enums.
+//! * [`resource`]: the resource-string grammar (`<ns>/<type>/<name>`, `node/<id>/...`).
+//! * [`sync`]: the reliable sync protocol as **sans-IO** state machines (no sockets, no clock), and a
+//!   deterministic simulation harness behind the `test-util` feature.
+//! * [`transport`] (feature `transport`): the TLS WebSocket client and server with mutual
+//!   authentication, upstream's upgrade headers, a frame size limit, and an async driver that runs a
+//!   sync session over a connection.
+//! * [`pki`] (feature `pki`): the certificate authority, CSR signing and upstream's bootstrap token.
+//!
+//! What it is not: no Kubernetes client, no controllers, no storage; those live in the cloud and edge
+//! crates. With `--no-default-features` it builds without tokio, sockets or a clock, for embedding the
+//! protocol in any runtime.
+//!
+//! # Example: encode and decode a message
+//!
+//! ```
+//! use kubeedge_core::message::{Message, Operation, Route};
+//!
+//! let msg = Message::new("6f1c", 1_718_000_000_123,
+//!         Route::new("edgecontroller", "resource", Operation::Insert, "default/pod/nginx"))
+//!     .with_resource_version("48211")
+//!     .with_content(serde_json::json!({"kind": "Pod"}));
+//! let bytes = msg.to_json();
+//! assert_eq!(Message::from_json(&bytes, 1 << 20).unwrap(), msg);
+//! ```
+
+pub mod message;
+pub mod resource;
+pub mod sync;

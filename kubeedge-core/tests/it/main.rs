@@ -1,0 +1,6 @@
+//! Integration tests of kubeedge-core: one binary, one module per area.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod message_golden;
+mod resource_props;
+mod sync_sim;
