@@ -34,5 +34,11 @@
 //! ```
 
 pub mod message;
+#[cfg(feature = "pki")]
+pub mod pki;
 pub mod resource;
 pub mod sync;
+#[cfg(all(feature = "test-util", feature = "pki", feature = "transport"))]
+pub mod test_util;
+#[cfg(feature = "transport")]
+pub mod transport;

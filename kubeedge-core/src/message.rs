@@ -220,9 +220,14 @@ impl Message {
 
     /// Encodes the message as one JSON document (the payload of one WebSocket text frame).
     pub fn to_json(&self) -> Vec<u8> {
+        self.to_json_string().into_bytes()
+    }
+
+    /// [`to_json`](Self::to_json) as a `String`.
+    pub fn to_json_string(&self) -> String {
         // Serialising a `Message` cannot fail: every field is a string, integer, bool or a
         // `serde_json::Value`, whose map keys are strings.
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// Decodes one message, refusing frames above `max_len` bytes before parsing them.

@@ -491,6 +491,11 @@ impl Session {
         Some(t)
     }
 
+    /// `true` once a timeout declared the connection dead (until the next connection).
+    pub fn is_dead(&self) -> bool {
+        self.timed_out
+    }
+
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

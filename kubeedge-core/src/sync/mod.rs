@@ -39,6 +39,7 @@ pub mod sim;
 pub mod stamp;
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,86 @@ pub enum ProtocolError {
         /// The configured limit.
         max: usize,
     },
+}
+
+/// What an async driver needs from a session: the common surface of [`cloud::Session`] and
+/// [`edge::Session`], so that one driver (see `transport::driver`) runs either over a connection.
+pub trait Endpoint {
+    /// What the session reports to its application.
+    type Event;
+    /// A connection is up; `negotiated` tells whether both sides agreed on the extensions.
+    fn connected(&mut self, now: Instant, negotiated: bool);
+    /// The connection is gone.
+    fn disconnected(&mut self);
+    /// Feeds a received message.
+    fn handle_frame(&mut self, now: Instant, message: Message) -> Result<(), ProtocolError>;
+    /// Checks timers.
+    fn handle_timeout(&mut self, now: Instant);
+    /// The next message to write.
+    fn poll_transmit(&mut self, now: Instant) -> Option<Message>;
+    /// When to call `handle_timeout` next.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// The next event for the application.
+    fn poll_event(&mut self) -> Option<Self::Event>;
+    /// `true` once the session decided the connection is dead (keepalive or handshake timeout).
+    fn is_dead(&self) -> bool;
+}
+
+impl Endpoint for cloud::Session {
+    type Event = cloud::Event;
+    fn connected(&mut self, now: Instant, negotiated: bool) {
+        cloud::Session::connected(self, now, negotiated);
+    }
+    fn disconnected(&mut self) {
+        cloud::Session::disconnected(self);
+    }
+    fn handle_frame(&mut self, now: Instant, message: Message) -> Result<(), ProtocolError> {
+        cloud::Session::handle_frame(self, now, message)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        cloud::Session::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self, now: Instant) -> Option<Message> {
+        cloud::Session::poll_transmit(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        cloud::Session::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<cloud::Event> {
+        cloud::Session::poll_event(self)
+    }
+    fn is_dead(&self) -> bool {
+        cloud::Session::is_dead(self)
+    }
+}
+
+impl Endpoint for edge::Session {
+    type Event = edge::Event;
+    fn connected(&mut self, now: Instant, negotiated: bool) {
+        edge::Session::connected(self, now, negotiated);
+    }
+    fn disconnected(&mut self) {
+        edge::Session::disconnected(self);
+    }
+    fn handle_frame(&mut self, now: Instant, message: Message) -> Result<(), ProtocolError> {
+        edge::Session::handle_frame(self, now, message);
+        Ok(())
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        edge::Session::handle_timeout(self, now);
+    }
+    fn poll_transmit(&mut self, now: Instant) -> Option<Message> {
+        edge::Session::poll_transmit(self, now)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        edge::Session::poll_timeout(self)
+    }
+    fn poll_event(&mut self) -> Option<edge::Event> {
+        edge::Session::poll_event(self)
+    }
+    fn is_dead(&self) -> bool {
+        edge::Session::is_dead(self)
+    }
 }
 
 /// One chunk of an edge inventory, the `content` of an [`Operation::Inventory`] message.

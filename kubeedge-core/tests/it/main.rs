@@ -2,5 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod message_golden;
+mod pki;
 mod resource_props;
 mod sync_sim;
+mod transport;
