@@ -496,7 +496,7 @@ impl Token {
 }
 
 /// A new key and a CSR (DER) for `node`, with upstream's subject: C=CN, O=system:nodes,
-/// L=Hangzhou, ST=Zhejiang, CN=system:node:<node>.
+/// L=Hangzhou, ST=Zhejiang, `CN=system:node:<node>`.
 pub fn node_csr(node: &str) -> Result<(Vec<u8>, KeyPair), Error> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| Error::Rcgen {
         step: "generating the node key",
