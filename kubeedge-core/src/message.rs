@@ -21,7 +21,7 @@
 //!   "content":"ping"}"#;
 //! let msg = Message::from_json(json.as_bytes(), 1 << 20).unwrap();
 //! assert_eq!(msg.route.operation, Operation::Keepalive);
-//! assert_eq!(msg.content_bytes(), b"ping");
+//! assert_eq!(msg.content_bytes().as_ref(), b"ping");
 //! ```
 
 use std::borrow::Cow;

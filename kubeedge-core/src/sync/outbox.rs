@@ -103,6 +103,9 @@ pub struct Outbox {
     flight_of: HashMap<String, String>,
     /// Set when a push was refused; cleared (and reported once) when room is back.
     blocked: bool,
+    /// No flight is due before this (a lower bound: acks do not raise it), so that most polls need
+    /// no scan of the flights.
+    earliest: Option<Instant>,
 }
 
 impl Outbox {
@@ -115,6 +118,7 @@ impl Outbox {
             flights: HashMap::new(),
             flight_of: HashMap::new(),
             blocked: false,
+            earliest: None,
         }
     }
 
@@ -243,12 +247,14 @@ impl Outbox {
         entry.message.header.timestamp = clock.unix_ms(now);
         let msg = entry.message.clone();
         self.flight_of.insert(key.clone(), id.clone());
+        let deadline = now + self.config.initial_rto;
+        self.earliest = Some(self.earliest.map_or(deadline, |e| e.min(deadline)));
         self.flights.insert(
             id,
             Flight {
                 key,
                 entry,
-                deadline: now + self.config.initial_rto,
+                deadline,
                 rto: self.config.initial_rto,
                 transmissions: 1,
             },
@@ -257,30 +263,46 @@ impl Outbox {
     }
 
     fn retransmit(&mut self, now: Instant, ids: &mut IdGen, clock: &WallClock) -> Option<Message> {
-        let id = self
+        if self.earliest.is_none_or(|e| e > now) {
+            return None;
+        }
+        let due = self
             .flights
             .iter()
             .filter(|(_, f)| f.deadline <= now)
             .min_by_key(|(_, f)| f.deadline)
-            .map(|(id, _)| id.clone())?;
+            .map(|(id, _)| id.clone());
+        let Some(id) = due else {
+            // The bound was stale (the flights it stood for were acked): make it exact.
+            self.earliest = self.flights.values().map(|f| f.deadline).min();
+            return None;
+        };
         let flight = self.flights.get_mut(&id)?;
-        if self.queued.contains_key(&flight.key) {
+        let msg = if self.queued.contains_key(&flight.key) {
             // A newer version waits: abandon the old message and send the new one in its place.
             let key = flight.key.clone();
             self.flights.remove(&id);
             self.flight_of.remove(&key);
             let entry = self.queued.remove(&key)?;
-            return Some(self.launch(now, key, entry, ids, clock));
-        }
-        flight.transmissions += 1;
-        flight.rto = (flight.rto * 2).min(self.config.max_rto);
-        flight.deadline = now + flight.rto;
-        Some(flight.entry.message.clone())
+            self.launch(now, key, entry, ids, clock)
+        } else {
+            flight.transmissions += 1;
+            flight.rto = (flight.rto * 2).min(self.config.max_rto);
+            flight.deadline = now + flight.rto;
+            flight.entry.message.clone()
+        };
+        // Retransmissions are rare: an exact bound is worth one scan here.
+        self.earliest = self.flights.values().map(|f| f.deadline).min();
+        Some(msg)
     }
 
-    /// The earliest retransmission deadline.
+    /// When the next retransmission may be due (never later than the earliest deadline; possibly
+    /// earlier, after acks, which costs one spurious wake-up).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.flights.values().map(|f| f.deadline).min()
+        if self.flights.is_empty() {
+            return None;
+        }
+        self.earliest
     }
 
     /// The connection is gone: every in-flight message goes back to the queue (unless a newer version
@@ -288,6 +310,7 @@ impl Outbox {
     pub fn reset(&mut self) {
         let flights: Vec<Flight> = self.flights.drain().map(|(_, f)| f).collect();
         self.flight_of.clear();
+        self.earliest = None;
         for f in flights {
             // Either a newer version waited behind this flight (and was never made ready), or the
             // flight's own entry goes back: the key is ready again in both cases.
