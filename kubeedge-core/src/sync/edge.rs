@@ -355,17 +355,9 @@ impl Session {
     /// order the changes were applied.
     pub fn persisted(&mut self, now: Instant, tokens: impl IntoIterator<Item = ApplyToken>) {
         for token in tokens {
-            let Some(p) = self.pending.remove(&token) else {
+            let Some(p) = self.take_pending(token) else {
                 continue;
             };
-            self.pending_ids.remove(&p.msg_id);
-            if self
-                .pending_of
-                .get(&p.key)
-                .is_some_and(|(t, _)| *t == token)
-            {
-                self.pending_of.remove(&p.key);
-            }
             let newer = self.known.get(&p.key).is_none_or(|h| {
                 supersedes((p.held.version, p.held.deleted), (h.version, h.deleted))
             });
@@ -387,16 +379,20 @@ impl Session {
 
     /// Forgets a change that could not be persisted (the cloud will resend it).
     pub fn abandon(&mut self, token: ApplyToken) {
-        if let Some(p) = self.pending.remove(&token) {
-            self.pending_ids.remove(&p.msg_id);
-            if self
-                .pending_of
-                .get(&p.key)
-                .is_some_and(|(t, _)| *t == token)
-            {
-                self.pending_of.remove(&p.key);
-            }
+        self.take_pending(token);
+    }
+
+    fn take_pending(&mut self, token: ApplyToken) -> Option<Pending> {
+        let p = self.pending.remove(&token)?;
+        self.pending_ids.remove(&p.msg_id);
+        if self
+            .pending_of
+            .get(&p.key)
+            .is_some_and(|(t, _)| *t == token)
+        {
+            self.pending_of.remove(&p.key);
         }
+        Some(p)
     }
 
     fn trim_tombstones(&mut self) {

@@ -270,12 +270,7 @@ async fn connect_inner(config: &ClientConfig) -> Result<Connection, Error> {
             peer: addr.to_string(),
             source,
         })?;
-    let certificates = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
+    let certificates = owned_chain(tls.get_ref().1.peer_certificates());
 
     let url = format!(
         "wss://{authority}/{}/{}/events",
@@ -317,6 +312,12 @@ async fn connect_inner(config: &ClientConfig) -> Result<Connection, Error> {
             certificates,
         },
     })
+}
+
+fn owned_chain(certs: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    certs
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, &str)> {
@@ -384,12 +385,7 @@ async fn accept_inner(tcp: TcpStream, config: &ServerConfig) -> Result<Connectio
             peer: addr.to_string(),
             source,
         })?;
-    let certificates = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
+    let certificates = owned_chain(tls.get_ref().1.peer_certificates());
     let mut upgrade = Upgrade::default();
     let accept_ext = config.accept_extensions;
     // The callback's signature is tungstenite's; its error type is not ours to shrink.

@@ -19,6 +19,40 @@ async fn listener() -> (TcpListener, u16) {
     (l, port)
 }
 
+/// A WebSocket client that sets exactly the given upgrade headers (as an upstream edge or a broken
+/// client would), with a valid certificate for `node`.
+async fn raw_client(
+    pki: &TestPki,
+    node: &str,
+    port: u16,
+    headers: &[(&'static str, &str)],
+) -> Result<
+    (
+        tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+        tungstenite::handshake::client::Response,
+    ),
+    tungstenite::Error,
+> {
+    let id = pki.node(node).unwrap();
+    let tls_cfg = tls::client_config(&pki.ca.cert(), id.chain(), id.private_key()).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(tls_cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut req = format!(
+        "wss://127.0.0.1:{port}/{}/{node}/events",
+        names::DEFAULT_PROJECT_ID
+    )
+    .into_client_request()
+    .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(*k, v.parse().unwrap());
+    }
+    tokio_tungstenite::client_async(req, stream).await
+}
+
 fn msg(resource: &str, op: Operation) -> Message {
     Message::new(
         "m1",
@@ -73,26 +107,18 @@ async fn accepts_upstream_style_headers_without_extensions() {
         let m = conn.recv().await.unwrap().unwrap();
         (conn.peer().clone(), m)
     });
-    let id = pki.node("e7").unwrap();
-    let tls_cfg = tls::client_config(&pki.ca.cert(), id.chain(), id.private_key()).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(tls_cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut req = format!(
-        "wss://127.0.0.1:{port}/{}/e7/events",
-        names::DEFAULT_PROJECT_ID
+    let (mut ws, resp) = raw_client(
+        &pki,
+        "e7",
+        port,
+        &[
+            ("Node_id", "e7"),
+            ("Project_id", "p1"),
+            ("Connectionuse", "msg"),
+        ],
     )
-    .into_client_request()
+    .await
     .unwrap();
-    req.headers_mut().insert("Node_id", "e7".parse().unwrap());
-    req.headers_mut()
-        .insert("Project_id", "p1".parse().unwrap());
-    req.headers_mut()
-        .insert("Connectionuse", "msg".parse().unwrap());
-    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
     assert!(
         resp.headers()
             .get(kubeedge_core::sync::SYNC_EXTENSION_HEADER)
@@ -117,19 +143,11 @@ async fn refuses_an_upgrade_without_connection_use() {
         let (tcp, _) = l.accept().await.unwrap();
         ws::accept(tcp, &server_cfg).await
     });
-    let id = pki.node("e1").unwrap();
-    let tls_cfg = tls::client_config(&pki.ca.cert(), id.chain(), id.private_key()).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(tls_cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut req = format!("wss://127.0.0.1:{port}/x")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("node_id", "e1".parse().unwrap());
-    assert!(tokio_tungstenite::client_async(req, stream).await.is_err());
+    assert!(
+        raw_client(&pki, "e1", port, &[("node_id", "e1")])
+            .await
+            .is_err()
+    );
     match server.await.unwrap() {
         Err(ws::Error::Header { header, problem }) => {
             assert_eq!(header, ws::CONNECTION_USE_HEADER);
@@ -221,21 +239,14 @@ async fn a_non_message_frame_is_a_decode_error_and_the_link_survives() {
         let second = conn.recv().await;
         (first, second)
     });
-    let id = pki.node("e1").unwrap();
-    let tls_cfg = tls::client_config(&pki.ca.cert(), id.chain(), id.private_key()).unwrap();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(tls_cfg)
-        .connect(name, tcp)
-        .await
-        .unwrap();
-    let mut req = format!("wss://127.0.0.1:{port}/x")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("node_id", "e1".parse().unwrap());
-    req.headers_mut()
-        .insert("ConnectionUse", "msg".parse().unwrap());
-    let (mut raw, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    let (mut raw, _) = raw_client(
+        &pki,
+        "e1",
+        port,
+        &[("node_id", "e1"), ("ConnectionUse", "msg")],
+    )
+    .await
+    .unwrap();
     raw.send(tungstenite::Message::text("{not json"))
         .await
         .unwrap();
