@@ -55,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             driver::wall_clock(),
             driver::now(),
         );
-        let (handle, mut commands) = driver::channel::<cloud::Session>(64);
+        let (handle, mut pump) = driver::channel::<cloud::Session>(64);
         let (events_tx, mut events) = mpsc::channel(256);
         tokio::spawn(async move {
             while let Some(ev) = events.recv().await {
@@ -103,7 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         });
-        let end = driver::drive(conn, &mut session, &mut commands, &events_tx).await;
+        let end = pump.drive(conn, &mut session, &events_tx).await;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(format!("{end:?}"))
     });
 
@@ -116,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         driver::wall_clock(),
         driver::now(),
     );
-    let (handle, mut commands) = driver::channel::<edge::Session>(64);
+    let (handle, mut pump) = driver::channel::<edge::Session>(64);
     let (events_tx, mut events) = mpsc::channel(256);
     let edge_app = tokio::spawn(async move {
         let mut store = BTreeMap::new();
@@ -158,10 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         store
     });
-    let edge_drive =
-        tokio::spawn(
-            async move { driver::drive(conn, &mut session, &mut commands, &events_tx).await },
-        );
+    let edge_drive = tokio::spawn(async move { pump.drive(conn, &mut session, &events_tx).await });
 
     let mut lines = 0;
     while lines < PODS + 1 {

@@ -19,8 +19,8 @@ use crate::message::{Message, Operation, names};
 use crate::resource;
 
 use super::outbox::{self, Outbox};
-use super::stamp::{IdGen, WallClock, parse_version};
-use super::{InventoryChunk, ProtocolError};
+use super::stamp::{IdGen, WallClock, parse_version, supersedes};
+use super::{InventoryChunk, ProtocolError, is_reliable};
 
 /// Cloud session settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,9 +141,16 @@ pub struct Session {
     believed: HashMap<String, Option<u64>>,
     /// Whether `believed` came from the edge's own inventory on this connection.
     believed_exact: bool,
+    /// Deletes the edge acked since its last inventory: key → version. Upserts at or below it are
+    /// stale copies and are dropped. Bounded (oldest forgotten first).
+    gone: HashMap<String, Option<u64>>,
+    gone_order: VecDeque<String>,
     /// Latest uplink sequence number handled per key, on this connection.
     uplink_seen: HashMap<String, u64>,
+    /// Protocol answers (acks of uplinks, keepalive answers) for this connection.
     replies: VecDeque<Message>,
+    /// Send-once messages outside reliable sync (twin, bus, answers), kept across reconnects.
+    direct: VecDeque<Message>,
     events: VecDeque<Event>,
     last_rx: Instant,
     timed_out: bool,
@@ -170,8 +177,11 @@ impl Session {
             outbox,
             believed: HashMap::new(),
             believed_exact: false,
+            gone: HashMap::new(),
+            gone_order: VecDeque::new(),
             uplink_seen: HashMap::new(),
             replies: VecDeque::new(),
+            direct: VecDeque::new(),
             events: VecDeque::new(),
             last_rx: now,
             timed_out: false,
@@ -200,6 +210,8 @@ impl Session {
         self.last_rx = now;
         self.timed_out = false;
         self.believed_exact = false;
+        // A timeout reported for the previous connection must not close this one.
+        self.events.retain(|e| *e != Event::Timeout);
         if negotiated {
             self.state = State::AwaitingInventory {
                 since: now,
@@ -252,33 +264,66 @@ impl Session {
             }
             seen.insert(key);
         }
+        let mut deletes: BTreeMap<String, Option<u64>> = BTreeMap::new();
         for (key, version) in &self.believed {
-            if !seen.contains(key)
-                && !self
-                    .outbox
-                    .pending_version(key)
-                    .is_some_and(|(_, deleted)| deleted)
-            {
-                plan.delete.push((key.clone(), *version));
+            if !seen.contains(key) {
+                deletes.insert(key.clone(), *version);
             }
         }
-        plan.delete.sort();
+        // Upserts queued or in flight for keys that are no longer desired: cancel what is still
+        // queued, and delete at the highest version the edge may end up holding.
+        let undesired: Vec<String> = self
+            .outbox
+            .keys()
+            .filter(|k| !seen.contains(*k))
+            .map(str::to_owned)
+            .collect();
+        for key in undesired {
+            if let Some((version, false)) = self.outbox.pending_version(&key) {
+                self.outbox.remove_queued(&key);
+                let floor = deletes.get(&key).copied().flatten();
+                let top = match (version, floor) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                deletes.insert(key, top);
+            }
+        }
+        // Keys whose delete is already queued or in flight need nothing more.
+        deletes.retain(|k, _| {
+            !self
+                .outbox
+                .pending_version(k)
+                .is_some_and(|(_, deleted)| deleted)
+        });
+        plan.delete = deletes.into_iter().collect();
         if self.state == State::AwaitingResync {
             self.state = State::Syncing;
         }
         plan
     }
 
-    /// Queues an object change for the edge. The message's resource is the key (cloud form is trimmed
+    /// Queues an object change for the edge (messages outside reliable sync go to
+    /// [`send`](Self::send) instead). The message's resource is the key (cloud form is trimmed
     /// to edge form); its `resourceversion` header the version. Ids and timestamps are assigned when
     /// it is sent. Changes the edge is known to hold already are dropped.
     ///
     /// Gives the message back when the outbox is full; [`Event::Writable`] follows when there is room.
     pub fn enqueue(&mut self, mut message: Message) -> Result<(), super::Full> {
+        if !is_reliable(&message) {
+            return self.send(message);
+        }
         let key = resource::trim(&message.route.resource).to_owned();
         message.route.resource.clone_from(&key);
         let version = parse_version(&message.header.resource_version);
         let deleted = message.is_delete();
+        if !deleted
+            && let Some(gone) = self.gone.get(&key)
+            && !supersedes((version, false), (*gone, true))
+        {
+            // Older than a delete the edge already acked: a stale copy.
+            return Ok(());
+        }
         let pending = self.outbox.pending_version(&key).is_some();
         if !pending {
             match self.believed.get(&key) {
@@ -288,6 +333,18 @@ impl Session {
             }
         }
         self.outbox.push(key, version, deleted, message)
+    }
+
+    /// Queues a message outside reliable sync (twin membership, bus traffic, answers to edge queries):
+    /// written once, in order, never coalesced and never retransmitted, as upstream's no-ack queue.
+    /// Kept across reconnects. [`enqueue`](Self::enqueue) routes such messages here by itself.
+    pub fn send(&mut self, mut message: Message) -> Result<(), super::Full> {
+        if self.direct.len() >= self.config.outbox.capacity {
+            return Err(super::Full(Box::new(message)));
+        }
+        message.route.resource = resource::trim(&message.route.resource).to_owned();
+        self.direct.push_back(message);
+        Ok(())
     }
 
     /// Feeds a message received from the edge.
@@ -312,11 +369,7 @@ impl Session {
             Operation::Response if !message.header.parent_id.is_empty() => {
                 match self.outbox.ack(&message.header.parent_id) {
                     Some(acked) => {
-                        if acked.deleted {
-                            self.believed.remove(&acked.key);
-                        } else {
-                            self.believed.insert(acked.key.clone(), acked.version);
-                        }
+                        self.record_ack(&acked);
                         self.events.push_back(Event::Acked {
                             key: acked.key,
                             version: acked.version,
@@ -334,6 +387,34 @@ impl Session {
                 self.handle_uplink(now, message);
                 Ok(())
             }
+        }
+    }
+
+    fn record_ack(&mut self, acked: &outbox::Acked) {
+        let key = &acked.key;
+        let held = self.believed.get(key).map(|v| (*v, false));
+        let gone = self.gone.get(key).map(|v| (*v, true));
+        let newest = match (held, gone) {
+            (Some(h), Some(g)) => Some(if supersedes(h, g) { h } else { g }),
+            (a, b) => a.or(b),
+        };
+        // An ack for a stale copy the edge did not apply must not move the belief backwards.
+        if newest.is_some_and(|cur| !supersedes((acked.version, acked.deleted), cur)) {
+            return;
+        }
+        if acked.deleted {
+            self.believed.remove(key);
+            if self.gone.insert(key.clone(), acked.version).is_none() {
+                self.gone_order.push_back(key.clone());
+            }
+            while self.gone_order.len() > self.config.outbox.capacity {
+                if let Some(old) = self.gone_order.pop_front() {
+                    self.gone.remove(&old);
+                }
+            }
+        } else {
+            self.gone.remove(key);
+            self.believed.insert(key.clone(), acked.version);
         }
     }
 
@@ -370,6 +451,16 @@ impl Session {
         };
         let chunk: InventoryChunk = serde_json::from_value(message.content)
             .map_err(|e| ProtocolError::MalformedInventory(e.to_string()))?;
+        if chunk.chunks as usize > self.config.max_inventory.max(1) {
+            return Err(ProtocolError::InventoryTooLarge {
+                max: self.config.max_inventory,
+            });
+        }
+        if chunk.chunks > 1 && chunk.objects.is_empty() {
+            return Err(ProtocolError::MalformedInventory(
+                "an empty chunk in a multi-chunk inventory".into(),
+            ));
+        }
         if chunk.chunks == 0 || chunk.chunk >= chunk.chunks {
             return Err(ProtocolError::MalformedInventory(format!(
                 "chunk {} of {}",
@@ -396,6 +487,8 @@ impl Session {
                 .map(|(k, v)| (k, parse_version(&v)))
                 .collect();
             self.believed_exact = true;
+            self.gone.clear();
+            self.gone_order.clear();
             self.state = State::AwaitingResync;
             self.events.push_back(Event::ResyncNeeded);
         }
@@ -448,6 +541,15 @@ impl Session {
         if let Some(m) = self.replies.pop_front() {
             return Some(m);
         }
+        if let Some(mut m) = self.direct.pop_front() {
+            if m.header.id.is_empty() {
+                m.header.id = self.ids.next_id();
+            }
+            if m.header.timestamp == 0 {
+                m.header.timestamp = self.clock.unix_ms(now);
+            }
+            return Some(m);
+        }
         if self.state != State::Syncing {
             return None;
         }
@@ -498,6 +600,9 @@ impl Session {
 
     /// `true` when connected, resynced, and nothing is queued or in flight.
     pub fn is_idle(&self) -> bool {
-        self.state == State::Syncing && self.outbox.is_idle() && self.replies.is_empty()
+        self.state == State::Syncing
+            && self.outbox.is_idle()
+            && self.replies.is_empty()
+            && self.direct.is_empty()
     }
 }

@@ -99,12 +99,15 @@ pub enum Event {
     /// A cloud message outside reliable sync: deliver as is, no ack is due.
     Deliver(Message),
     /// The cloud handled the uplink entry for `key` up to sequence `seq`: drop it from the durable
-    /// queue if the queue holds nothing newer.
+    /// queue if the queue holds nothing newer. `reply` is the cloud's answer (content `"OK"`, or the
+    /// answer to a query).
     UplinkAcked {
         /// The status key.
         key: String,
         /// The acked sequence number.
         seq: Option<u64>,
+        /// The answer; `None` against an upstream cloud for kinds it never answers.
+        reply: Option<Box<Message>>,
     },
     /// [`Session::enqueue_uplink`] refused an entry earlier and has room again.
     Writable,
@@ -122,9 +125,9 @@ struct Held {
 struct Pending {
     key: String,
     held: Held,
-    msg_id: String,
-    request: Message,
-    generation: u64,
+    /// Messages to ack once the change is durable (the one that carried it, and copies or older
+    /// versions that arrived meanwhile, possibly on a later connection), with their connection.
+    waiters: Vec<(u64, Message)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +150,7 @@ pub struct Session {
     tombstones: VecDeque<String>,
     /// Changes handed out and not yet durable.
     pending: HashMap<ApplyToken, Pending>,
+    /// Message ids waiting on a pending change.
     pending_ids: HashSet<String>,
     /// Newest pending change per key.
     pending_of: HashMap<String, (ApplyToken, Held)>,
@@ -155,6 +159,8 @@ pub struct Session {
     recent_set: HashSet<String>,
     uplink: Outbox,
     control: VecDeque<Message>,
+    /// Send-once messages (events, bus traffic, answers), kept across reconnects.
+    direct: VecDeque<Message>,
     events: VecDeque<Event>,
     next_keepalive: Instant,
     last_rx: Instant,
@@ -201,6 +207,7 @@ impl Session {
             recent_set: HashSet::new(),
             uplink,
             control: VecDeque::new(),
+            direct: VecDeque::new(),
             events: VecDeque::new(),
             next_keepalive: now,
             last_rx: now,
@@ -218,6 +225,8 @@ impl Session {
         self.control.clear();
         self.last_rx = now;
         self.timed_out = false;
+        // A timeout reported for the previous connection must not close this one.
+        self.events.retain(|e| *e != Event::Timeout);
         // Stale copies from the previous connection cannot arrive on this one.
         for key in self.tombstones.drain(..) {
             if self.known.get(&key).is_some_and(|h| h.deleted) {
@@ -262,6 +271,7 @@ impl Session {
                 self.events.push_back(Event::UplinkAcked {
                     key: acked.key,
                     seq: acked.version,
+                    reply: Some(Box::new(message)),
                 });
                 return;
             }
@@ -296,15 +306,28 @@ impl Session {
             version: parse_version(&message.header.resource_version),
             deleted: message.is_delete(),
         };
-        let pending = self.pending_of.get(&key).map(|(_, h)| *h);
-        let current = pending.or_else(|| self.known.get(&key).copied());
+        let pending = self.pending_of.get(&key).copied();
+        let current = pending
+            .map(|(_, h)| h)
+            .or_else(|| self.known.get(&key).copied());
+        let answer = message.route.operation == Operation::Response;
         if let Some(cur) = current
             && !supersedes((held.version, held.deleted), (cur.version, cur.deleted))
         {
-            // Stale or a repeat: ack only if what we hold is durable, otherwise the ack of the
-            // pending change comes first and the cloud resends if it still cares.
-            if pending.is_none() {
-                self.ack(now, &message);
+            // Stale or a repeat: nothing to persist. An answer still reaches whoever asked.
+            if answer {
+                self.events.push_back(Event::Deliver(message.clone()));
+            }
+            match pending {
+                // What we hold is durable: ack now.
+                None => self.ack(now, &message),
+                // A newer or equal change is being persisted: ack this one with it.
+                Some((token, _)) => {
+                    if let Some(p) = self.pending.get_mut(&token) {
+                        self.pending_ids.insert(id);
+                        p.waiters.push((self.generation, message));
+                    }
+                }
             }
             return;
         }
@@ -323,9 +346,7 @@ impl Session {
             Pending {
                 key: key.clone(),
                 held,
-                msg_id: id.clone(),
-                request: message.clone(),
-                generation: self.generation,
+                waiters: vec![(self.generation, message.clone())],
             },
         );
         self.pending_ids.insert(id);
@@ -370,9 +391,11 @@ impl Session {
                     self.known.insert(p.key.clone(), p.held);
                 }
             }
-            self.remember(p.msg_id);
-            if p.generation == self.generation {
-                self.ack(now, &p.request);
+            for (generation, request) in p.waiters {
+                self.remember(request.header.id.clone());
+                if generation == self.generation {
+                    self.ack(now, &request);
+                }
             }
         }
     }
@@ -384,7 +407,9 @@ impl Session {
 
     fn take_pending(&mut self, token: ApplyToken) -> Option<Pending> {
         let p = self.pending.remove(&token)?;
-        self.pending_ids.remove(&p.msg_id);
+        for (_, request) in &p.waiters {
+            self.pending_ids.remove(&request.header.id);
+        }
         if self
             .pending_of
             .get(&p.key)
@@ -416,13 +441,25 @@ impl Session {
         }
     }
 
-    /// Queues a status update for the cloud. Its resource is the key; its `resourceversion` header
+    /// Queues a status update for the cloud, to be acked by the cloud's answer (use
+    /// [`send`](Self::send) for what needs no answer). Its resource is the key; its `resourceversion` header
     /// carries the caller's sequence number for the key (newer replaces older). Returns the message
     /// when the outbox is full.
     pub fn enqueue_uplink(&mut self, message: Message) -> Result<(), super::Full> {
         let key = message.route.resource.clone();
         let seq = parse_version(&message.header.resource_version);
         self.uplink.push(key, seq, false, message)
+    }
+
+    /// Queues a message outside the uplink outbox (events, bus uploads, answers to the cloud): written
+    /// once, in order, never coalesced and never retransmitted. Kept across reconnects; refused
+    /// when the uplink capacity is reached.
+    pub fn send(&mut self, message: Message) -> Result<(), super::Full> {
+        if self.direct.len() >= self.config.uplink.capacity {
+            return Err(super::Full(Box::new(message)));
+        }
+        self.direct.push_back(message);
+        Ok(())
     }
 
     /// Checks timers: keepalive due and a silent cloud.
@@ -448,9 +485,11 @@ impl Session {
         if self.state == State::Disconnected {
             return None;
         }
-        if let Some(mut m) = self.control.pop_front() {
+        if let Some(mut m) = self.control.pop_front().or_else(|| self.direct.pop_front()) {
             if m.header.id.is_empty() {
                 m.header.id = self.ids.next_id();
+            }
+            if m.header.timestamp == 0 {
                 m.header.timestamp = self.clock.unix_ms(now);
             }
             return Some(m);
@@ -462,6 +501,7 @@ impl Session {
                 self.events.push_back(Event::UplinkAcked {
                     key: acked.key,
                     seq: acked.version,
+                    reply: None,
                 });
             }
         }
@@ -522,7 +562,10 @@ impl Session {
 
     /// `true` when nothing is pending, queued or waiting to be written.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.uplink.is_idle() && self.control.is_empty()
+        self.pending.is_empty()
+            && self.uplink.is_idle()
+            && self.control.is_empty()
+            && self.direct.is_empty()
     }
 }
 

@@ -675,7 +675,7 @@ impl Sim {
                     self.edge.session.persisted(self.now, [token]);
                 }
             }
-            edge::Event::UplinkAcked { key, seq } => {
+            edge::Event::UplinkAcked { key, seq, .. } => {
                 if let Some(seq) = seq
                     && self.edge.uplink_queue.get(&key).is_some_and(|q| *q <= seq)
                 {

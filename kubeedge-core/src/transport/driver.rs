@@ -1,16 +1,19 @@
 //! The thin async driver: runs a sans-IO sync session over one [`Connection`].
 //!
 //! The session is borrowed, not owned, so it outlives the connection: what it learned (acks,
-//! queued changes) carries over to the next one. The application talks to it through two
-//! channels: commands (closures run against the session, e.g. `enqueue` or `persisted`) and
-//! events (what the session reports). The event channel is bounded; when it is full the driver
-//! stops reading from the peer until the application catches up, so memory stays bounded.
+//! queued changes) carries over to the next one, and so does the [`Pump`] (the command receiver
+//! and any event not yet delivered). The application talks to the session through two channels:
+//! commands (closures run against the session, e.g. `enqueue` or `persisted`) and events (what
+//! the session reports). The event channel is bounded; when it is full the driver stops reading
+//! from the peer (and pauses the session's timers, so that the application's own slowness never
+//! reads as a dead peer) until the application catches up, so memory stays bounded. Writing runs
+//! in its own task, so a peer that is slow to read never stops us from reading.
 //!
 //! ```no_run
 //! # async fn f(conn: kubeedge_core::transport::ws::Connection,
 //! #            mut session: kubeedge_core::sync::edge::Session) {
 //! use kubeedge_core::transport::driver;
-//! let (handle, mut commands) = driver::channel(64);
+//! let (handle, mut pump) = driver::channel(64);
 //! let (events_tx, mut events) = tokio::sync::mpsc::channel(1024);
 //! tokio::spawn(async move {
 //!     while let Some(event) = events.recv().await {
@@ -18,19 +21,23 @@
 //!         let _ = event;
 //!     }
 //! });
-//! let end = driver::drive(conn, &mut session, &mut commands, &events_tx).await;
+//! let end = pump.drive(conn, &mut session, &events_tx).await;
 //! # let _ = end;
 //! # }
 //! ```
 
 use std::time::Instant;
 
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::ws::{Connection, Error, decode_frame};
-use crate::sync::{Endpoint, ProtocolError};
+use crate::sync::ProtocolError;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsStream;
+use tokio_tungstenite::WebSocketStream;
 
 /// A closure run against the session by the driver, with the current time.
 pub type Command<S> = Box<dyn FnOnce(&mut S, Instant) + Send>;
@@ -49,7 +56,7 @@ impl<S> Clone for Handle<S> {
     }
 }
 
-/// The driver is gone (its command receiver was dropped).
+/// The driver is gone (its [`Pump`] was dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the session driver has stopped")]
 pub struct Stopped;
@@ -64,14 +71,20 @@ impl<S: 'static> Handle<S> {
     }
 }
 
-/// A command channel of `capacity` slots: the handle for the application, the receiver for
-/// [`drive`]. The receiver can serve several connections in turn.
-pub fn channel<S>(capacity: usize) -> (Handle<S>, mpsc::Receiver<Command<S>>) {
+/// A command channel of `capacity` slots: the handle for the application, the [`Pump`] that drives
+/// the session over one connection after another.
+pub fn channel<S: crate::sync::Endpoint>(capacity: usize) -> (Handle<S>, Pump<S>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    (Handle { tx }, rx)
+    (
+        Handle { tx },
+        Pump {
+            commands: rx,
+            stash: None,
+        },
+    )
 }
 
-/// Why [`drive`] returned without an error.
+/// Why [`Pump::drive`] returned without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum End {
@@ -81,7 +94,7 @@ pub enum End {
     Shutdown,
 }
 
-/// Why [`drive`] failed.
+/// Why [`Pump::drive`] failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriveError {
@@ -123,85 +136,196 @@ pub fn random_seed() -> u64 {
     h.finish()
 }
 
-/// Runs `session` over `conn` until the connection ends. Calls `connected` first and `disconnected`
-/// last, whatever the outcome.
-pub async fn drive<S: Endpoint>(
-    conn: Connection,
-    session: &mut S,
-    commands: &mut mpsc::Receiver<Command<S>>,
-    events: &mpsc::Sender<S::Event>,
-) -> Result<End, DriveError> {
-    let negotiated = conn.peer().negotiated;
-    session.connected(now(), negotiated);
-    let result = run(conn, session, commands, events).await;
-    session.disconnected();
-    result
+/// How long a graceful end waits for the last frames to be written.
+const FLUSH_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
+
+type Sink = SplitSink<WebSocketStream<TlsStream<TcpStream>>, Frame>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream<TlsStream<TcpStream>>>;
+
+/// The parts of one connection while it is driven.
+struct Link {
+    stream: Stream,
+    max_frame: usize,
+    peer: super::ws::Peer,
+    batches: mpsc::Sender<Vec<Frame>>,
+    writer: tokio::task::JoinHandle<Result<(), Error>>,
+    /// Frames taken from the session and not yet handed to the writer.
+    outgoing: Vec<Frame>,
 }
 
-async fn run<S: Endpoint>(
-    conn: Connection,
-    session: &mut S,
-    commands: &mut mpsc::Receiver<Command<S>>,
-    events: &mpsc::Sender<S::Event>,
-) -> Result<End, DriveError> {
-    let (ws, max_frame, peer) = conn.into_parts();
-    let (mut sink, mut stream) = ws.split();
-    // An event that did not fit in the channel; nothing is read until it is delivered.
-    let mut stash: Option<S::Event> = None;
-    loop {
-        let t = now();
-        let mut wrote = false;
-        while let Some(m) = session.poll_transmit(t) {
-            sink.feed(Frame::text(m.to_json_string()))
-                .await
-                .map_err(ws_error)?;
-            wrote = true;
+/// Drives a session over one connection after another; keeps what must survive a connection.
+pub struct Pump<S: crate::sync::Endpoint> {
+    commands: mpsc::Receiver<Command<S>>,
+    /// An event that did not fit in the event channel; delivered before anything else is read.
+    stash: Option<S::Event>,
+}
+
+impl<S: crate::sync::Endpoint> std::fmt::Debug for Pump<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pump")
+            .field("stashed_event", &self.stash.is_some())
+            .finish()
+    }
+}
+
+impl<S: crate::sync::Endpoint> Pump<S> {
+    /// Runs `session` over `conn` until the connection ends. Calls `connected` first and
+    /// `disconnected` last, whatever the outcome.
+    pub async fn drive(
+        &mut self,
+        conn: Connection,
+        session: &mut S,
+        events: &mpsc::Sender<S::Event>,
+    ) -> Result<End, DriveError> {
+        let negotiated = conn.peer().negotiated;
+        session.connected(now(), negotiated);
+        let (ws, max_frame, peer) = conn.into_parts();
+        let (sink, stream) = ws.split();
+        // One batch in the channel, one being written: reading never waits on the peer reading.
+        let (batches, batches_rx) = mpsc::channel::<Vec<Frame>>(1);
+        let mut link = Link {
+            stream,
+            max_frame,
+            peer,
+            batches,
+            writer: tokio::spawn(write_batches(sink, batches_rx)),
+            outgoing: Vec::new(),
+        };
+        let result = self.run(session, events, &mut link).await;
+        let Link {
+            batches,
+            mut writer,
+            mut outgoing,
+            ..
+        } = link;
+        if let Ok(End::Shutdown) = result {
+            // The application is gone, the link is fine: write what the session still has to say
+            // (acks of what was just persisted among it) before closing.
+            let t = now();
+            while let Some(m) = session.poll_transmit(t) {
+                outgoing.push(Frame::text(m.to_json_string()));
+            }
+            if !outgoing.is_empty() {
+                let _ = batches.send(outgoing).await;
+            }
+            drop(batches);
+            let _ = tokio::time::timeout(FLUSH_ON_SHUTDOWN, &mut writer).await;
+        } else {
+            drop(batches);
         }
-        if wrote {
-            sink.flush().await.map_err(ws_error)?;
-        }
+        writer.abort();
+        session.disconnected();
+        result
+    }
+
+    async fn run(
+        &mut self,
+        session: &mut S,
+        events: &mpsc::Sender<S::Event>,
+        link: &mut Link,
+    ) -> Result<End, DriveError> {
+        let Link {
+            stream,
+            max_frame,
+            peer,
+            batches,
+            writer,
+            outgoing,
+        } = link;
+        let max_frame = *max_frame;
         loop {
-            let Some(ev) = stash.take().or_else(|| session.poll_event()) else {
-                break;
-            };
-            match events.try_send(ev) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    stash = Some(ev);
+            let t = now();
+            while let Some(m) = session.poll_transmit(t) {
+                outgoing.push(Frame::text(m.to_json_string()));
+            }
+            if !outgoing.is_empty()
+                && let Ok(permit) = batches.try_reserve()
+            {
+                permit.send(std::mem::take(outgoing));
+            }
+            loop {
+                let Some(ev) = self.stash.take().or_else(|| session.poll_event()) else {
                     break;
+                };
+                match events.try_send(ev) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(ev)) => {
+                        self.stash = Some(ev);
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(End::Shutdown),
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(End::Shutdown),
+            }
+            if session.is_dead() {
+                return Err(DriveError::Timeout);
+            }
+            let backpressure = self.stash.is_some();
+            // While the application is behind, the session's timers wait too.
+            let wake = if backpressure {
+                None
+            } else {
+                session.poll_timeout().map(tokio::time::Instant::from_std)
+            };
+            tokio::select! {
+                // Frames first: after a pause for back-pressure, what the peer sent meanwhile (its
+                // keepalives among it) is read before any timer may call it dead.
+                biased;
+                frame = stream.next(), if !backpressure => match frame {
+                    None => return Ok(End::PeerClosed),
+                    Some(Err(e)) => return Err(Error::from_ws(e).into()),
+                    Some(Ok(frame)) => match decode_frame(frame, max_frame) {
+                        Ok(Some(msg)) => session.handle_frame(now(), msg)?,
+                        Ok(None) => {}
+                        Err(Error::Decode(e)) => {
+                            tracing::warn!(peer = %peer.addr, node = %peer.node_id, error = %e, "dropping an undecodable frame");
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
+                },
+                permit = events.reserve(), if backpressure => match (permit, self.stash.take()) {
+                    (Ok(permit), Some(ev)) => permit.send(ev),
+                    (Ok(_), None) => {}
+                    (Err(_), stash) => {
+                        self.stash = stash;
+                        return Ok(End::Shutdown);
+                    }
+                },
+                permit = batches.reserve(), if !outgoing.is_empty() => match permit {
+                    Ok(permit) => permit.send(std::mem::take(outgoing)),
+                    Err(_) => {
+                        return Err(DriveError::Transport(Error::Io {
+                            step: "handing frames to the writer",
+                            source: std::io::Error::other("the writer task stopped"),
+                        }));
+                    }
+                },
+                done = &mut *writer => {
+                    return match done {
+                        Ok(Err(e)) => Err(e.into()),
+                        Ok(Ok(())) | Err(_) => Ok(End::PeerClosed),
+                    };
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(f) => f(session, now()),
+                    None => return Ok(End::Shutdown),
+                },
+                () = sleep_until(wake) => session.handle_timeout(now()),
             }
         }
-        if session.is_dead() {
-            return Err(DriveError::Timeout);
-        }
-        let wake = session.poll_timeout().map(tokio::time::Instant::from_std);
-        tokio::select! {
-            frame = stream.next(), if stash.is_none() => match frame {
-                None => return Ok(End::PeerClosed),
-                Some(Err(e)) => return Err(ws_error(e).into()),
-                Some(Ok(frame)) => match decode_frame(frame, max_frame) {
-                    Ok(Some(msg)) => session.handle_frame(now(), msg)?,
-                    Ok(None) => {}
-                    Err(Error::Decode(e)) => {
-                        tracing::warn!(peer = %peer.addr, node = %peer.node_id, error = %e, "dropping an undecodable frame");
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-            },
-            permit = events.reserve(), if stash.is_some() => match (permit, stash.take()) {
-                (Ok(permit), Some(ev)) => permit.send(ev),
-                (Ok(_), None) => {}
-                (Err(_), _) => return Ok(End::Shutdown),
-            },
-            cmd = commands.recv() => match cmd {
-                Some(f) => f(session, now()),
-                None => return Ok(End::Shutdown),
-            },
-            () = sleep_until(wake) => session.handle_timeout(now()),
-        }
     }
+}
+
+async fn write_batches(
+    mut sink: Sink,
+    mut batches: mpsc::Receiver<Vec<Frame>>,
+) -> Result<(), Error> {
+    while let Some(batch) = batches.recv().await {
+        for frame in batch {
+            sink.feed(frame).await.map_err(Error::from_ws)?;
+        }
+        sink.flush().await.map_err(Error::from_ws)?;
+    }
+    Ok(())
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -209,8 +333,4 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> Error {
-    Error::from_ws(e)
 }

@@ -4,5 +4,6 @@
 mod message_golden;
 mod pki;
 mod resource_props;
+mod sync_session;
 mod sync_sim;
 mod transport;

@@ -271,9 +271,9 @@ async fn a_silent_edge_is_declared_dead() {
         let mut cfg = cloud::Config::default();
         cfg.keepalive_timeout = Duration::from_millis(300);
         let mut session = cloud::Session::new("e1", cfg, 1, driver::wall_clock(), driver::now());
-        let (_handle, mut cmds) = driver::channel(8);
+        let (_handle, mut pump) = driver::channel(8);
         let (tx, _rx) = mpsc::channel(8);
-        driver::drive(conn, &mut session, &mut cmds, &tx).await
+        pump.drive(conn, &mut session, &tx).await
     });
     // connects, then never sends anything (not even its inventory)
     let _conn = ws::connect(&pki.client_config("e1", port).unwrap())
@@ -409,7 +409,7 @@ async fn hundred_thousand_messages_each_way_with_acks_lose_none() {
             driver::wall_clock(),
             driver::now(),
         );
-        let (handle, mut cmds) = driver::channel(256);
+        let (handle, mut pump) = driver::channel(256);
         let (ev_tx, mut events) = mpsc::channel(4096);
         let app = tokio::spawn(async move {
             let mut feeder = Feeder::new(handle.clone(), object, cloud::Session::enqueue);
@@ -471,7 +471,7 @@ async fn hundred_thousand_messages_each_way_with_acks_lose_none() {
             (acked.len(), statuses.len())
         });
         let _ = app_tx.send(app);
-        driver::drive(conn, &mut session, &mut cmds, &ev_tx).await
+        pump.drive(conn, &mut session, &ev_tx).await
     });
 
     // --- edge: persists N objects, sends N statuses ---
@@ -488,7 +488,7 @@ async fn hundred_thousand_messages_each_way_with_acks_lose_none() {
         driver::wall_clock(),
         driver::now(),
     );
-    let (handle, mut cmds) = driver::channel(256);
+    let (handle, mut pump) = driver::channel(256);
     let (ev_tx, mut events) = mpsc::channel(4096);
     let edge_app = tokio::spawn(async move {
         let mut feeder = Feeder::new(handle.clone(), status, edge::Session::enqueue_uplink);
@@ -545,8 +545,7 @@ async fn hundred_thousand_messages_each_way_with_acks_lose_none() {
         }
         uplink_acked.len()
     });
-    let edge_drive =
-        tokio::spawn(async move { driver::drive(conn, &mut session, &mut cmds, &ev_tx).await });
+    let edge_drive = tokio::spawn(async move { pump.drive(conn, &mut session, &ev_tx).await });
 
     let limit = Duration::from_secs(600);
     let edge_acked = tokio::time::timeout(limit, edge_app)
@@ -569,4 +568,70 @@ async fn hundred_thousand_messages_each_way_with_acks_lose_none() {
     assert_eq!(acked, N, "objects acked by the edge");
     assert_eq!(statuses, N, "statuses received by the cloud");
     assert_eq!(edge_acked, N, "statuses acked by the cloud");
+}
+
+/// While the application is slow to take events, the driver stops reading, and neither declares the
+/// (perfectly alive) peer dead nor loses the event it holds back.
+#[tokio::test]
+async fn a_slow_application_neither_kills_the_link_nor_loses_events() {
+    let pki = TestPki::new().unwrap();
+    let (l, port) = listener().await;
+    let server_cfg = pki.server_config().unwrap();
+    let (events_tx, mut events) = mpsc::channel(1);
+    let server = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let conn = ws::accept(tcp, &server_cfg).await.unwrap();
+        let mut cfg = cloud::Config::default();
+        cfg.keepalive_timeout = Duration::from_millis(300);
+        let mut session = cloud::Session::new("e1", cfg, 1, driver::wall_clock(), driver::now());
+        let (_handle, mut pump) = driver::channel(8);
+        pump.drive(conn, &mut session, &events_tx).await
+    });
+    let mut conn = ws::connect(&pki.client_config("e1", port).unwrap())
+        .await
+        .unwrap();
+    // the connection negotiated: an empty inventory lets the cloud resync
+    let mut inv = kubeedge_core::sync::InventoryChunk::split(Vec::new(), 10)
+        .remove(0)
+        .to_message();
+    inv.header.id = "inv".into();
+    conn.send(&inv).await.unwrap();
+    for i in 0..5 {
+        let m = Message::new(
+            format!("s{i}"),
+            1,
+            Route::new(
+                "websocket",
+                "resource",
+                Operation::Patch,
+                format!("default/podpatch/p{i}"),
+            ),
+        )
+        .with_resource_version("1");
+        conn.send(&m).await.unwrap();
+    }
+    // keep the link alive while the application sleeps for three keepalive timeouts
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ka = Message::new(
+            "ka",
+            1,
+            Route::new("websocket", "resource", Operation::Keepalive, "node"),
+        );
+        conn.send(&ka).await.unwrap();
+    }
+    let mut uplinks = Vec::new();
+    while uplinks.len() < 5 {
+        match tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+        {
+            Some(cloud::Event::Uplink { message, .. }) => uplinks.push(message.route.resource),
+            Some(cloud::Event::ResyncNeeded) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(uplinks.len(), 5);
+    assert!(!server.is_finished(), "the link is still up");
+    server.abort();
 }
