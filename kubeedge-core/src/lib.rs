@@ -15,9 +15,10 @@
 //!   authentication, upstream's upgrade headers, a frame size limit, and an async driver that runs a
 //!   sync session over a connection.
 //! * [`pki`] (feature `pki`): the certificate authority, CSR signing and upstream's bootstrap token.
+//! * [`store`] (feature `store`): a redb-backed versioned object store with watch, for the
+//!   embedded control plane and the edge metastore.
 //!
-//! What it is not: no Kubernetes client, no controllers, no storage; those live in the cloud and edge
-//! crates. With `--no-default-features` it builds without tokio, sockets or a clock, for embedding the
+//! What it is not: no Kubernetes client and no controllers; those live in the cloud and edge crates. With `--no-default-features` it builds without tokio, sockets or a clock, for embedding the
 //! protocol in any runtime.
 //!
 //! # Example: encode and decode a message
@@ -37,6 +38,8 @@ pub mod message;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod resource;
+#[cfg(feature = "store")]
+pub mod store;
 pub mod sync;
 #[cfg(all(feature = "test-util", feature = "pki", feature = "transport"))]
 pub mod test_util;

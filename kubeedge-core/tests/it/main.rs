@@ -4,6 +4,7 @@
 mod message_golden;
 mod pki;
 mod resource_props;
+mod store;
 mod sync_session;
 mod sync_sim;
 mod transport;

@@ -1,0 +1,747 @@
+//! A versioned object store on redb: what the embedded control plane and the edge metastore keep
+//! Kubernetes objects in.
+//!
+//! * One monotonic resourceVersion for the whole store: every write (create, update, delete)
+//!   takes the next number, stamps it into the object's `metadata.resourceVersion`, and records
+//!   an event under it.
+//! * Optimistic concurrency: an update carrying a resourceVersion that is not the stored one is a
+//!   [`Error::Conflict`].
+//! * Watch from a resourceVersion: the last [`Config::event_window`] events are kept, so a watcher
+//!   resumes exactly where it left off; an older version is [`Error::Gone`] (HTTP 410), as
+//!   etcd's compaction makes it upstream. A watcher that falls behind the live broadcast refills
+//!   from the event log instead of losing events.
+//! * Crash-safe: each write is one durable redb transaction; what a call returned is on disk.
+//!
+//! Objects are JSON values addressed by resource (plural name, with the group for non-core types:
+//! `pods`, `devices.devices.kubeedge.io`), namespace (`None` when cluster-scoped) and name. The
+//! Kubernetes semantics above storage (graceful deletion, defaulting, subresources) belong to the
+//! API layer.
+//!
+//! ```no_run
+//! # fn f() -> Result<(), kubeedge_core::store::Error> {
+//! use kubeedge_core::store::{Config, Store};
+//! let store = Store::open("/var/lib/kubeedge/objects.redb".as_ref(), Config::default())?;
+//! let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}});
+//! let stored = store.create("pods", Some("default"), pod)?;
+//! assert_eq!(stored["metadata"]["resourceVersion"], "1");
+//! # Ok(()) }
+//! ```
+
+pub mod selector;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::sync::stamp::IdGen;
+pub use selector::{FieldSelector, LabelSelector};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_RV: &str = "resource_version";
+const META_COMPACTED: &str = "compacted";
+
+/// Store settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Events kept for watches that resume from a resourceVersion. Default 10,000.
+    pub event_window: u64,
+    /// Events buffered per live watcher before it refills from the log. Default 1,024.
+    pub watch_buffer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            event_window: 10_000,
+            watch_buffer: 1_024,
+        }
+    }
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database file could not be opened (missing directory, not a redb file, corrupt).
+    #[error("opening the store at {path}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// A read or write failed.
+    #[error("store I/O")]
+    Db(#[source] Box<redb::Error>),
+    /// No such object.
+    #[error("{resource} {name:?} not found")]
+    NotFound {
+        /// The resource.
+        resource: String,
+        /// The name.
+        name: String,
+    },
+    /// An object with that name exists.
+    #[error("{resource} {name:?} already exists")]
+    AlreadyExists {
+        /// The resource.
+        resource: String,
+        /// The name.
+        name: String,
+    },
+    /// The caller's resourceVersion is not the stored one.
+    #[error("{resource} {name:?}: resourceVersion {given} is stale (now {current})")]
+    Conflict {
+        /// The resource.
+        resource: String,
+        /// The name.
+        name: String,
+        /// The version the caller gave.
+        given: String,
+        /// The stored version.
+        current: u64,
+    },
+    /// The object cannot be stored as given.
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    /// The requested resourceVersion is older than the oldest event kept.
+    #[error("resourceVersion {requested} is too old (oldest kept: {oldest})")]
+    Gone {
+        /// What was asked for.
+        requested: u64,
+        /// The oldest version a watch may start from.
+        oldest: u64,
+    },
+    /// Stored bytes are not what the store wrote.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl<E: Into<redb::Error>> From<E> for Error {
+    fn from(e: E) -> Self {
+        Error::Db(Box::new(e.into()))
+    }
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventType {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Deleted (`object` is its last state).
+    Deleted,
+}
+
+/// One change, as watches deliver it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The resource.
+    pub resource: String,
+    /// The namespace; `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// The object name.
+    pub name: String,
+    /// The store's resourceVersion after the change.
+    pub rv: u64,
+    /// The object after the change (before it, for a delete).
+    pub object: Value,
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The objects, in key order.
+    pub items: Vec<Value>,
+    /// The store's resourceVersion when the page was read.
+    pub rv: u64,
+    /// Where the next page starts, when `limit` cut this one short.
+    pub continue_after: Option<String>,
+}
+
+struct Inner {
+    db: Database,
+    config: Config,
+    live: broadcast::Sender<Arc<Event>>,
+    /// Held across commit and broadcast so that live events go out in version order.
+    write: Mutex<IdGen>,
+}
+
+/// The store. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn key(resource: &str, namespace: Option<&str>, name: &str) -> String {
+    format!("{resource}/{}/{name}", namespace.unwrap_or(""))
+}
+
+fn prefix(resource: &str, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) => format!("{resource}/{ns}/"),
+        None => format!("{resource}/"),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Value, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn stored_rv(object: &Value) -> u64 {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 in UTC with second precision, as Kubernetes writes timestamps.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path, config: Config) -> Result<Store, Error> {
+        let db = Database::create(path).map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(OBJECTS)?;
+            txn.open_table(EVENTS)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let (live, _) = broadcast::channel(config.watch_buffer.max(1));
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
+            );
+            h.finish()
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                live,
+                write: Mutex::new(IdGen::new(seed)),
+            }),
+        })
+    }
+
+    /// The current resourceVersion (that of the last write; 0 for an empty store).
+    pub fn resource_version(&self) -> Result<u64, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The oldest resourceVersion a watch may resume from.
+    pub fn oldest_watchable(&self) -> Result<u64, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// One object.
+    pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Result<Value, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let objects = txn.open_table(OBJECTS)?;
+        match objects.get(key(resource, namespace, name).as_str())? {
+            Some(v) => decode(v.value()),
+            None => Err(Error::NotFound {
+                resource: resource.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// Every object of `resource` (in `namespace`, or in all namespaces) that the selectors match,
+    /// with the resourceVersion of that consistent snapshot.
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> Result<(Vec<Value>, u64), Error> {
+        let page = self.list_page(resource, namespace, labels, fields, None, None)?;
+        Ok((page.items, page.rv))
+    }
+
+    /// Like [`list`](Self::list), at most `limit` objects, starting after the key `after` (a
+    /// previous page's `continue_after`). Each page is a consistent snapshot of its own.
+    pub fn list_page(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Result<Page, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
+        let objects = txn.open_table(OBJECTS)?;
+        let prefix = prefix(resource, namespace);
+        let start = match after {
+            Some(a) if a.starts_with(&prefix) => a.to_owned(),
+            Some(_) => return Err(Error::Invalid("continue token from another list".into())),
+            None => prefix.clone(),
+        };
+        let mut items = Vec::new();
+        let mut continue_after = None;
+        for entry in objects.range(start.as_str()..)? {
+            let (k, v) = entry?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            if after == Some(k) {
+                continue;
+            }
+            let object = decode(v.value())?;
+            if !labels.matches(&object) || !fields.matches(&object) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                continue_after = last_key(resource, namespace, &items);
+                break;
+            }
+            items.push(object);
+        }
+        Ok(Page {
+            items,
+            rv,
+            continue_after,
+        })
+    }
+
+    /// Creates an object. Sets `metadata.uid`, `creationTimestamp`, `generation` (1) and
+    /// `resourceVersion`; a `generateName` without a `name` gets a random suffix.
+    pub fn create(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        mut object: Value,
+    ) -> Result<Value, Error> {
+        let meta = object
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| Error::Invalid("metadata must be an object".into()))?;
+        let mut ids = self.lock_ids();
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            let base = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    Error::Invalid("metadata.name or metadata.generateName is required".into())
+                })?;
+            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let suffix: String = (0..5)
+                .map(|_| ALPHABET[(ids.next_u64() % ALPHABET.len() as u64) as usize] as char)
+                .collect();
+            meta.insert("name".into(), Value::String(format!("{base}{suffix}")));
+        }
+        let name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        validate_name(&name)?;
+        if let Some(ns) = namespace {
+            meta.insert("namespace".into(), Value::String(ns.to_owned()));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.insert("uid".into(), Value::String(ids.next_id()));
+        meta.insert(
+            "creationTimestamp".into(),
+            Value::String(rfc3339(SystemTime::now())),
+        );
+        meta.insert("generation".into(), Value::from(1));
+        let k = key(resource, namespace, &name);
+        self.write(ids, |objects, rv| {
+            if objects.get(k.as_str())?.is_some() {
+                return Err(Error::AlreadyExists {
+                    resource: resource.to_owned(),
+                    name: name.clone(),
+                });
+            }
+            set_rv(&mut object, rv);
+            objects.insert(
+                k.as_str(),
+                serde_json::to_vec(&object).unwrap_or_default().as_slice(),
+            )?;
+            Ok(Event {
+                kind: EventType::Added,
+                resource: resource.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                name: name.clone(),
+                rv,
+                object,
+            })
+        })
+        .map(|ev| ev.object.clone())
+    }
+
+    /// Replaces an object. If `object` carries a `metadata.resourceVersion`, it must be the stored
+    /// one. `uid` and `creationTimestamp` are kept; `generation` goes up when anything outside
+    /// `metadata` and `status` changed.
+    pub fn update(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        mut object: Value,
+    ) -> Result<Value, Error> {
+        if !object.get("metadata").is_some_and(Value::is_object) {
+            return Err(Error::Invalid("metadata must be an object".into()));
+        }
+        if object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n != name)
+        {
+            return Err(Error::Invalid(format!(
+                "metadata.name does not match {name:?}"
+            )));
+        }
+        let given = object
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        let k = key(resource, namespace, name);
+        let ids = self.lock_ids();
+        self.write(ids, |objects, rv| {
+            let old = match objects.get(k.as_str())? {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(Error::NotFound {
+                        resource: resource.to_owned(),
+                        name: name.to_owned(),
+                    });
+                }
+            };
+            let current = stored_rv(&old);
+            if let Some(given) = &given
+                && given.parse::<u64>().ok() != Some(current)
+            {
+                return Err(Error::Conflict {
+                    resource: resource.to_owned(),
+                    name: name.to_owned(),
+                    given: given.clone(),
+                    current,
+                });
+            }
+            carry_metadata(&old, &mut object, name, namespace);
+            set_rv(&mut object, rv);
+            objects.insert(
+                k.as_str(),
+                serde_json::to_vec(&object).unwrap_or_default().as_slice(),
+            )?;
+            Ok(Event {
+                kind: EventType::Modified,
+                resource: resource.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                name: name.to_owned(),
+                rv,
+                object,
+            })
+        })
+        .map(|ev| ev.object.clone())
+    }
+
+    /// Removes an object; with `precondition_rv`, only if it is still at that version. Returns its
+    /// last state, stamped with the deletion's resourceVersion.
+    pub fn delete(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        precondition_rv: Option<u64>,
+    ) -> Result<Value, Error> {
+        let k = key(resource, namespace, name);
+        let ids = self.lock_ids();
+        self.write(ids, |objects, rv| {
+            let mut old = match objects.get(k.as_str())? {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(Error::NotFound {
+                        resource: resource.to_owned(),
+                        name: name.to_owned(),
+                    });
+                }
+            };
+            if let Some(pre) = precondition_rv {
+                let current = stored_rv(&old);
+                if pre != current {
+                    return Err(Error::Conflict {
+                        resource: resource.to_owned(),
+                        name: name.to_owned(),
+                        given: pre.to_string(),
+                        current,
+                    });
+                }
+            }
+            objects.remove(k.as_str())?;
+            set_rv(&mut old, rv);
+            Ok(Event {
+                kind: EventType::Deleted,
+                resource: resource.to_owned(),
+                namespace: namespace.map(str::to_owned),
+                name: name.to_owned(),
+                rv,
+                object: old,
+            })
+        })
+        .map(|ev| ev.object.clone())
+    }
+
+    /// Every event after `rv`, oldest first; [`Error::Gone`] if some were already dropped.
+    pub fn events_since(&self, rv: u64) -> Result<Vec<Arc<Event>>, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+        if rv < compacted {
+            return Err(Error::Gone {
+                requested: rv,
+                oldest: compacted,
+            });
+        }
+        let events = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for entry in events.range(rv + 1..)? {
+            let (_, v) = entry?;
+            let ev: Event =
+                serde_json::from_slice(v.value()).map_err(|e| Error::Corrupt(e.to_string()))?;
+            out.push(Arc::new(ev));
+        }
+        Ok(out)
+    }
+
+    /// Watches every change after `rv` (all resources; filter on the events).
+    pub fn watch(&self, rv: u64) -> Result<Watch, Error> {
+        // Subscribe before reading the log, so nothing falls between the two.
+        let live = self.inner.live.subscribe();
+        let backlog = self.events_since(rv)?.into();
+        Ok(Watch {
+            store: self.clone(),
+            live,
+            backlog,
+            last: rv,
+        })
+    }
+
+    fn lock_ids(&self) -> std::sync::MutexGuard<'_, IdGen> {
+        // A poisoned lock only means a writer panicked; the id generator is still usable.
+        self.inner
+            .write
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One durable write transaction: `f` changes `objects` at the next resourceVersion and says
+    /// what happened; the event is logged, old events trimmed, and the event broadcast after the
+    /// commit. The caller holds the write lock (`_ids`) throughout.
+    fn write(
+        &self,
+        _ids: std::sync::MutexGuard<'_, IdGen>,
+        f: impl FnOnce(&mut redb::Table<&str, &[u8]>, u64) -> Result<Event, Error>,
+    ) -> Result<Arc<Event>, Error> {
+        let txn = self.inner.db.begin_write()?;
+        let event = {
+            let mut meta = txn.open_table(META)?;
+            let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0) + 1;
+            let mut objects = txn.open_table(OBJECTS)?;
+            let event = f(&mut objects, rv)?;
+            let mut events = txn.open_table(EVENTS)?;
+            let bytes = serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
+            events.insert(rv, bytes.as_slice())?;
+            let window = self.inner.config.event_window.max(1);
+            let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+            while rv.saturating_sub(compacted) > window {
+                let Some((first, _)) = events.pop_first()? else {
+                    break;
+                };
+                compacted = compacted.max(first.value());
+            }
+            meta.insert(META_COMPACTED, compacted)?;
+            meta.insert(META_RV, rv)?;
+            event
+        };
+        txn.commit()?;
+        let event = Arc::new(event);
+        let _ = self.inner.live.send(event.clone());
+        Ok(event)
+    }
+}
+
+fn last_key(resource: &str, namespace: Option<&str>, items: &[Value]) -> Option<String> {
+    let last = items.last()?;
+    let name = last.pointer("/metadata/name")?.as_str()?;
+    let ns = last.pointer("/metadata/namespace").and_then(Value::as_str);
+    Some(key(resource, namespace.or(ns), name))
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'-' | b'.' | b':' | b'@' | b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("invalid name {name:?}")))
+    }
+}
+
+fn set_rv(object: &mut Value, rv: u64) {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+}
+
+/// Keeps what the server owns from the stored object: identity, creation time, generation (raised
+/// when the object's body changed).
+fn carry_metadata(old: &Value, new: &mut Value, name: &str, namespace: Option<&str>) {
+    let body_changed = {
+        let strip = |v: &Value| -> Value {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("metadata");
+                o.remove("status");
+            }
+            v
+        };
+        strip(old) != strip(new)
+    };
+    let generation = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        + i64::from(body_changed);
+    if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("name".into(), Value::String(name.to_owned()));
+        match namespace {
+            Some(ns) => meta.insert("namespace".into(), Value::String(ns.to_owned())),
+            None => meta.remove("namespace"),
+        };
+        for field in ["uid", "creationTimestamp"] {
+            match old.pointer(&format!("/metadata/{field}")) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        meta.insert("generation".into(), Value::from(generation));
+    }
+}
+
+/// A stream of store events after a resourceVersion. See [`Store::watch`].
+#[derive(Debug)]
+pub struct Watch {
+    store: Store,
+    live: broadcast::Receiver<Arc<Event>>,
+    backlog: VecDeque<Arc<Event>>,
+    last: u64,
+}
+
+impl Watch {
+    /// The next event. Fails with [`Error::Gone`] only if the watcher fell so far behind that the
+    /// events it missed left the log.
+    pub async fn next(&mut self) -> Result<Arc<Event>, Error> {
+        loop {
+            if let Some(ev) = self.backlog.pop_front() {
+                if ev.rv > self.last {
+                    self.last = ev.rv;
+                    return Ok(ev);
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(ev) if ev.rv > self.last => {
+                    if ev.rv > self.last + 1 {
+                        // Something was committed before we subscribed and after we read the log:
+                        // fill the gap from the log first.
+                        self.backlog = self.store.events_since(self.last)?.into();
+                        continue;
+                    }
+                    self.last = ev.rv;
+                    return Ok(ev);
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.backlog = self.store.events_since(self.last)?.into();
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Error::Invalid("the store was dropped".into()));
+                }
+            }
+        }
+    }
+
+    /// The resourceVersion of the last event returned (or where the watch started).
+    pub fn last_rv(&self) -> u64 {
+        self.last
+    }
+}

@@ -1,0 +1,368 @@
+//! The versioned object store: CRUD, optimistic concurrency, selectors, paging, watch, restarts and
+//! bad input.
+
+use std::time::Duration;
+
+use kubeedge_core::store::{Config, Error, EventType, FieldSelector, LabelSelector, Store};
+use serde_json::{Value, json};
+
+fn open(dir: &tempdir::Dir, config: Config) -> Store {
+    Store::open(&dir.path().join("objects.redb"), config).unwrap()
+}
+
+fn pod(name: &str, node: &str, app: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "labels": {"app": app}},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}})
+}
+
+fn all() -> (LabelSelector, FieldSelector) {
+    (LabelSelector::default(), FieldSelector::default())
+}
+
+/// A temporary directory removed on drop (no extra crate for this).
+mod tempdir {
+    pub struct Dir(std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "kubeedge-store-{}-{}",
+                std::process::id(),
+                kubeedge_core::transport::driver::random_seed()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+        pub fn path(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn create_get_update_delete_with_versions() {
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    let created = store
+        .create("pods", Some("default"), pod("web", "e1", "web"))
+        .unwrap();
+    assert_eq!(created["metadata"]["resourceVersion"], "1");
+    assert_eq!(created["metadata"]["namespace"], "default");
+    assert_eq!(created["metadata"]["generation"], 1);
+    assert!(created["metadata"]["uid"].as_str().unwrap().len() == 36);
+    assert!(
+        created["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(matches!(
+        store.create("pods", Some("default"), pod("web", "e1", "web")),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert_eq!(store.get("pods", Some("default"), "web").unwrap(), created);
+    // the same name in another namespace is another object
+    store
+        .create("pods", Some("other"), pod("web", "e2", "web"))
+        .unwrap();
+
+    // update with the current version: label change keeps generation, spec change raises it
+    let mut next = created.clone();
+    next["metadata"]["labels"]["v"] = json!("2");
+    let updated = store.update("pods", Some("default"), "web", next).unwrap();
+    assert_eq!(updated["metadata"]["resourceVersion"], "3");
+    assert_eq!(updated["metadata"]["generation"], 1);
+    assert_eq!(updated["metadata"]["uid"], created["metadata"]["uid"]);
+    let mut spec = updated.clone();
+    spec["spec"]["nodeName"] = json!("e9");
+    let updated = store.update("pods", Some("default"), "web", spec).unwrap();
+    assert_eq!(updated["metadata"]["generation"], 2);
+
+    // a stale version conflicts and changes nothing
+    let mut stale = created.clone();
+    stale["spec"]["nodeName"] = json!("zz");
+    match store.update("pods", Some("default"), "web", stale) {
+        Err(Error::Conflict { given, current, .. }) => {
+            assert_eq!(given, "1");
+            assert_eq!(current, 4);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.get("pods", Some("default"), "web").unwrap(), updated);
+
+    // delete with a wrong precondition fails; then for real
+    assert!(matches!(
+        store.delete("pods", Some("default"), "web", Some(1)),
+        Err(Error::Conflict { .. })
+    ));
+    let gone = store
+        .delete("pods", Some("default"), "web", Some(4))
+        .unwrap();
+    assert_eq!(gone["metadata"]["resourceVersion"], "5");
+    assert!(matches!(
+        store.get("pods", Some("default"), "web"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.update("pods", Some("default"), "web", pod("web", "e1", "web")),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn cluster_scoped_objects_and_generate_name() {
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    let node = store
+        .create(
+            "nodes",
+            None,
+            json!({"kind": "Node", "metadata": {"name": "e1", "namespace": "x"}}),
+        )
+        .unwrap();
+    assert!(node["metadata"].get("namespace").is_none());
+    assert_eq!(store.get("nodes", None, "e1").unwrap(), node);
+    let ev = store
+        .create(
+            "events",
+            Some("default"),
+            json!({"metadata": {"generateName": "web."}}),
+        )
+        .unwrap();
+    let name = ev["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("web.") && name.len() == 9, "{name}");
+}
+
+#[test]
+fn bad_objects_are_refused_and_nothing_is_stored() {
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    for bad in [
+        json!({"kind": "Pod"}),
+        json!({"metadata": "x"}),
+        json!({"metadata": {}}),
+        json!({"metadata": {"name": "Upper/Case"}}),
+    ] {
+        assert!(matches!(
+            store.create("pods", Some("default"), bad),
+            Err(Error::Invalid(_))
+        ));
+    }
+    assert_eq!(store.resource_version().unwrap(), 0);
+}
+
+#[test]
+fn lists_filter_by_namespace_labels_and_fields_and_page() {
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    for (ns, name, node, app) in [
+        ("default", "a", "e1", "web"),
+        ("default", "b", "e2", "web"),
+        ("default", "c", "e1", "db"),
+        ("kube-system", "d", "e1", "web"),
+    ] {
+        store
+            .create("pods", Some(ns), pod(name, node, app))
+            .unwrap();
+    }
+    let (none, any) = all();
+    let names = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (items, rv) = store.list("pods", None, &none, &any).unwrap();
+    assert_eq!(names(&items), ["a", "b", "c", "d"]);
+    assert_eq!(rv, 4);
+    let (items, _) = store.list("pods", Some("default"), &none, &any).unwrap();
+    assert_eq!(names(&items), ["a", "b", "c"]);
+    let on_e1 = FieldSelector::parse("spec.nodeName=e1").unwrap();
+    let web = LabelSelector::parse("app=web").unwrap();
+    let (items, _) = store.list("pods", None, &web, &on_e1).unwrap();
+    assert_eq!(names(&items), ["a", "d"]);
+    let named = FieldSelector::parse("metadata.name=c").unwrap();
+    assert_eq!(
+        names(&store.list("pods", None, &none, &named).unwrap().0),
+        ["c"]
+    );
+    assert!(
+        store
+            .list("configmaps", None, &none, &any)
+            .unwrap()
+            .0
+            .is_empty()
+    );
+
+    // paging: 2 + 2, the token continues where the first page stopped
+    let p1 = store
+        .list_page("pods", None, &none, &any, Some(2), None)
+        .unwrap();
+    assert_eq!(names(&p1.items), ["a", "b"]);
+    let token = p1.continue_after.unwrap();
+    let p2 = store
+        .list_page("pods", None, &none, &any, Some(2), Some(&token))
+        .unwrap();
+    assert_eq!(names(&p2.items), ["c", "d"]);
+    assert!(p2.continue_after.is_none());
+    assert!(matches!(
+        store.list_page("configmaps", None, &none, &any, Some(2), Some(&token)),
+        Err(Error::Invalid(_))
+    ));
+}
+
+#[test]
+fn restarts_keep_objects_and_versions_stay_monotonic() {
+    let dir = tempdir::Dir::new();
+    {
+        let store = open(&dir, Config::default());
+        for i in 0..5 {
+            store
+                .create(
+                    "configmaps",
+                    Some("default"),
+                    json!({"metadata": {"name": format!("cm{i}")}}),
+                )
+                .unwrap();
+        }
+        store
+            .delete("configmaps", Some("default"), "cm0", None)
+            .unwrap();
+    }
+    let store = open(&dir, Config::default());
+    assert_eq!(store.resource_version().unwrap(), 6);
+    let (none, any) = all();
+    assert_eq!(
+        store.list("configmaps", None, &none, &any).unwrap().0.len(),
+        4
+    );
+    let next = store
+        .create(
+            "configmaps",
+            Some("default"),
+            json!({"metadata": {"name": "cm9"}}),
+        )
+        .unwrap();
+    assert_eq!(next["metadata"]["resourceVersion"], "7");
+    // the event log survived too
+    let events = store.events_since(4).unwrap();
+    assert_eq!(events.iter().map(|e| e.rv).collect::<Vec<_>>(), [5, 6, 7]);
+    assert_eq!(events[1].kind, EventType::Deleted);
+}
+
+#[test]
+fn a_corrupt_file_is_a_clear_error() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("objects.redb");
+    std::fs::write(
+        &path,
+        b"this is not a redb database, just some bytes to trip the header check",
+    )
+    .unwrap();
+    match Store::open(&path, Config::default()) {
+        Err(e @ Error::Open { .. }) => assert!(e.to_string().contains("objects.redb")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_resumes_from_a_version_and_old_versions_are_gone() {
+    let dir = tempdir::Dir::new();
+    let mut cfg = Config::default();
+    cfg.event_window = 5;
+    let store = open(&dir, cfg);
+    for i in 0..3 {
+        store
+            .create("pods", Some("default"), pod(&format!("p{i}"), "e1", "web"))
+            .unwrap();
+    }
+    let mut w = store.watch(1).unwrap();
+    assert_eq!(w.next().await.unwrap().rv, 2);
+    assert_eq!(w.next().await.unwrap().rv, 3);
+    store.delete("pods", Some("default"), "p0", None).unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.rv, ev.kind, ev.name.as_str()),
+        (4, EventType::Deleted, "p0")
+    );
+    for i in 3..10 {
+        store
+            .create("pods", Some("default"), pod(&format!("p{i}"), "e1", "web"))
+            .unwrap();
+    }
+    // 11 events, the last 5 kept: resuming from 6 works, from 5 is gone
+    assert_eq!(store.oldest_watchable().unwrap(), 6);
+    assert!(store.watch(6).is_ok());
+    match store.watch(5) {
+        Err(Error::Gone {
+            requested: 5,
+            oldest: 6,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_loses_nothing() {
+    let dir = tempdir::Dir::new();
+    let mut cfg = Config::default();
+    cfg.watch_buffer = 2;
+    let store = open(&dir, cfg);
+    let mut w = store.watch(0).unwrap();
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                store
+                    .create("pods", Some("default"), pod(&format!("p{i}"), "e1", "web"))
+                    .unwrap();
+            }
+        })
+    };
+    writer.join().unwrap();
+    for want in 1..=50u64 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.rv, want);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_get_distinct_increasing_versions() {
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    let mut w = store.watch(0).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    store
+                        .create(
+                            "pods",
+                            Some("default"),
+                            pod(&format!("t{t}-{i}"), "e1", "web"),
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    for want in 1..=100u64 {
+        assert_eq!(w.next().await.unwrap().rv, want);
+    }
+    assert_eq!(store.resource_version().unwrap(), 100);
+}
