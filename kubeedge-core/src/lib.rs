@@ -15,6 +15,8 @@
 //!   authentication, upstream's upgrade headers, a frame size limit, and an async driver that runs a
 //!   sync session over a connection.
 //! * [`pki`] (feature `pki`): the certificate authority, CSR signing and upstream's bootstrap token.
+//! * [`kubeapi`] (feature `kubeapi`): the Kubernetes REST API over a store (axum), for kubectl,
+//!   kube-rs and client-go.
 //! * [`store`] (feature `store`): a redb-backed versioned object store with watch, for the
 //!   embedded control plane and the edge metastore.
 //!
@@ -34,6 +36,8 @@
 //! assert_eq!(Message::from_json(&bytes, 1 << 20).unwrap(), msg);
 //! ```
 
+#[cfg(feature = "kubeapi")]
+pub mod kubeapi;
 pub mod message;
 #[cfg(feature = "pki")]
 pub mod pki;
