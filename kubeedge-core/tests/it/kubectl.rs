@@ -271,3 +271,157 @@ async fn a_crd_applied_at_run_time_is_served() {
             .contains("the server doesn't have a resource type")
     );
 }
+
+/// One raw HTTP/1.1 request; returns the status code and the body.
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let (mut rd, mut wr) = s.into_split();
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    // Write while reading: a server may answer (413) and close before taking the whole body.
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&request).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let _ = rd.read_to_end(&mut out).await;
+    let _ = writer.await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_status_errors_and_store_nothing() {
+    let c = cluster().await;
+    let cfg = std::fs::read_to_string(c.dir.join("kubeconfig")).unwrap();
+    let port: u16 = cfg
+        .split("127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pods = "/api/v1/namespaces/default/pods";
+    let rv_before = c.api.store().resource_version().unwrap();
+
+    let (code, body) = http(port, "POST", pods, "application/json", b"{not json").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("\"kind\":\"Status\"") && body.contains("BadRequest"),
+        "{body}"
+    );
+    let (code, _) = http(
+        port,
+        "POST",
+        pods,
+        "application/json",
+        br#"{"kind":"ConfigMap","metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = http(
+        port,
+        "POST",
+        pods,
+        "application/json",
+        br#"{"metadata":{}}"#,
+    )
+    .await;
+    assert_eq!(code, 422);
+    let (code, body) = http(
+        port,
+        "GET",
+        "/api/v1/namespaces/default/widgets",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    let (code, _) = http(
+        port,
+        "POST",
+        "/api/v1/namespaces/nowhere/pods",
+        "application/json",
+        br#"{"metadata":{"name":"p"}}"#,
+    )
+    .await;
+    assert_eq!(code, 404);
+    let big = format!(
+        r#"{{"metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    let (code, body) = http(
+        port,
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        "application/json",
+        big.as_bytes(),
+    )
+    .await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(
+        c.api.store().resource_version().unwrap(),
+        rv_before,
+        "nothing was stored"
+    );
+
+    // stale resourceVersion → 409, and the object is unchanged
+    let (code, created) = http(
+        port,
+        "POST",
+        pods,
+        "application/json",
+        br#"{"metadata":{"name":"p1"},"spec":{"containers":[]}}"#,
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let stale =
+        br#"{"metadata":{"name":"p1","resourceVersion":"1"},"spec":{"containers":[{"name":"x"}]}}"#;
+    let (code, body) = http(
+        port,
+        "PUT",
+        &format!("{pods}/p1"),
+        "application/json",
+        stale,
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("Conflict"));
+    let (code, _) = http(port, "PATCH", &format!("{pods}/p1"), "text/plain", b"{}").await;
+    assert_eq!(code, 415);
+    let (code, _) = http(
+        port,
+        "POST",
+        &format!("{pods}"),
+        "application/json",
+        br#"{"metadata":{"name":"p1"}}"#,
+    )
+    .await;
+    assert_eq!(code, 409);
+    let stored = c.api.store().get("pods", Some("default"), "p1").unwrap();
+    assert_eq!(stored["spec"]["containers"], serde_json::json!([]));
+}
