@@ -416,7 +416,7 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     let (code, _) = http(
         port,
         "POST",
-        &format!("{pods}"),
+        pods,
         "application/json",
         br#"{"metadata":{"name":"p1"}}"#,
     )
