@@ -429,14 +429,14 @@ impl Store {
                 k.as_str(),
                 serde_json::to_vec(&object).unwrap_or_default().as_slice(),
             )?;
-            Ok(Event {
-                kind: EventType::Added,
-                resource: resource.to_owned(),
-                namespace: namespace.map(str::to_owned),
-                name: name.clone(),
+            Ok(Event::new(
+                EventType::Added,
+                resource,
+                namespace,
+                &name,
                 rv,
                 object,
-            })
+            ))
         })
         .map(|ev| ev.object.clone())
     }
@@ -471,15 +471,7 @@ impl Store {
         let k = key(resource, namespace, name);
         let ids = self.lock_ids();
         self.write(ids, |objects, rv| {
-            let old = match objects.get(k.as_str())? {
-                Some(v) => decode(v.value())?,
-                None => {
-                    return Err(Error::NotFound {
-                        resource: resource.to_owned(),
-                        name: name.to_owned(),
-                    });
-                }
-            };
+            let old = load(objects, &k, resource, name)?;
             let current = stored_rv(&old);
             if let Some(given) = &given
                 && given.parse::<u64>().ok() != Some(current)
@@ -497,14 +489,14 @@ impl Store {
                 k.as_str(),
                 serde_json::to_vec(&object).unwrap_or_default().as_slice(),
             )?;
-            Ok(Event {
-                kind: EventType::Modified,
-                resource: resource.to_owned(),
-                namespace: namespace.map(str::to_owned),
-                name: name.to_owned(),
+            Ok(Event::new(
+                EventType::Modified,
+                resource,
+                namespace,
+                name,
                 rv,
                 object,
-            })
+            ))
         })
         .map(|ev| ev.object.clone())
     }
@@ -521,15 +513,7 @@ impl Store {
         let k = key(resource, namespace, name);
         let ids = self.lock_ids();
         self.write(ids, |objects, rv| {
-            let mut old = match objects.get(k.as_str())? {
-                Some(v) => decode(v.value())?,
-                None => {
-                    return Err(Error::NotFound {
-                        resource: resource.to_owned(),
-                        name: name.to_owned(),
-                    });
-                }
-            };
+            let mut old = load(objects, &k, resource, name)?;
             if let Some(pre) = precondition_rv {
                 let current = stored_rv(&old);
                 if pre != current {
@@ -543,14 +527,14 @@ impl Store {
             }
             objects.remove(k.as_str())?;
             set_rv(&mut old, rv);
-            Ok(Event {
-                kind: EventType::Deleted,
-                resource: resource.to_owned(),
-                namespace: namespace.map(str::to_owned),
-                name: name.to_owned(),
+            Ok(Event::new(
+                EventType::Deleted,
+                resource,
+                namespace,
+                name,
                 rv,
-                object: old,
-            })
+                old,
+            ))
         })
         .map(|ev| ev.object.clone())
     }
@@ -631,6 +615,41 @@ impl Store {
         let event = Arc::new(event);
         let _ = self.inner.live.send(event.clone());
         Ok(event)
+    }
+}
+
+fn load(
+    objects: &redb::Table<&str, &[u8]>,
+    k: &str,
+    resource: &str,
+    name: &str,
+) -> Result<Value, Error> {
+    match objects.get(k)? {
+        Some(v) => decode(v.value()),
+        None => Err(Error::NotFound {
+            resource: resource.to_owned(),
+            name: name.to_owned(),
+        }),
+    }
+}
+
+impl Event {
+    fn new(
+        kind: EventType,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        rv: u64,
+        object: Value,
+    ) -> Event {
+        Event {
+            kind,
+            resource: resource.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+            rv,
+            object,
+        }
     }
 }
 

@@ -53,6 +53,17 @@ async fn raw_client(
     tokio_tungstenite::client_async(req, stream).await
 }
 
+/// Accepts one edge on `l` in the background.
+fn accept_one(
+    l: TcpListener,
+    cfg: ws::ServerConfig,
+) -> tokio::task::JoinHandle<Result<ws::Connection, ws::Error>> {
+    tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        ws::accept(tcp, &cfg).await
+    })
+}
+
 fn msg(resource: &str, op: Operation) -> Message {
     Message::new(
         "m1",
@@ -139,10 +150,7 @@ async fn refuses_an_upgrade_without_connection_use() {
     let pki = TestPki::new().unwrap();
     let (l, port) = listener().await;
     let server_cfg = pki.server_config().unwrap();
-    let server = tokio::spawn(async move {
-        let (tcp, _) = l.accept().await.unwrap();
-        ws::accept(tcp, &server_cfg).await
-    });
+    let server = accept_one(l, server_cfg);
     assert!(
         raw_client(&pki, "e1", port, &[("node_id", "e1")])
             .await
@@ -163,10 +171,7 @@ async fn refuses_a_client_certificate_from_another_ca() {
     let other = TestPki::new().unwrap();
     let (l, port) = listener().await;
     let server_cfg = pki.server_config().unwrap();
-    let server = tokio::spawn(async move {
-        let (tcp, _) = l.accept().await.unwrap();
-        ws::accept(tcp, &server_cfg).await
-    });
+    let server = accept_one(l, server_cfg);
     // trusts the right CA for the server, but presents a certificate from another CA
     let id = other.node("e1").unwrap();
     let tls_cfg = tls::client_config(&pki.ca.cert(), id.chain(), id.private_key()).unwrap();
