@@ -451,6 +451,14 @@ async fn resource_request(
             name.as_deref().unwrap_or_default(),
         ));
     }
+    // Listing and watching a namespaced resource across namespaces is fine; writing is not.
+    if resource.namespaced && namespace.is_none() && *method != Method::GET {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            format!("{} must be written within a namespace", resource.plural),
+        ));
+    }
     if let Some(s) = &sub
         && !(s == "status" && resource.status)
     {

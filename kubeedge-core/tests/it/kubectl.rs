@@ -370,6 +370,15 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     )
     .await;
     assert_eq!(code, 404);
+    let (code, _) = http(
+        port,
+        "POST",
+        "/api/v1/pods",
+        "application/json",
+        br#"{"metadata":{"name":"p"}}"#,
+    )
+    .await;
+    assert_eq!(code, 405);
     let big = format!(
         r#"{{"metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#,
         "x".repeat(4 << 20)
