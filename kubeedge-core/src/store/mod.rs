@@ -259,23 +259,12 @@ impl Store {
         }
         txn.commit()?;
         let (live, _) = broadcast::channel(config.watch_buffer.max(1));
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0),
-            );
-            h.finish()
-        };
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
                 config,
                 live,
-                write: Mutex::new(IdGen::new(seed)),
+                write: Mutex::new(IdGen::new(crate::sync::stamp::random_seed())),
             }),
         })
     }

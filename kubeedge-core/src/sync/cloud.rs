@@ -356,12 +356,11 @@ impl Session {
         match message.route.operation {
             Operation::Keepalive => {
                 if self.negotiated && self.config.answer_keepalives {
-                    let id = self.ids.next_id();
-                    self.replies.push_back(message.response(
-                        id,
-                        self.clock.unix_ms(now),
+                    self.reply(
+                        now,
+                        &message,
                         serde_json::Value::String(names::ACK_CONTENT.into()),
-                    ));
+                    );
                 }
                 Ok(())
             }
@@ -418,6 +417,13 @@ impl Session {
         }
     }
 
+    /// Queues the `response` to `request` carrying `content`.
+    fn reply(&mut self, now: Instant, request: &Message, content: serde_json::Value) {
+        let id = self.ids.next_id();
+        self.replies
+            .push_back(request.response(id, self.clock.unix_ms(now), content));
+    }
+
     fn handle_uplink(&mut self, now: Instant, message: Message) {
         let key = message.route.resource.clone();
         let seq = parse_version(&message.header.resource_version);
@@ -425,12 +431,11 @@ impl Session {
             && self.uplink_seen.get(&key).is_some_and(|seen| *seen >= seq)
         {
             // A duplicate or an older status than one already handled: just ack it.
-            let id = self.ids.next_id();
-            self.replies.push_back(message.response(
-                id,
-                self.clock.unix_ms(now),
+            self.reply(
+                now,
+                &message,
                 serde_json::Value::String(names::ACK_CONTENT.into()),
-            ));
+            );
             return;
         }
         let token = UplinkToken {
@@ -512,9 +517,7 @@ impl Session {
             *seen = (*seen).max(seq);
         }
         if let Some(content) = reply {
-            let id = self.ids.next_id();
-            self.replies
-                .push_back(token.request.response(id, self.clock.unix_ms(now), content));
+            self.reply(now, &token.request, content);
         }
     }
 

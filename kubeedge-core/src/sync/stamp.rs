@@ -46,6 +46,21 @@ impl IdGen {
     }
 }
 
+/// A fresh seed for [`IdGen`] from the standard library's per-process random keys and the time.
+/// Only in the I/O features: the pure core reads no clock.
+#[cfg(any(feature = "transport", feature = "store"))]
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
 /// Maps the caller's monotonic `now` to wall-clock milliseconds for message timestamps.
 #[derive(Debug, Clone, Copy)]
 pub struct WallClock {

@@ -123,18 +123,7 @@ pub fn wall_clock() -> crate::sync::stamp::WallClock {
     crate::sync::stamp::WallClock::new(now(), unix_ms)
 }
 
-/// A fresh seed for session message ids, from the standard library's per-process random keys.
-pub fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
-}
+pub use crate::sync::stamp::random_seed;
 
 /// How long a graceful end waits for the last frames to be written.
 const FLUSH_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5);
