@@ -399,6 +399,46 @@ impl Ca {
         })
     }
 
+    /// A client identity for an API user (the embedded control plane's admin, cloudcore's own
+    /// controllers): `CN=<user>`, `O=<group>` (Kubernetes reads the user name from the CN and the
+    /// group from the O), EKU ClientAuth, valid from `now` for `validity`.
+    pub fn issue_client(
+        &self,
+        user: &str,
+        group: &str,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Identity, Error> {
+        let key =
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| Error::Rcgen {
+                step: "generating the client key",
+                source,
+            })?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[
+            (DnType::OrganizationName, group),
+            (DnType::CommonName, user),
+        ]);
+        params.serial_number = Some(random_serial()?);
+        params.not_before = now.into();
+        params.not_after = (now + validity).into();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(|source| Error::Rcgen {
+                step: "signing the client certificate",
+                source,
+            })?;
+        Ok(Identity {
+            cert_der: cert.der().to_vec(),
+            key_pkcs8: key.serialize_der(),
+        })
+    }
+
     /// A join token valid for `valid_for` from `now` (upstream: 2 × `tokenRefreshDuration`, 24 h by
     /// default).
     pub fn token(&self, valid_for: Duration, now: SystemTime) -> String {
@@ -542,6 +582,25 @@ pub fn node_name(cert_der: &[u8]) -> Result<String, Error> {
             found: format!("CN={cn}, O={org}"),
         }),
     }
+}
+
+/// A certificate's subject as Kubernetes reads it: the CN (user name) and every O (groups).
+pub fn subject(cert_der: &[u8]) -> Result<(String, Vec<String>), Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| Error::Certificate(e.to_string()))?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let orgs = subject
+        .iter_organization()
+        .filter_map(|a| a.as_str().ok())
+        .map(str::to_owned)
+        .collect();
+    Ok((cn, orgs))
 }
 
 /// A certificate's validity window (not before, not after), for rotation deadlines.

@@ -35,6 +35,12 @@ impl TestPki {
             .issue_node(name, Duration::from_secs(86_400), SystemTime::now())
     }
 
+    /// An API client identity: `CN=<user>`, `O=<group>`, valid for a day.
+    pub fn client(&self, user: &str, group: &str) -> Result<Identity, Error> {
+        self.ca
+            .issue_client(user, group, Duration::from_secs(86_400), SystemTime::now())
+    }
+
     /// Server settings for cloudhub.
     pub fn server_config(&self) -> Result<ws::ServerConfig, tls::Error> {
         let tls = tls::server_config(

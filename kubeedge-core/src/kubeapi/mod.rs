@@ -13,12 +13,14 @@
 //!   CRDs, and the resources of every CRD created at run time.
 //! * Errors are `Status` objects with the apiserver's codes and reasons.
 //!
-//! Authentication and authorization are the server's business (see the embedded control plane);
-//! this facade serves whoever reaches it.
+//! [`Api::serve`] and [`Api::router`] serve whoever reaches them (the edge metaserver on loopback,
+//! in-process callers); [`Api::serve_tls`] adds client-certificate authentication and group
+//! authorization, as the embedded control plane serves it (see [`tls`]).
 
 pub mod patch;
 pub mod registry;
 mod table;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -7,10 +7,15 @@
 
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme, SupportedCipherSuite,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,95 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(Error::Identity)?;
     Ok(Arc::new(config))
+}
+
+/// Checks client certificates after the handshake, for servers that let a request through without
+/// one and answer it at the HTTP layer (401) instead of failing the handshake, as the Kubernetes
+/// API server does. Built by [`server_config_optional_client`].
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientAuth {
+    /// Whether `chain` (end entity first) chains to the CA and is valid now for client auth.
+    pub fn verify(&self, chain: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        let Some((end, intermediates)) = chain.split_first() else {
+            return Err(rustls::Error::NoCertificatesPresented);
+        };
+        self.inner
+            .verify_client_cert(end, intermediates, UnixTime::now())
+            .map(|_| ())
+    }
+}
+
+/// Asks for a client certificate, accepts the handshake with or without one (proof of the key is
+/// still checked), and leaves the chain check to [`ClientAuth::verify`].
+#[derive(Debug)]
+struct RequestClientCert(Arc<dyn ClientCertVerifier>);
+
+impl ClientCertVerifier for RequestClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// An HTTPS server (the embedded API server, cloudhub's certificate server): presents `chain` with
+/// `key`, asks for a client certificate but does not require one, offers ALPN `http/1.1`. The
+/// returned [`ClientAuth`] tells whether a presented chain is trusted.
+pub fn server_config_optional_client(
+    ca: &CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<(Arc<ServerConfig>, ClientAuth), Error> {
+    let provider = provider();
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider.clone())
+        .build()
+        .map_err(Error::Verifier)?;
+    let auth = ClientAuth {
+        inner: inner.clone(),
+    };
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(Error::Identity)?
+        .with_client_cert_verifier(Arc::new(RequestClientCert(inner)))
+        .with_single_cert(chain, key)
+        .map_err(Error::Identity)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok((Arc::new(config), auth))
 }
 
 /// The client side (edgehub): trusts only `ca`, presents `chain` with `key`.

@@ -3,15 +3,22 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kubeedge_core::kubeapi::Api;
+use kubeedge_core::kubeapi::tls::{MASTERS_GROUP, TlsListener, kubeconfig};
+use kubeedge_core::pki::Identity;
 use kubeedge_core::store::{Config, Store};
+use kubeedge_core::test_util::TestPki;
+use kubeedge_core::transport::tls;
 
 struct Cluster {
     dir: PathBuf,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     api: Api,
+    pki: TestPki,
+    port: u16,
 }
 
 impl Drop for Cluster {
@@ -20,6 +27,7 @@ impl Drop for Cluster {
     }
 }
 
+/// The API over HTTPS with client-certificate authentication, and an admin kubeconfig for it.
 async fn cluster() -> Cluster {
     let dir = std::env::temp_dir().join(format!(
         "kubeedge-kubectl-{}-{}",
@@ -29,14 +37,25 @@ async fn cluster() -> Cluster {
     std::fs::create_dir_all(dir.join("home")).unwrap();
     let store = Store::open(&dir.join("api.redb"), Config::default()).unwrap();
     let api = Api::new(store).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    let pki = TestPki::new().unwrap();
+    let (server_tls, auth) = tls::server_config_optional_client(
+        &pki.ca.cert(),
+        pki.server.chain(),
+        pki.server.private_key(),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TlsListener::new(tcp, server_tls, auth).unwrap();
+    let port = listener.local_addr().port();
+    let admin = pki.client("kubernetes-admin", MASTERS_GROUP).unwrap();
+    let server = format!("https://127.0.0.1:{port}");
     std::fs::write(
         dir.join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             contexts:\n- name: t\n  context:\n    cluster: t\n    user: u\n    namespace: default\n\
-             current-context: t\nusers:\n- name: u\n  user: {{}}\n"
+        kubeconfig(
+            &server,
+            &pki.ca.cert_pem(),
+            &admin.cert_pem(),
+            &admin.key_pem().unwrap(),
         ),
     )
     .unwrap();
@@ -44,7 +63,7 @@ async fn cluster() -> Cluster {
     let served = api.clone();
     tokio::spawn(async move {
         served
-            .serve(listener, async {
+            .serve_tls(listener, vec![MASTERS_GROUP.to_owned()], async {
                 let _ = rx.await;
             })
             .await
@@ -54,6 +73,8 @@ async fn cluster() -> Cluster {
         dir,
         _shutdown: tx,
         api,
+        pki,
+        port,
     }
 }
 
@@ -272,23 +293,42 @@ async fn a_crd_applied_at_run_time_is_served() {
     );
 }
 
-/// One raw HTTP/1.1 request; returns the status code and the body.
-async fn http(
-    port: u16,
+/// One raw HTTP/1.1 request over TLS as `who` (no client certificate if `None`); returns the
+/// status code and the body.
+async fn https(
+    c: &Cluster,
+    who: Option<&Identity>,
     method: &str,
     path: &str,
     content_type: &str,
     body: &[u8],
 ) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(c.pki.ca.cert()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match who {
+        Some(id) => builder
+            .with_client_auth_cert(id.chain(), id.private_key())
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
         .await
         .unwrap();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let (mut rd, mut wr) = s.into_split();
+    let (mut rd, mut wr) = tokio::io::split(s);
     let mut request = head.into_bytes();
     request.extend_from_slice(body);
     // Write while reading: a server may answer (413) and close before taking the whole body.
@@ -313,29 +353,74 @@ async fn http(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_or_wrong_credentials_get_401_and_other_users_403() {
+    let c = cluster().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    let body = br#"{"metadata":{"name":"p"}}"#;
+    let rv_before = c.api.store().resource_version().unwrap();
+    let (code, text) = https(&c, None, "GET", pods, "application/json", b"").await;
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("Unauthorized") && text.contains("\"kind\":\"Status\""));
+    let (code, _) = https(&c, None, "POST", pods, "application/json", body).await;
+    assert_eq!(code, 401);
+    // a certificate from another CA, even with the right group
+    let other = TestPki::new().unwrap();
+    let forged = other.client("kubernetes-admin", MASTERS_GROUP).unwrap();
+    let (code, _) = https(&c, Some(&forged), "POST", pods, "application/json", body).await;
+    assert_eq!(code, 401);
+    // a node's certificate is genuine but grants no API access
+    let node = c.pki.node("e1").unwrap();
+    let (code, text) = https(&c, Some(&node), "POST", pods, "application/json", body).await;
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("Forbidden") && text.contains("system:node:e1"));
+    assert_eq!(c.api.store().resource_version().unwrap(), rv_before);
+    // /version is public, as on the apiserver
+    let (code, _) = https(&c, None, "GET", "/version", "application/json", b"").await;
+    assert_eq!(code, 200);
+
+    // kubectl with a bearer token this server does not know, and no client certificate (with no
+    // credentials at all kubectl would prompt for a password)
+    let cfg = std::fs::read_to_string(c.dir.join("kubeconfig")).unwrap();
+    let anonymous = cfg.split("users:").next().unwrap().to_owned()
+        + "users:\n- name: admin\n  user:\n    token: not-a-token\n";
+    std::fs::write(c.dir.join("anonymous"), anonymous).unwrap();
+    let out = Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .env("HOME", c.dir.join("home"))
+        .arg("--kubeconfig")
+        .arg(c.dir.join("anonymous"))
+        .arg("--cache-dir")
+        .arg(c.dir.join("cache-anon"))
+        .args(["get", "pods"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Unauthorized") || err.contains("provide credentials"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_status_errors_and_store_nothing() {
     let c = cluster().await;
-    let cfg = std::fs::read_to_string(c.dir.join("kubeconfig")).unwrap();
-    let port: u16 = cfg
-        .split("127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin = c.pki.client("kubernetes-admin", MASTERS_GROUP).unwrap();
+    macro_rules! http {
+        ($method:expr, $path:expr, $ct:expr, $body:expr $(,)?) => {
+            https(&c, Some(&admin), $method, &$path, $ct, $body)
+        };
+    }
     let pods = "/api/v1/namespaces/default/pods";
     let rv_before = c.api.store().resource_version().unwrap();
 
-    let (code, body) = http(port, "POST", pods, "application/json", b"{not json").await;
+    let (code, body) = http!("POST", pods, "application/json", b"{not json").await;
     assert_eq!(code, 400, "{body}");
     assert!(
         body.contains("\"kind\":\"Status\"") && body.contains("BadRequest"),
         "{body}"
     );
-    let (code, _) = http(
-        port,
+    let (code, _) = http!(
         "POST",
         pods,
         "application/json",
@@ -343,17 +428,9 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     )
     .await;
     assert_eq!(code, 400);
-    let (code, _) = http(
-        port,
-        "POST",
-        pods,
-        "application/json",
-        br#"{"metadata":{}}"#,
-    )
-    .await;
+    let (code, _) = http!("POST", pods, "application/json", br#"{"metadata":{}}"#,).await;
     assert_eq!(code, 422);
-    let (code, body) = http(
-        port,
+    let (code, body) = http!(
         "GET",
         "/api/v1/namespaces/default/widgets",
         "application/json",
@@ -361,8 +438,7 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     )
     .await;
     assert_eq!(code, 404, "{body}");
-    let (code, _) = http(
-        port,
+    let (code, _) = http!(
         "POST",
         "/api/v1/namespaces/nowhere/pods",
         "application/json",
@@ -370,8 +446,7 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     )
     .await;
     assert_eq!(code, 404);
-    let (code, _) = http(
-        port,
+    let (code, _) = http!(
         "POST",
         "/api/v1/pods",
         "application/json",
@@ -383,8 +458,7 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
         r#"{{"metadata":{{"name":"big"}},"data":{{"k":"{}"}}}}"#,
         "x".repeat(4 << 20)
     );
-    let (code, body) = http(
-        port,
+    let (code, body) = http!(
         "POST",
         "/api/v1/namespaces/default/configmaps",
         "application/json",
@@ -399,8 +473,7 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     );
 
     // stale resourceVersion → 409, and the object is unchanged
-    let (code, created) = http(
-        port,
+    let (code, created) = http!(
         "POST",
         pods,
         "application/json",
@@ -410,20 +483,12 @@ async fn bad_requests_get_status_errors_and_store_nothing() {
     assert_eq!(code, 201, "{created}");
     let stale =
         br#"{"metadata":{"name":"p1","resourceVersion":"1"},"spec":{"containers":[{"name":"x"}]}}"#;
-    let (code, body) = http(
-        port,
-        "PUT",
-        &format!("{pods}/p1"),
-        "application/json",
-        stale,
-    )
-    .await;
+    let (code, body) = http!("PUT", &format!("{pods}/p1"), "application/json", stale,).await;
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("Conflict"));
-    let (code, _) = http(port, "PATCH", &format!("{pods}/p1"), "text/plain", b"{}").await;
+    let (code, _) = http!("PATCH", &format!("{pods}/p1"), "text/plain", b"{}").await;
     assert_eq!(code, 415);
-    let (code, _) = http(
-        port,
+    let (code, _) = http!(
         "POST",
         pods,
         "application/json",

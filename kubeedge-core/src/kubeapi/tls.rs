@@ -1,0 +1,254 @@
+//! The API over HTTPS with client-certificate authentication, as the embedded control plane serves
+//! it.
+//!
+//! Authentication follows the Kubernetes API server's x509 authenticator: the certificate's CN is
+//! the user name, its O entries the groups. A request without a certificate, or with one that does
+//! not chain to the CA, gets `401 Unauthorized` (the TLS handshake itself succeeds, so that the
+//! client sees a `Status`, not a handshake failure). Authorization is by group: only members of
+//! the allowed groups (by default `system:masters`) get through; other authenticated users get
+//! `403 Forbidden`. `/version`, `/healthz`, `/livez` and `/readyz` are public, as the apiserver's
+//! default `system:public-info-viewer` role makes them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::{Api, ApiError};
+use crate::pki;
+use crate::transport::tls::ClientAuth;
+
+/// The group whose members may do anything (the apiserver's superuser group).
+pub const MASTERS_GROUP: &str = "system:masters";
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+
+/// An authenticated API user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user name (the certificate's CN).
+    pub name: String,
+    /// The groups (the certificate's O entries).
+    pub groups: Vec<String>,
+}
+
+/// One accepted connection: where it came from and who it authenticated as.
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The user, or why the connection is not authenticated.
+    pub user: Result<User, String>,
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
+/// A TCP listener that completes TLS handshakes (concurrently, each bounded in time) and
+/// authenticates each connection's client certificate; an axum [`Listener`].
+#[derive(Debug)]
+pub struct TlsListener {
+    local: SocketAddr,
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsListener {
+    /// Wraps `tcp`: handshakes with `tls` (see
+    /// [`server_config_optional_client`](crate::transport::tls::server_config_optional_client)) and
+    /// checks client certificates with `auth`.
+    pub fn new(
+        tcp: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        auth: ClientAuth,
+    ) -> std::io::Result<TlsListener> {
+        let local = tcp.local_addr()?;
+        let (tx, accepted) = mpsc::channel(64);
+        let task = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(tls), auth, tx));
+        Ok(TlsListener {
+            local,
+            accepted,
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+async fn accept_loop(
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+    auth: ClientAuth,
+    tx: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, addr) = match tcp.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let auth = auth.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = stream.set_nodelay(true);
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let user = authenticate(&tls, &auth);
+            let _ = tx.send((tls, TlsPeer { addr, user })).await;
+        });
+    }
+}
+
+fn authenticate(tls: &TlsStream<TcpStream>, auth: &ClientAuth) -> Result<User, String> {
+    let chain = match tls.get_ref().1.peer_certificates() {
+        Some(chain) if !chain.is_empty() => chain.to_vec(),
+        _ => return Err("no client certificate".into()),
+    };
+    auth.verify(&chain)
+        .map_err(|e| format!("client certificate rejected: {e}"))?;
+    let (name, groups) = pki::subject(&chain[0]).map_err(|e| e.to_string())?;
+    if name.is_empty() {
+        return Err("client certificate has no common name".into());
+    }
+    Ok(User { name, groups })
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = TlsPeer;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(c) => c,
+            // The accept loop only ends when the listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(TlsPeer {
+            addr: self.local,
+            user: Err("the listener itself".into()),
+        })
+    }
+}
+
+fn is_public(path: &str) -> bool {
+    matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
+}
+
+async fn guard(allowed: Arc<Vec<String>>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<TlsPeer>>().cloned();
+    if is_public(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let user = match peer {
+        Some(ConnectInfo(TlsPeer { user: Ok(user), .. })) => user,
+        Some(ConnectInfo(TlsPeer {
+            user: Err(why),
+            addr,
+        })) => {
+            tracing::debug!(peer = %addr, reason = %why, "unauthenticated request");
+            return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
+        }
+        None => return ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
+    };
+    if user.groups.iter().any(|g| allowed.contains(g)) {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "forbidden: User {:?} cannot {} {}",
+                user.name,
+                request.method().as_str().to_lowercase(),
+                request.uri().path()
+            ),
+        )
+        .into_response()
+    }
+}
+
+impl Api {
+    /// Serves the API over HTTPS on `listener` until `shutdown` completes, to members of
+    /// `allowed_groups` (see the module docs).
+    pub async fn serve_tls(
+        &self,
+        listener: TlsListener,
+        allowed_groups: Vec<String>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let allowed = Arc::new(allowed_groups);
+        let router = self
+            .router()
+            .layer(middleware::from_fn(move |req: Request, next: Next| {
+                guard(allowed.clone(), req, next)
+            }));
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<TlsPeer>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// A kubeconfig (YAML) for `server` trusting `ca_pem` and authenticating with a client certificate,
+/// every file embedded as data, as kubectl, kube-rs and the Python client read it.
+pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubeedge\n  cluster:\n    server: {server}\n    \
+         certificate-authority-data: {ca}\ncontexts:\n- name: kubeedge-admin\n  context:\n    \
+         cluster: kubeedge\n    user: admin\n    namespace: default\ncurrent-context: kubeedge-admin\n\
+         users:\n- name: admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\n",
+        ca = b64(ca_pem),
+        cert = b64(cert_pem),
+        key = b64(key_pem),
+    )
+}
