@@ -1,15 +1,324 @@
 //! # kubeedge-cloud
 //!
-//! The cloud side of kubeedge-rs: what `cloudcore` is made of.
+//! The cloud side of kubeedge-rs: what `cloudcore` runs, as a library.
 //!
-//! What it is (its scope, filled in by the cloud work): cloudhub (the `wss://` server with mutual TLS,
-//! one [`kubeedge_core::sync::cloud::Session`] per node, and the `https://` bootstrap server that
-//! serves the CA and signs node certificates), the controllers that pick each node's share of
-//! Kubernetes objects, node authorization (a node only ever receives and may only write its own
-//! objects), and the embedded control plane for one-machine setups.
+//! * [`controlplane`]: the embedded control plane, a Kubernetes-compatible API server over redb
+//!   (HTTPS, client certificates, an admin kubeconfig), for setups with no cluster.
+//! * [`controller`]: kube-rs watchers feeding the [`index`], which decides each node's share of
+//!   objects (its pods, the ConfigMaps and Secrets they use, Services, EndpointSlices, its
+//!   Devices). The same code runs against a real cluster or the embedded control plane.
+//! * [`hub`]: cloudhub, the mTLS WebSocket server edges dial, one reliable sync session per node
+//!   ([`kubeedge_core::sync::cloud`]), last connection wins, node limit, keepalive timeout.
+//! * [`certserver`]: cloudhub's HTTPS side, `/ca.crt` and token-authorized `/edge.crt` CSR signing.
+//! * [`uplink`]: what edges send up (node registration and status, pod status, leases, events),
+//!   applied under node authorization: a node reads and writes only its own objects.
+//! * [`lifecycle`]: nodes whose connection is gone past a grace period turn `Ready=Unknown`.
+//! * [`CloudCore`]: all of it wired together, as the `cloudcore` binary runs it.
 //!
-//! What it is not: it holds no wire format or protocol logic of its own; those live in
-//! [`kubeedge_core`], which this crate builds on. It never depends on the edge, device or mesh crates.
-//!
-//! This release contains no public items yet: the crate marks its place in the workspace so that
-//! the dependency rules (cloud → core only) hold from the start.
+//! The crate picks no Kubernetes version feature of `k8s-openapi` (libraries must not); the final
+//! binary does, e.g. `k8s-openapi = { version = "0.29", features = ["v1_37"] }`.
+
+pub mod certserver;
+pub mod controller;
+pub mod controlplane;
+pub mod hub;
+pub mod index;
+pub mod lifecycle;
+pub mod uplink;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kubeedge_core::kubeapi::tls::TlsListener;
+use kubeedge_core::pki::{self, Ca};
+use kubeedge_core::transport::{tls, ws};
+
+pub use controlplane::ControlPlane;
+pub use hub::{Hub, HubConfig};
+pub use index::Index;
+
+/// The label that makes a Node an edge node (upstream: the only mark the cloud looks for).
+pub const EDGE_NODE_LABEL: &str = "node-role.kubernetes.io/edge";
+
+/// Why cloudcore could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or socket operation failed.
+    #[error("{step}")]
+    Io {
+        /// What was being done.
+        step: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Certificates or keys.
+    #[error("PKI")]
+    Pki(#[from] pki::Error),
+    /// TLS settings.
+    #[error("TLS settings")]
+    Tls(#[from] tls::Error),
+    /// The embedded control plane's store.
+    #[error("the control plane's store")]
+    Store(#[from] kubeedge_core::store::Error),
+    /// The kubeconfig could not be read.
+    #[error("reading the kubeconfig")]
+    Kubeconfig(#[from] kube::config::KubeconfigError),
+    /// The Kubernetes client could not be built.
+    #[error("building the Kubernetes client")]
+    Kube(#[from] kube::Error),
+}
+
+/// cloudcore's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Data directory: CA (`ca/`), certificates (`certs/`), the control plane's store and kubeconfig.
+    pub data_dir: PathBuf,
+    /// A real cluster's kubeconfig; `None` runs the embedded control plane.
+    pub kubeconfig: Option<PathBuf>,
+    /// The embedded API server's address. Default `127.0.0.1:6443`.
+    pub api_addr: SocketAddr,
+    /// cloudhub's WebSocket address. Default `0.0.0.0:10000`.
+    pub hub_addr: SocketAddr,
+    /// cloudhub's HTTPS address (CA and certificate signing). Default `0.0.0.0:10002`.
+    pub https_addr: SocketAddr,
+    /// Addresses edges dial (IP SANs of cloudhub's certificate; 127.0.0.1 is always included).
+    pub advertise: Vec<IpAddr>,
+    /// DNS names edges dial (DNS SANs; `localhost` is always included).
+    pub dns: Vec<String>,
+    /// cloudhub settings.
+    pub hub: HubConfig,
+    /// How long a node may be disconnected before it turns `Ready=Unknown`. Default 40 s (the
+    /// Kubernetes node monitor grace period).
+    pub node_grace: Duration,
+    /// Validity of signed node certificates. Default 365 days (upstream).
+    pub edge_cert_validity: Duration,
+}
+
+impl Config {
+    /// Defaults for data directory `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            kubeconfig: None,
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            hub_addr: SocketAddr::from(([0, 0, 0, 0], 10000)),
+            https_addr: SocketAddr::from(([0, 0, 0, 0], 10002)),
+            advertise: Vec::new(),
+            dns: Vec::new(),
+            hub: HubConfig::default(),
+            node_grace: Duration::from_secs(40),
+            edge_cert_validity: Duration::from_secs(365 * 86_400),
+        }
+    }
+}
+
+fn io_err(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let step = step.into();
+    move |source| Error::Io { step, source }
+}
+
+/// cloudhub's serving identity: `D/certs/server.{crt,key}` if present (e.g. from `keadm
+/// init-pki`), else issued now for the advertised addresses and written there.
+fn hub_identity(
+    data_dir: &Path,
+    ca: &Ca,
+    config: &Config,
+) -> Result<
+    (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ),
+    Error,
+> {
+    let cert_path = data_dir.join("certs").join("server.crt");
+    let key_path = data_dir.join("certs").join("server.key");
+    if cert_path.exists() && key_path.exists() {
+        let cert = std::fs::read_to_string(&cert_path)
+            .map_err(io_err(format!("reading {}", cert_path.display())))?;
+        let key = std::fs::read_to_string(&key_path)
+            .map_err(io_err(format!("reading {}", key_path.display())))?;
+        return Ok((tls::certs_from_pem(&cert)?, tls::key_from_pem(&key)?));
+    }
+    let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    for ip in config
+        .advertise
+        .iter()
+        .chain([config.hub_addr.ip(), config.https_addr.ip()].iter())
+    {
+        if !ip.is_unspecified() && !ips.contains(ip) {
+            ips.push(*ip);
+        }
+    }
+    let mut dns = vec!["localhost".to_owned()];
+    dns.extend(config.dns.iter().cloned());
+    let id = ca.issue_server(&dns, &ips, SystemTime::now())?;
+    pki::write(&cert_path, &id.cert_pem(), false)?;
+    pki::write(&key_path, &id.key_pem()?, true)?;
+    Ok((id.chain(), id.private_key()))
+}
+
+/// Everything cloudcore runs, started. Dropping it stops the background tasks.
+pub struct CloudCore {
+    control_plane: Option<ControlPlane>,
+    client: kube::Client,
+    index: Arc<Index>,
+    hub: Hub,
+    hub_addr: SocketAddr,
+    https_addr: SocketAddr,
+    ca: Arc<Ca>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for CloudCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudCore")
+            .field("hub_addr", &self.hub_addr)
+            .field("https_addr", &self.https_addr)
+            .field("control_plane", &self.control_plane)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CloudCore {
+    /// Starts the control plane (unless a kubeconfig is given), the controllers, cloudhub and its
+    /// HTTPS server, and the node lifecycle check.
+    pub async fn start(config: Config) -> Result<CloudCore, Error> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let ca = Arc::new(Ca::load_or_create(&dir.join("ca"), SystemTime::now())?);
+        let (control_plane, kubeconfig) = match &config.kubeconfig {
+            Some(path) => (None, path.clone()),
+            None => {
+                let cp = ControlPlane::start(dir, config.api_addr, &ca).await?;
+                let path = cp.kubeconfig().to_owned();
+                (Some(cp), path)
+            }
+        };
+        let client = client_from(&kubeconfig).await?;
+
+        let index = Index::new();
+        let mut tasks = controller::start(&client, &index);
+        let uplink = uplink::Uplink::new(client.clone(), index.clone());
+
+        let (chain, key) = hub_identity(dir, &ca, &config)?;
+        let hub_tls = tls::server_config(&ca.cert(), chain.clone(), key.clone_key())?;
+        let hub = Hub::new(
+            config.hub.clone(),
+            ws::ServerConfig::new(hub_tls),
+            index.clone(),
+            uplink,
+        );
+        let hub_listener = tokio::net::TcpListener::bind(config.hub_addr)
+            .await
+            .map_err(io_err(format!("binding cloudhub to {}", config.hub_addr)))?;
+        let hub_addr = hub_listener
+            .local_addr()
+            .map_err(io_err("reading cloudhub's address"))?;
+        let serving = hub.clone();
+        tasks.push(tokio::spawn(
+            async move { serving.serve(hub_listener).await },
+        ));
+
+        let (https_tls, auth) = tls::server_config_optional_client(&ca.cert(), chain, key)?;
+        let https_tcp = tokio::net::TcpListener::bind(config.https_addr)
+            .await
+            .map_err(io_err(format!(
+                "binding the HTTPS server to {}",
+                config.https_addr
+            )))?;
+        let https = TlsListener::new(https_tcp, https_tls, auth)
+            .map_err(io_err("reading the HTTPS server's address"))?;
+        let https_addr = https.local_addr();
+        let routes = certserver::router(ca.clone(), config.edge_cert_validity, index.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = certserver::serve(https, routes, std::future::pending()).await {
+                tracing::error!(error = %e, "cloudhub HTTPS server stopped");
+            }
+        }));
+        tasks.push(tokio::spawn(lifecycle::run(
+            client.clone(),
+            index.clone(),
+            hub.clone(),
+            config.node_grace,
+        )));
+        tracing::info!(%hub_addr, %https_addr, "cloudhub serving");
+        Ok(CloudCore {
+            control_plane,
+            client,
+            index,
+            hub,
+            hub_addr,
+            https_addr,
+            ca,
+            tasks,
+        })
+    }
+
+    /// The Kubernetes client the controllers use.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The embedded control plane, when running one.
+    pub fn control_plane(&self) -> Option<&ControlPlane> {
+        self.control_plane.as_ref()
+    }
+
+    /// The index of what each node gets.
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    /// cloudhub.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// cloudhub's WebSocket address.
+    pub fn hub_addr(&self) -> SocketAddr {
+        self.hub_addr
+    }
+
+    /// cloudhub's HTTPS address.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
+    /// The KubeEdge CA.
+    pub fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// Stops everything; the embedded control plane's store is closed when this returns.
+    pub async fn stop(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(cp) = self.control_plane.take() {
+            cp.stop().await;
+        }
+    }
+}
+
+impl Drop for CloudCore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A Kubernetes client from a kubeconfig file (its current context).
+pub async fn client_from(kubeconfig: &Path) -> Result<kube::Client, Error> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
+    Ok(kube::Client::try_from(config)?)
+}

@@ -1,0 +1,146 @@
+//! `cloudcore`: the cloud side of kubeedge-rs.
+//!
+//! `cloudcore --data-dir D` runs the embedded control plane (a Kubernetes-compatible API server on
+//! `--api-address`:`--api-port`, default 127.0.0.1:6443) and writes `D/admin.kubeconfig` for
+//! kubectl; with `--kubeconfig K` it uses that cluster and serves no API of its own. Either way it
+//! runs the controllers, cloudhub (`--hub-port`, default 10000) and cloudhub's HTTPS server
+//! (`--https-port`, default 10002) on `--bind-address` (default 0.0.0.0), until SIGINT or SIGTERM.
+//!
+//! Once serving, it prints one line to stdout:
+//! `cloudcore ready api=<url|-> kubeconfig=<path> hub=<addr> https=<addr>` (port 0 picks free
+//! ports; the line tells which). Logs go to stderr (`RUST_LOG`, default `info`).
+//!
+//! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kubeedge_cloud::{CloudCore, Config};
+
+#[derive(Parser)]
+#[command(name = "cloudcore", version, about = "kubeedge-rs cloudcore")]
+struct Cli {
+    /// Data directory (CA, certificates, the embedded control plane's store and kubeconfig).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Use this cluster instead of the embedded control plane.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The embedded API server's address.
+    #[arg(long, default_value = "127.0.0.1")]
+    api_address: IpAddr,
+    /// The embedded API server's port.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    /// Address cloudhub listens on (WebSocket and HTTPS).
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// cloudhub's WebSocket port.
+    #[arg(long, default_value_t = 10000)]
+    hub_port: u16,
+    /// cloudhub's HTTPS port (CA and node certificate signing).
+    #[arg(long, default_value_t = 10002)]
+    https_port: u16,
+    /// Addresses edges dial (IP SANs of cloudhub's certificate).
+    #[arg(long = "advertise-address")]
+    advertise: Vec<IpAddr>,
+    /// DNS names edges dial (DNS SANs).
+    #[arg(long)]
+    dns: Vec<String>,
+    /// Most edge nodes connected at once.
+    #[arg(long, default_value_t = 1000)]
+    node_limit: usize,
+    /// Seconds a node may be disconnected before it turns Ready=Unknown.
+    #[arg(long, default_value_t = 40)]
+    node_grace_seconds: u64,
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::new(cli.data_dir);
+    config.kubeconfig = cli.kubeconfig;
+    config.api_addr = SocketAddr::new(cli.api_address, cli.api_port);
+    config.hub_addr = SocketAddr::new(cli.bind_address, cli.hub_port);
+    config.https_addr = SocketAddr::new(cli.bind_address, cli.https_port);
+    config.advertise = cli.advertise;
+    config.dns = cli.dns;
+    config.hub.node_limit = cli.node_limit;
+    config.node_grace = Duration::from_secs(cli.node_grace_seconds);
+    let kubeconfig = config.kubeconfig.clone();
+    let core = CloudCore::start(config).await?;
+    let (api, kubeconfig) = match core.control_plane() {
+        Some(cp) => (format!("https://{}", cp.addr()), cp.kubeconfig().to_owned()),
+        None => ("-".to_owned(), kubeconfig.unwrap_or_default()),
+    };
+    println!(
+        "cloudcore ready api={api} kubeconfig={} hub={} https={}",
+        kubeconfig.display(),
+        core.hub_addr(),
+        core.https_addr()
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    core.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cloudcore: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprint!("cloudcore: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprint!(": {s}");
+                source = s.source();
+            }
+            eprintln!();
+            ExitCode::FAILURE
+        }
+    }
+}

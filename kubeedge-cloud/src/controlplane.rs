@@ -1,0 +1,142 @@
+//! The embedded control plane: the Kubernetes API ([`kubeedge_core::kubeapi`]) over a redb store
+//! in the data directory, served on HTTPS with client-certificate authentication, for one-machine
+//! setups with no cluster.
+//!
+//! Files under the data directory `D`:
+//! * `D/controlplane.redb`: every object (survives restarts; resourceVersions stay monotonic);
+//! * `D/certs/apiserver.{crt,key}`: the serving certificate (127.0.0.1, `localhost`, the bind
+//!   address), issued by the KubeEdge CA at every start;
+//! * `D/certs/admin.{crt,key}` and `D/admin.kubeconfig`: the administrator (`CN=kubernetes-admin`,
+//!   `O=system:masters`), for kubectl, kube-rs and the Python client.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use kubeedge_core::kubeapi::Api;
+use kubeedge_core::kubeapi::tls::{MASTERS_GROUP, TlsListener, kubeconfig};
+use kubeedge_core::pki::{self, Ca};
+use kubeedge_core::store::{self, Store};
+use kubeedge_core::transport::tls;
+use tokio::sync::oneshot;
+
+use crate::Error;
+
+/// The administrator's user name.
+pub const ADMIN_USER: &str = "kubernetes-admin";
+/// The admin kubeconfig's file name in the data directory.
+pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+/// How long the admin certificate is valid.
+const ADMIN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// A running embedded control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
+    api: Api,
+    addr: SocketAddr,
+    kubeconfig: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl ControlPlane {
+    /// Opens the store under `data_dir`, issues certificates from `ca`, writes the admin
+    /// kubeconfig and serves on `bind` (port 0 picks one).
+    pub async fn start(data_dir: &Path, bind: SocketAddr, ca: &Ca) -> Result<ControlPlane, Error> {
+        let now = SystemTime::now();
+        let store = Store::open(
+            &data_dir.join("controlplane.redb"),
+            store::Config::default(),
+        )?;
+        let api = Api::new(store)?;
+        let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        if !bind.ip().is_unspecified() && !ips.contains(&bind.ip()) {
+            ips.push(bind.ip());
+        }
+        let server = ca.issue_server(&["localhost".to_owned()], &ips, now)?;
+        let admin = ca.issue_client(ADMIN_USER, MASTERS_GROUP, ADMIN_VALIDITY, now)?;
+        let certs = data_dir.join("certs");
+        pki::write(&certs.join("apiserver.crt"), &server.cert_pem(), false)?;
+        pki::write(&certs.join("apiserver.key"), &server.key_pem()?, true)?;
+        pki::write(&certs.join("admin.crt"), &admin.cert_pem(), false)?;
+        pki::write(&certs.join("admin.key"), &admin.key_pem()?, true)?;
+
+        let (server_tls, auth) =
+            tls::server_config_optional_client(&ca.cert(), server.chain(), server.private_key())?;
+        let tcp = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|source| Error::Io {
+                step: format!("binding the API server to {bind}"),
+                source,
+            })?;
+        let listener = TlsListener::new(tcp, server_tls, auth).map_err(|source| Error::Io {
+            step: "reading the API server's address".into(),
+            source,
+        })?;
+        let addr = listener.local_addr();
+        let host = if addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr.ip()
+        };
+        let url = format!("https://{}", SocketAddr::new(host, addr.port()));
+        let kubeconfig_path = data_dir.join(ADMIN_KUBECONFIG);
+        pki::write(
+            &kubeconfig_path,
+            &kubeconfig(&url, &ca.cert_pem(), &admin.cert_pem(), &admin.key_pem()?),
+            true,
+        )?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = api.clone();
+        let task = tokio::spawn(async move {
+            served
+                .serve_tls(listener, vec![MASTERS_GROUP.to_owned()], async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "embedded control plane serving");
+        Ok(ControlPlane {
+            api,
+            addr,
+            kubeconfig: kubeconfig_path,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The API (and through it the store).
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Where it serves.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin kubeconfig file.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Stops serving: open requests get up to 5 s (watches are cut), then the store is closed.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = (&mut self.task).await;
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,523 @@
+//! cloudhub: the WebSocket server edges dial (mutual TLS), one sync session per node.
+//!
+//! * A connection is admitted only if its client certificate names the node it claims
+//!   (`CN=system:node:<node_id>`, `O=system:nodes`): a node can never speak for another.
+//! * One long-lived task per node owns the node's [`cloud::Session`] (what the edge holds survives
+//!   reconnects); a newer connection from the same node replaces the current one ("last connection
+//!   wins"). Keepalive timeouts close the connection (the session decides, 30 s by default).
+//! * At most `node_limit` nodes are connected at once; a new node beyond that is turned away.
+//! * While connected, the node's share of objects ([`Index::desired`]) is kept in sync: a full
+//!   resync on (re)connect, then every change the index reports. A slow edge back-pressures only
+//!   its own task. Uplink requests run through [`Uplink`] concurrently (bounded per node) and are
+//!   answered once applied.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kubeedge_core::message::{Message, Operation, Route, names};
+use kubeedge_core::pki;
+use kubeedge_core::sync::cloud;
+use kubeedge_core::transport::driver::{self, Handle};
+use kubeedge_core::transport::ws::{self, Connection};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::index::{Entry, Index, Kind, Object, meta};
+use crate::uplink::Uplink;
+
+/// cloudhub settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HubConfig {
+    /// Most nodes connected at once. Default 1000 (upstream's Helm default).
+    pub node_limit: usize,
+    /// Per-node session settings (window, keepalive timeout, ...).
+    pub session: cloud::Config,
+    /// Uplink requests of one node handled at once. Default 16.
+    pub uplink_concurrency: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            node_limit: 1000,
+            session: cloud::Config::default(),
+            uplink_concurrency: 16,
+        }
+    }
+}
+
+/// Whether a node is connected, and since when it is in that state.
+#[derive(Debug)]
+struct Presence {
+    connected: AtomicBool,
+    since: Mutex<Instant>,
+}
+
+impl Presence {
+    fn set(&self, connected: bool) {
+        self.connected.store(connected, Ordering::SeqCst);
+        *self.since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+struct Slot {
+    conns: mpsc::Sender<Connection>,
+    presence: Arc<Presence>,
+}
+
+struct Shared {
+    config: HubConfig,
+    tls: ws::ServerConfig,
+    index: Arc<Index>,
+    uplink: Uplink,
+    started: Instant,
+    nodes: Mutex<HashMap<String, Slot>>,
+}
+
+/// The hub. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connected", &self.connected_nodes())
+            .finish()
+    }
+}
+
+impl Hub {
+    /// A hub serving `index`'s objects over `tls`, applying uplink requests through `uplink`.
+    pub fn new(config: HubConfig, tls: ws::ServerConfig, index: Arc<Index>, uplink: Uplink) -> Hub {
+        Hub {
+            shared: Arc::new(Shared {
+                config,
+                tls,
+                index,
+                uplink,
+                started: Instant::now(),
+                nodes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Accepts edges on `listener` until the returned future is dropped.
+    pub async fn serve(&self, listener: TcpListener) {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cloudhub: accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let hub = self.clone();
+            tokio::spawn(async move {
+                match ws::accept(tcp, &hub.shared.tls).await {
+                    Ok(conn) => hub.admit(conn),
+                    Err(e) => {
+                        tracing::info!(peer = %addr, error = %e, "cloudhub: handshake failed")
+                    }
+                }
+            });
+        }
+    }
+
+    fn admit(&self, conn: Connection) {
+        let peer = conn.peer();
+        let node = peer.node_id.clone();
+        let addr = peer.addr;
+        let certified = peer
+            .certificates
+            .first()
+            .map(|c| pki::node_name(c.as_ref()));
+        match certified {
+            Some(Ok(name)) if name == node && !node.is_empty() => {}
+            other => {
+                let found = match other {
+                    Some(Ok(name)) => format!("a certificate for node {name:?}"),
+                    Some(Err(e)) => e.to_string(),
+                    None => "no certificate".into(),
+                };
+                tracing::warn!(peer = %addr, node, found, "cloudhub: refused a node that does not hold its certificate");
+                return;
+            }
+        }
+        let mut nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let connected = nodes
+            .values()
+            .filter(|s| s.presence.connected.load(Ordering::SeqCst))
+            .count();
+        let known_and_up = nodes
+            .get(&node)
+            .is_some_and(|s| s.presence.connected.load(Ordering::SeqCst));
+        if !known_and_up && connected >= self.shared.config.node_limit {
+            tracing::warn!(peer = %addr, node, limit = self.shared.config.node_limit,
+                "cloudhub: node limit reached, connection refused");
+            return;
+        }
+        let slot = nodes.entry(node.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(1);
+            let presence = Arc::new(Presence {
+                connected: AtomicBool::new(false),
+                since: Mutex::new(Instant::now()),
+            });
+            tokio::spawn(node_task(
+                self.shared.clone(),
+                node.clone(),
+                rx,
+                presence.clone(),
+            ));
+            Slot {
+                conns: tx,
+                presence,
+            }
+        });
+        // Mark it up now, so that the limit counts it before its task runs.
+        slot.presence.set(true);
+        let conns = slot.conns.clone();
+        drop(nodes);
+        tracing::info!(peer = %addr, node, "cloudhub: node connected");
+        tokio::spawn(async move {
+            let _ = conns.send(conn).await;
+        });
+    }
+
+    /// Whether `node` has a live connection.
+    pub fn is_connected(&self, node: &str) -> bool {
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .get(node)
+            .is_some_and(|s| s.presence.connected.load(Ordering::SeqCst))
+    }
+
+    /// How long `node` has been without a connection (since this hub started if it never had one);
+    /// `None` while it is connected.
+    pub fn offline_for(&self, node: &str) -> Option<std::time::Duration> {
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        match nodes.get(node) {
+            Some(s) if s.presence.connected.load(Ordering::SeqCst) => None,
+            Some(s) => Some(
+                s.presence
+                    .since
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed(),
+            ),
+            None => Some(self.shared.started.elapsed()),
+        }
+    }
+
+    /// The nodes connected now.
+    pub fn connected_nodes(&self) -> Vec<String> {
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = nodes
+            .iter()
+            .filter(|(_, s)| s.presence.connected.load(Ordering::SeqCst))
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// One node's lifetime in the hub: its session, driven over one connection after another.
+async fn node_task(
+    shared: Arc<Shared>,
+    node: String,
+    mut conns: mpsc::Receiver<Connection>,
+    presence: Arc<Presence>,
+) {
+    let mut session = cloud::Session::new(
+        node.clone(),
+        shared.config.session.clone(),
+        driver::random_seed(),
+        driver::wall_clock(),
+        driver::now(),
+    );
+    let (handle, mut pump) = driver::channel::<cloud::Session>(256);
+    let mut wake = shared.index.subscribe(&node);
+    let mut next = conns.recv().await;
+    while let Some(conn) = next.take() {
+        presence.set(true);
+        let addr = conn.peer().addr;
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let mut worker = Worker {
+            handle: handle.clone(),
+            node: node.clone(),
+            shared: shared.clone(),
+            last: HashMap::new(),
+            pending_deletes: HashMap::new(),
+            synced: false,
+            uplinks: Arc::new(Semaphore::new(shared.config.uplink_concurrency.max(1))),
+        };
+        let outcome = {
+            let drive = pump.drive(conn, &mut session, &events_tx);
+            tokio::pin!(drive);
+            tokio::select! {
+                r = &mut drive => format!("{:?}", r.map_err(|e| {
+                    let mut s = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(inner) = src {
+                        s.push_str(": ");
+                        s.push_str(&inner.to_string());
+                        src = inner.source();
+                    }
+                    s
+                })),
+                () = worker.run(&mut events, &mut wake) => "worker stopped".to_owned(),
+                c = conns.recv() => {
+                    next = c;
+                    "replaced by a newer connection".to_owned()
+                }
+            }
+        };
+        // A replaced drive was dropped before it could say so.
+        if session.is_connected() {
+            session.disconnected();
+        }
+        tracing::info!(node, peer = %addr, outcome, "cloudhub: connection ended");
+        if next.is_none() {
+            presence.set(false);
+            next = conns.recv().await;
+        }
+    }
+}
+
+/// Keeps one connection's edge in sync and answers its requests.
+struct Worker {
+    handle: Handle<cloud::Session>,
+    node: String,
+    shared: Arc<Shared>,
+    /// What we enqueued (and the session accepted) last: key → (version, object, kind).
+    last: HashMap<String, (Option<u64>, Object, Kind)>,
+    /// Deletes the session had no room for yet.
+    pending_deletes: HashMap<String, (Option<u64>, Object, Kind)>,
+    synced: bool,
+    uplinks: Arc<Semaphore>,
+}
+
+fn source_of(kind: Kind) -> &'static str {
+    if kind == Kind::Device {
+        names::DEVICECONTROLLER
+    } else {
+        names::EDGECONTROLLER
+    }
+}
+
+fn upsert(key: &str, entry: &Entry, op: Operation) -> Message {
+    let mut m = Message::new(
+        "",
+        0,
+        Route::new(source_of(entry.kind), names::RESOURCE_GROUP, op, key),
+    )
+    .with_content((*entry.object).clone());
+    if let Some(v) = entry.version {
+        m = m.with_resource_version(v.to_string());
+    }
+    m
+}
+
+fn delete(key: &str, version: Option<u64>, last: Option<&Object>, kind: Kind) -> Message {
+    let content = match last {
+        Some(obj) => json!({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+            "metadata": {"name": meta(obj, "name"), "namespace": meta(obj, "namespace"),
+                         "uid": meta(obj, "uid")}}),
+        None => Value::Null,
+    };
+    let mut m = Message::new(
+        "",
+        0,
+        Route::new(
+            source_of(kind),
+            names::RESOURCE_GROUP,
+            Operation::Delete,
+            key,
+        ),
+    )
+    .with_content(content);
+    if let Some(v) = version {
+        m = m.with_resource_version(v.to_string());
+    }
+    m
+}
+
+enum Change {
+    Upsert(String, Entry, Operation),
+    Delete(String, (Option<u64>, Object, Kind)),
+}
+
+impl Worker {
+    async fn run(
+        &mut self,
+        events: &mut mpsc::Receiver<cloud::Event>,
+        wake: &mut watch::Receiver<u64>,
+    ) {
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => {
+                        if self.on_event(ev).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                changed = wake.changed(), if self.synced => {
+                    if changed.is_err() || self.sync_changes().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, ev: cloud::Event) -> Result<(), driver::Stopped> {
+        match ev {
+            cloud::Event::ResyncNeeded => self.resync().await,
+            cloud::Event::Writable => self.sync_changes().await,
+            cloud::Event::Uplink { token, message } => {
+                let Ok(permit) = self.uplinks.clone().acquire_owned().await else {
+                    return Ok(());
+                };
+                let uplink = self.shared.uplink.clone();
+                let handle = self.handle.clone();
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    let reply = uplink.handle(&node, &message).await;
+                    if let Some(token) = token {
+                        let _ = handle
+                            .exec(move |s, now| s.complete_uplink(now, token, reply))
+                            .await;
+                    }
+                    drop(permit);
+                });
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After (re)connecting: tell the session the whole share, send what the edge lacks.
+    async fn resync(&mut self) -> Result<(), driver::Stopped> {
+        let desired = self.shared.index.desired(&self.node);
+        let versions: Vec<(String, Option<u64>)> = desired
+            .iter()
+            .map(|(k, e)| (k.clone(), e.version))
+            .collect();
+        let (tx, rx) = oneshot::channel();
+        self.handle
+            .exec(move |s, _| {
+                let _ = tx.send(s.resync(versions));
+            })
+            .await?;
+        let plan = rx.await.map_err(|_| driver::Stopped)?;
+        let mut changes = Vec::new();
+        for key in plan.send {
+            if let Some(e) = desired.get(&key) {
+                changes.push(Change::Upsert(key, e.clone(), Operation::Insert));
+            }
+        }
+        for (key, version) in plan.delete {
+            let kind = kind_of_key(&key);
+            changes.push(Change::Delete(key, (version, Arc::new(Value::Null), kind)));
+        }
+        self.last = desired
+            .into_iter()
+            .map(|(k, e)| (k, (e.version, e.object, e.kind)))
+            .collect();
+        self.pending_deletes.clear();
+        self.synced = true;
+        self.push(changes).await
+    }
+
+    /// Sends what changed in the node's share since the last call.
+    async fn sync_changes(&mut self) -> Result<(), driver::Stopped> {
+        if !self.synced {
+            return Ok(());
+        }
+        let desired = self.shared.index.desired(&self.node);
+        let mut changes = Vec::new();
+        for (key, e) in &desired {
+            match self.last.get(key) {
+                Some((v, _, _)) if v.is_some() && *v == e.version => {}
+                Some(_) => changes.push(Change::Upsert(key.clone(), e.clone(), Operation::Update)),
+                None => changes.push(Change::Upsert(key.clone(), e.clone(), Operation::Insert)),
+            }
+        }
+        let mut deletes = std::mem::take(&mut self.pending_deletes);
+        for (key, held) in self.last.drain() {
+            if !desired.contains_key(&key) {
+                deletes.insert(key, held);
+            }
+        }
+        for (key, held) in deletes {
+            if !desired.contains_key(&key) {
+                changes.push(Change::Delete(key, held));
+            }
+        }
+        self.last = desired
+            .into_iter()
+            .map(|(k, e)| (k, (e.version, e.object, e.kind)))
+            .collect();
+        self.push(changes).await
+    }
+
+    /// Hands changes to the session; what it has no room for is retried on `Writable`.
+    async fn push(&mut self, changes: Vec<Change>) -> Result<(), driver::Stopped> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut messages = Vec::with_capacity(changes.len());
+        for c in &changes {
+            messages.push(match c {
+                Change::Upsert(key, e, op) => upsert(key, e, op.clone()),
+                Change::Delete(key, (v, obj, kind)) => {
+                    let obj = (!obj.is_null()).then_some(obj);
+                    delete(key, *v, obj, *kind)
+                }
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.handle
+            .exec(move |s, _| {
+                let mut accepted = 0;
+                for m in messages {
+                    if s.enqueue(m).is_err() {
+                        break;
+                    }
+                    accepted += 1;
+                }
+                let _ = tx.send(accepted);
+            })
+            .await?;
+        let accepted = rx.await.map_err(|_| driver::Stopped)?;
+        for c in changes.into_iter().skip(accepted) {
+            match c {
+                // Forget it was sent: the next pass sends it again.
+                Change::Upsert(key, _, _) => {
+                    self.last.remove(&key);
+                }
+                Change::Delete(key, held) => {
+                    self.pending_deletes.insert(key, held);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kind_of_key(key: &str) -> Kind {
+    let t = key.split('/').nth(1).unwrap_or("");
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.edge_type() == t)
+        .unwrap_or(Kind::Pod)
+}

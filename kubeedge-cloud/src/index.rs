@@ -1,0 +1,458 @@
+//! Which objects each node gets: the controllers feed every watched object in, the node sessions
+//! read their node's share out.
+//!
+//! A node's share ([`Index::desired`]): its own Node, the pods bound to it (`spec.nodeName`), the
+//! ConfigMaps and Secrets those pods reference (volumes, projected volumes, `env`, `envFrom`,
+//! `imagePullSecrets`) and no others, every Service and EndpointSlice (the mesh resolves them
+//! locally), and the Devices bound to it (`spec.nodeName`). Each change wakes exactly the nodes
+//! whose share it touches.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+/// An object as watched, shared between the index and the node sessions.
+pub type Object = Arc<Value>;
+
+/// The kinds the cloud syncs to edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// core/v1 Node (cluster-scoped).
+    Node,
+    /// core/v1 Pod.
+    Pod,
+    /// core/v1 ConfigMap.
+    ConfigMap,
+    /// core/v1 Secret.
+    Secret,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// devices.kubeedge.io/v1beta1 Device.
+    Device,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 7] = [
+        Kind::Node,
+        Kind::Pod,
+        Kind::ConfigMap,
+        Kind::Secret,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Device,
+    ];
+
+    /// The resource type in upstream resource strings (`<ns>/<type>/<name>`).
+    pub fn edge_type(self) -> &'static str {
+        match self {
+            Kind::Node => "node",
+            Kind::Pod => "pod",
+            Kind::ConfigMap => "configmap",
+            Kind::Secret => "secret",
+            Kind::Service => "service",
+            Kind::EndpointSlice => "endpointslice",
+            Kind::Device => "device",
+        }
+    }
+
+    /// `(group, version, kind, plural)`.
+    pub fn gvk(self) -> (&'static str, &'static str, &'static str, &'static str) {
+        match self {
+            Kind::Node => ("", "v1", "Node", "nodes"),
+            Kind::Pod => ("", "v1", "Pod", "pods"),
+            Kind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
+            Kind::Secret => ("", "v1", "Secret", "secrets"),
+            Kind::Service => ("", "v1", "Service", "services"),
+            Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+            Kind::Device => ("devices.kubeedge.io", "v1beta1", "Device", "devices"),
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self != Kind::Node
+    }
+}
+
+/// Namespace (empty for cluster-scoped objects) and name.
+pub type NsName = (String, String);
+
+/// `metadata.<field>` as a string ("" when missing).
+pub fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
+    obj["metadata"][field].as_str().unwrap_or("")
+}
+
+/// The object's `metadata.resourceVersion` as a number, if it is one.
+pub fn version(obj: &Value) -> Option<u64> {
+    meta(obj, "resourceVersion").parse().ok()
+}
+
+fn ns_name(obj: &Value) -> NsName {
+    (
+        meta(obj, "namespace").to_owned(),
+        meta(obj, "name").to_owned(),
+    )
+}
+
+/// The edge-form resource string of an object: `<ns>/<type>/<name>`, `null` for cluster scope.
+pub fn edge_key(kind: Kind, namespace: &str, name: &str) -> String {
+    let ns = if namespace.is_empty() {
+        "null"
+    } else {
+        namespace
+    };
+    format!("{ns}/{}/{name}", kind.edge_type())
+}
+
+/// The node a pod or device is bound to.
+pub fn bound_node(obj: &Value) -> Option<&str> {
+    obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+}
+
+/// Whether a Node carries the edge role label.
+pub fn is_edge_node(node: &Value) -> bool {
+    node["metadata"]["labels"]
+        .get(crate::EDGE_NODE_LABEL)
+        .is_some()
+}
+
+/// The ConfigMaps and Secrets (by name, in the pod's namespace) a pod references.
+pub fn pod_references(pod: &Value) -> BTreeSet<(Kind, String)> {
+    let mut out = BTreeSet::new();
+    let mut add = |kind: Kind, name: &Value| {
+        if let Some(n) = name.as_str().filter(|n| !n.is_empty()) {
+            out.insert((kind, n.to_owned()));
+        }
+    };
+    let spec = &pod["spec"];
+    for v in spec["volumes"].as_array().into_iter().flatten() {
+        add(Kind::ConfigMap, &v["configMap"]["name"]);
+        add(Kind::Secret, &v["secret"]["secretName"]);
+        for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+            add(Kind::ConfigMap, &s["configMap"]["name"]);
+            add(Kind::Secret, &s["secret"]["name"]);
+        }
+    }
+    for list in ["containers", "initContainers", "ephemeralContainers"] {
+        for c in spec[list].as_array().into_iter().flatten() {
+            for e in c["env"].as_array().into_iter().flatten() {
+                add(Kind::ConfigMap, &e["valueFrom"]["configMapKeyRef"]["name"]);
+                add(Kind::Secret, &e["valueFrom"]["secretKeyRef"]["name"]);
+            }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                add(Kind::ConfigMap, &e["configMapRef"]["name"]);
+                add(Kind::Secret, &e["secretRef"]["name"]);
+            }
+        }
+    }
+    for s in spec["imagePullSecrets"].as_array().into_iter().flatten() {
+        add(Kind::Secret, &s["name"]);
+    }
+    out
+}
+
+/// One entry of a node's share.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The kind.
+    pub kind: Kind,
+    /// The object's resourceVersion.
+    pub version: Option<u64>,
+    /// The object.
+    pub object: Object,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    objects: HashMap<Kind, BTreeMap<NsName, Object>>,
+    /// Pods and devices by node.
+    bound: HashMap<(Kind, String), BTreeSet<NsName>>,
+    /// (kind, namespace, name) of a ConfigMap or Secret → node → number of its pods using it.
+    refs: HashMap<(Kind, String, String), HashMap<String, usize>>,
+}
+
+/// The shared index. See the module docs.
+#[derive(Debug, Default)]
+pub struct Index {
+    data: RwLock<Data>,
+    wake: std::sync::Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Arc<Index> {
+        Arc::new(Index::default())
+    }
+
+    /// A receiver that changes whenever `node`'s share may have changed.
+    pub fn subscribe(&self, node: &str) -> watch::Receiver<u64> {
+        let mut wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        wake.entry(node.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn notify(&self, nodes: impl IntoIterator<Item = String>) {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        for node in nodes {
+            if let Some(tx) = wake.get(&node) {
+                tx.send_modify(|g| *g += 1);
+            }
+        }
+    }
+
+    fn notify_all(&self) {
+        let wake = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        for tx in wake.values() {
+            tx.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Adds or replaces an object.
+    pub fn apply(&self, kind: Kind, object: Value) {
+        let mut touched = BTreeSet::new();
+        let all = {
+            let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+            data.insert(kind, Arc::new(object), &mut touched)
+        };
+        self.after(all, touched);
+    }
+
+    /// Removes an object.
+    pub fn delete(&self, kind: Kind, object: &Value) {
+        let mut touched = BTreeSet::new();
+        let all = {
+            let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+            data.remove(kind, &ns_name(object), &mut touched)
+        };
+        self.after(all, touched);
+    }
+
+    /// Replaces every object of `kind` (after a re-list).
+    pub fn replace_all(&self, kind: Kind, objects: Vec<Value>) {
+        let mut touched = BTreeSet::new();
+        let mut all = false;
+        {
+            let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
+            let fresh: BTreeMap<NsName, Value> =
+                objects.into_iter().map(|o| (ns_name(&o), o)).collect();
+            let gone: Vec<NsName> = data
+                .objects
+                .get(&kind)
+                .map(|m| {
+                    m.keys()
+                        .filter(|k| !fresh.contains_key(*k))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for key in gone {
+                all |= data.remove(kind, &key, &mut touched);
+            }
+            for (key, obj) in fresh {
+                let same = data
+                    .objects
+                    .get(&kind)
+                    .and_then(|m| m.get(&key))
+                    .is_some_and(|old| {
+                        meta(old, "resourceVersion") == meta(&obj, "resourceVersion")
+                    });
+                if !same {
+                    all |= data.insert(kind, Arc::new(obj), &mut touched);
+                }
+            }
+        }
+        self.after(all, touched);
+    }
+
+    fn after(&self, all: bool, touched: BTreeSet<String>) {
+        if all {
+            self.notify_all();
+        } else {
+            self.notify(touched);
+        }
+    }
+
+    /// One object.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Object> {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        data.objects
+            .get(&kind)?
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Whether a pod bound to `node` references the ConfigMap or Secret `namespace/name`.
+    pub fn referenced_by(&self, node: &str, kind: Kind, namespace: &str, name: &str) -> bool {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        data.refs
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
+            .is_some_and(|nodes| nodes.contains_key(node))
+    }
+
+    /// Every Node object that carries the edge role label.
+    pub fn edge_nodes(&self) -> Vec<Object> {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        data.objects
+            .get(&Kind::Node)
+            .map(|m| m.values().filter(|n| is_edge_node(n)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// `node`'s share, by edge key. See the module docs.
+    pub fn desired(&self, node: &str) -> BTreeMap<String, Entry> {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = BTreeMap::new();
+        let mut put = |kind: Kind, obj: &Object| {
+            out.insert(
+                edge_key(kind, meta(obj, "namespace"), meta(obj, "name")),
+                Entry {
+                    kind,
+                    version: version(obj),
+                    object: obj.clone(),
+                },
+            );
+        };
+        let objects = |kind: Kind| data.objects.get(&kind);
+        if let Some(n) = objects(Kind::Node).and_then(|m| m.get(&(String::new(), node.to_owned())))
+        {
+            put(Kind::Node, n);
+        }
+        for kind in [Kind::Pod, Kind::Device] {
+            let Some(keys) = data.bound.get(&(kind, node.to_owned())) else {
+                continue;
+            };
+            for key in keys {
+                if let Some(obj) = objects(kind).and_then(|m| m.get(key)) {
+                    put(kind, obj);
+                }
+            }
+        }
+        for ((kind, ns, name), nodes) in &data.refs {
+            if nodes.contains_key(node)
+                && let Some(obj) = objects(*kind).and_then(|m| m.get(&(ns.clone(), name.clone())))
+            {
+                put(*kind, obj);
+            }
+        }
+        for kind in [Kind::Service, Kind::EndpointSlice] {
+            for obj in objects(kind).into_iter().flat_map(|m| m.values()) {
+                put(kind, obj);
+            }
+        }
+        out
+    }
+}
+
+impl Data {
+    /// Inserts; records touched nodes; returns true when every node is touched.
+    fn insert(&mut self, kind: Kind, obj: Object, touched: &mut BTreeSet<String>) -> bool {
+        let key = ns_name(&obj);
+        let old = self
+            .objects
+            .entry(kind)
+            .or_default()
+            .insert(key.clone(), obj.clone());
+        if let Some(old) = &old {
+            self.unlink(kind, &key, old, touched);
+        }
+        self.link(kind, &key, &obj, touched)
+    }
+
+    fn remove(&mut self, kind: Kind, key: &NsName, touched: &mut BTreeSet<String>) -> bool {
+        let old = self.objects.get_mut(&kind).and_then(|m| m.remove(key));
+        match old {
+            Some(old) => self.unlink(kind, key, &old, touched),
+            None => false,
+        }
+    }
+
+    fn link(
+        &mut self,
+        kind: Kind,
+        key: &NsName,
+        obj: &Value,
+        touched: &mut BTreeSet<String>,
+    ) -> bool {
+        match kind {
+            Kind::Node => {
+                touched.insert(key.1.clone());
+                false
+            }
+            Kind::Pod | Kind::Device => {
+                if let Some(node) = bound_node(obj) {
+                    self.bound
+                        .entry((kind, node.to_owned()))
+                        .or_default()
+                        .insert(key.clone());
+                    touched.insert(node.to_owned());
+                    if kind == Kind::Pod {
+                        for (rk, name) in pod_references(obj) {
+                            *self
+                                .refs
+                                .entry((rk, key.0.clone(), name))
+                                .or_default()
+                                .entry(node.to_owned())
+                                .or_default() += 1;
+                        }
+                    }
+                }
+                false
+            }
+            Kind::ConfigMap | Kind::Secret => {
+                if let Some(nodes) = self.refs.get(&(kind, key.0.clone(), key.1.clone())) {
+                    touched.extend(nodes.keys().cloned());
+                }
+                false
+            }
+            Kind::Service | Kind::EndpointSlice => true,
+        }
+    }
+
+    fn unlink(
+        &mut self,
+        kind: Kind,
+        key: &NsName,
+        old: &Value,
+        touched: &mut BTreeSet<String>,
+    ) -> bool {
+        match kind {
+            Kind::Pod | Kind::Device => {
+                if let Some(node) = bound_node(old) {
+                    let slot = (kind, node.to_owned());
+                    if let Some(set) = self.bound.get_mut(&slot) {
+                        set.remove(key);
+                        if set.is_empty() {
+                            self.bound.remove(&slot);
+                        }
+                    }
+                    touched.insert(node.to_owned());
+                    if kind == Kind::Pod {
+                        for (rk, name) in pod_references(old) {
+                            let rkey = (rk, key.0.clone(), name);
+                            if let Some(nodes) = self.refs.get_mut(&rkey) {
+                                if let Some(n) = nodes.get_mut(node) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        nodes.remove(node);
+                                    }
+                                }
+                                if nodes.is_empty() {
+                                    self.refs.remove(&rkey);
+                                }
+                            }
+                        }
+                    }
+                }
+                false
+            }
+            // The others touch the same nodes on removal as on insertion.
+            _ => self.link(kind, key, old, touched),
+        }
+    }
+}

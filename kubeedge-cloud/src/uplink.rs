@@ -1,0 +1,407 @@
+//! What edges send up (node registration and status, pod status, leases, events, pod deletions,
+//! queries), applied to the API server under **node authorization**: a node may read only what is
+//! bound to it and write only its own Node, its own pods' status, its own Lease and events about
+//! its own objects.
+//!
+//! Replies follow upstream's shapes: writes of nodes and pod status answer `ObjectResp`
+//! (`{"Object": <object>, "Err": null}`, Go field names); queries answer the object; pod deletions
+//! answer `"OK"`. A refusal or a failure answers `{"Object": null, "Err": {"ErrStatus": <Status>}}`,
+//! the JSON of Go's `*errors.StatusError`.
+
+use std::sync::Arc;
+
+use kube::Client;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+    PostParams, Preconditions,
+};
+use kubeedge_core::message::{Message, Operation, ResourceType, names};
+use kubeedge_core::resource::ObjectRef;
+use serde_json::{Value, json};
+
+use crate::controller::api_in;
+use crate::index::{Index, Kind, bound_node, meta};
+
+/// The namespace node leases live in.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Why an uplink request was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// Node authorization refused it (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The request is malformed (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The cloud does not handle this kind of request (405).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The API server refused or failed.
+    #[error("API server")]
+    Kube(#[from] kube::Error),
+}
+
+impl UplinkError {
+    /// The `Status` object describing the failure.
+    pub fn status(&self) -> Value {
+        let (code, reason) = match self {
+            UplinkError::Forbidden(_) => (403, "Forbidden"),
+            UplinkError::BadRequest(_) => (400, "BadRequest"),
+            UplinkError::Unsupported(_) => (405, "MethodNotAllowed"),
+            UplinkError::Kube(kube::Error::Api(s)) => {
+                return json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                              "status": "Failure", "message": s.message, "reason": s.reason,
+                              "code": s.code});
+            }
+            UplinkError::Kube(_) => (500, "InternalError"),
+        };
+        let message = match self {
+            UplinkError::Kube(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code})
+    }
+
+    /// The reply content for this failure.
+    pub fn reply(&self) -> Value {
+        json!({"Object": null, "Err": {"ErrStatus": self.status()}})
+    }
+}
+
+fn object_resp(obj: Value) -> Value {
+    json!({"Object": obj, "Err": null})
+}
+
+fn lease_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
+        "leases",
+    )
+}
+
+fn event_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Event"), "events")
+}
+
+fn to_json(obj: DynamicObject) -> Value {
+    serde_json::to_value(obj).unwrap_or(Value::Null)
+}
+
+fn from_json(v: Value) -> Result<DynamicObject, UplinkError> {
+    serde_json::from_value(v).map_err(|e| UplinkError::BadRequest(e.to_string()))
+}
+
+/// A patch carried as a JSON string (upstream) or as a JSON object.
+fn patch_body(content: &Value) -> Result<Value, UplinkError> {
+    match content {
+        Value::String(s) => serde_json::from_str(s)
+            .map_err(|e| UplinkError::BadRequest(format!("patch is not JSON: {e}"))),
+        Value::Object(_) => Ok(content.clone()),
+        _ => Err(UplinkError::BadRequest(
+            "patch must be a JSON object".into(),
+        )),
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+/// Applies edge requests to the API server. See the module docs.
+#[derive(Clone)]
+pub struct Uplink {
+    client: Client,
+    index: Arc<Index>,
+}
+
+impl std::fmt::Debug for Uplink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uplink").finish_non_exhaustive()
+    }
+}
+
+impl Uplink {
+    /// Uplink handling through `client`, authorizing against `index`.
+    pub fn new(client: Client, index: Arc<Index>) -> Self {
+        Uplink { client, index }
+    }
+
+    /// Handles one message from `node` (its resource in edge form); returns the reply content, or
+    /// `None` for messages that need no reply.
+    pub async fn handle(&self, node: &str, msg: &Message) -> Option<Value> {
+        match self.dispatch(node, msg).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::info!(node, resource = %msg.route.resource,
+                    operation = %msg.route.operation, error = %e, "uplink request refused");
+                Some(e.reply())
+            }
+        }
+    }
+
+    async fn dispatch(&self, node: &str, msg: &Message) -> Result<Option<Value>, UplinkError> {
+        let op = &msg.route.operation;
+        if matches!(op, Operation::Response | Operation::Error) {
+            // An answer to something we sent outside reliable sync: nothing to do.
+            return Ok(None);
+        }
+        let target: ObjectRef = msg
+            .route
+            .resource
+            .parse()
+            .map_err(|e| UplinkError::BadRequest(format!("{e}")))?;
+        let ns = target.namespace.clone().unwrap_or_default();
+        let name = target.name.clone().unwrap_or_default();
+        let content = &msg.content;
+        match (&target.kind, op) {
+            (ResourceType::Node, Operation::Insert) => {
+                self.own_node(node, &name)?;
+                self.register_node(node, content).await.map(Some)
+            }
+            (ResourceType::Node, Operation::Update) => {
+                self.own_node(node, &name)?;
+                let status = json!({"status": content["status"]});
+                self.patch_node_status(node, Patch::Merge(&status))
+                    .await
+                    .map(Some)
+            }
+            (ResourceType::NodePatch, Operation::Patch | Operation::Update) => {
+                self.own_node(node, &name)?;
+                let patch = patch_body(content)?;
+                self.patch_node_status(node, Patch::Strategic(&patch))
+                    .await
+                    .map(Some)
+            }
+            (ResourceType::NodeStatus, _) => {
+                self.own_node(node, &name)?;
+                let status = json!({"status": content["Status"]});
+                self.patch_node_status(node, Patch::Merge(&status))
+                    .await
+                    .map(Some)
+            }
+            (ResourceType::Node, Operation::Query) => {
+                self.own_node(node, &name)?;
+                let api = api_in(&self.client, Kind::Node, "");
+                Ok(Some(to_json(api.get(&name).await?)))
+            }
+            (ResourceType::PodPatch, Operation::Patch | Operation::Update) => {
+                self.own_pod(node, &ns, &name)?;
+                let patch = patch_body(content)?;
+                let api = api_in(&self.client, Kind::Pod, &ns);
+                let pod = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .await?;
+                Ok(Some(object_resp(to_json(pod))))
+            }
+            (ResourceType::PodStatus, _) => {
+                self.own_pod(node, &ns, &name)?;
+                let status = json!({"status": content["Status"]});
+                let api = api_in(&self.client, Kind::Pod, &ns);
+                let pod = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                    .await?;
+                Ok(Some(object_resp(to_json(pod))))
+            }
+            (ResourceType::Pod, Operation::Delete) => {
+                let pod = self.own_pod(node, &ns, &name)?;
+                let uid = match content {
+                    Value::String(uid) if !uid.is_empty() => Some(uid.clone()),
+                    other => other["preconditions"]["uid"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .or_else(|| Some(meta(&pod, "uid").to_owned()).filter(|u| !u.is_empty())),
+                };
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: uid.map(|uid| Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match api_in(&self.client, Kind::Pod, &ns)
+                    .delete(&name, &params)
+                    .await
+                {
+                    Ok(_) => Ok(Some(Value::String(names::ACK_CONTENT.into()))),
+                    Err(e) if is_not_found(&e) => {
+                        Ok(Some(Value::String(names::ACK_CONTENT.into())))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+            (ResourceType::Pod, Operation::Query) => {
+                let pod = self.own_pod(node, &ns, &name)?;
+                Ok(Some((*pod).clone()))
+            }
+            (ResourceType::ConfigMap | ResourceType::Secret, Operation::Query) => {
+                let kind = if target.kind == ResourceType::Secret {
+                    Kind::Secret
+                } else {
+                    Kind::ConfigMap
+                };
+                if !self.index.referenced_by(node, kind, &ns, &name) {
+                    return Err(UplinkError::Forbidden(format!(
+                        "no pod on node {node:?} references {} {ns}/{name}",
+                        kind.edge_type()
+                    )));
+                }
+                let api = api_in(&self.client, kind, &ns);
+                Ok(Some(to_json(api.get(&name).await?)))
+            }
+            (ResourceType::Lease, Operation::Insert | Operation::Update) => {
+                self.own_lease(node, &ns, &name)?;
+                self.write_lease(node, content).await.map(Some)
+            }
+            (ResourceType::Lease, Operation::Query) => {
+                self.own_lease(node, &ns, &name)?;
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), LEASE_NAMESPACE, &lease_resource());
+                Ok(Some(to_json(api.get(&name).await?)))
+            }
+            (ResourceType::Event, Operation::Insert | Operation::Update | Operation::Patch) => {
+                let event = content.get("event").unwrap_or(content);
+                self.write_event(node, &ns, event).await.map(Some)
+            }
+            (kind, op) => Err(UplinkError::Unsupported(format!(
+                "{op} on {kind} from an edge"
+            ))),
+        }
+    }
+
+    fn own_node(&self, node: &str, name: &str) -> Result<(), UplinkError> {
+        if name == node {
+            Ok(())
+        } else {
+            Err(UplinkError::Forbidden(format!(
+                "node {node:?} may not act on node {name:?}"
+            )))
+        }
+    }
+
+    fn own_pod(&self, node: &str, ns: &str, name: &str) -> Result<Arc<Value>, UplinkError> {
+        match self.index.get(Kind::Pod, ns, name) {
+            Some(pod) if bound_node(&pod) == Some(node) => Ok(pod),
+            _ => Err(UplinkError::Forbidden(format!(
+                "pod {ns}/{name} is not bound to node {node:?}"
+            ))),
+        }
+    }
+
+    fn own_lease(&self, node: &str, ns: &str, name: &str) -> Result<(), UplinkError> {
+        if ns == LEASE_NAMESPACE && name == node {
+            Ok(())
+        } else {
+            Err(UplinkError::Forbidden(format!(
+                "node {node:?} may only write its own lease ({LEASE_NAMESPACE}/{node})"
+            )))
+        }
+    }
+
+    /// Creates the node's Node object (or returns the existing one), labelled as an edge node.
+    async fn register_node(&self, node: &str, content: &Value) -> Result<Value, UplinkError> {
+        let mut obj = content.clone();
+        if !obj.is_object() {
+            return Err(UplinkError::BadRequest("node insert without a Node".into()));
+        }
+        obj["apiVersion"] = json!("v1");
+        obj["kind"] = json!("Node");
+        obj["metadata"]["name"] = json!(node);
+        if !obj["metadata"]["labels"].is_object() {
+            obj["metadata"]["labels"] = json!({});
+        }
+        obj["metadata"]["labels"][crate::EDGE_NODE_LABEL] = json!("");
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            for field in ["resourceVersion", "uid", "creationTimestamp"] {
+                m.remove(field);
+            }
+        }
+        let api = api_in(&self.client, Kind::Node, "");
+        let created = match api.create(&PostParams::default(), &from_json(obj)?).await {
+            Ok(n) => n,
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                let labels = json!({"metadata": {"labels": {crate::EDGE_NODE_LABEL: ""}}});
+                api.patch(node, &PatchParams::default(), &Patch::Merge(&labels))
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(object_resp(to_json(created)))
+    }
+
+    async fn patch_node_status(
+        &self,
+        node: &str,
+        patch: Patch<&Value>,
+    ) -> Result<Value, UplinkError> {
+        let api = api_in(&self.client, Kind::Node, "");
+        let n = api
+            .patch_status(node, &PatchParams::default(), &patch)
+            .await?;
+        Ok(object_resp(to_json(n)))
+    }
+
+    async fn write_lease(&self, node: &str, content: &Value) -> Result<Value, UplinkError> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), LEASE_NAMESPACE, &lease_resource());
+        let spec = json!({"spec": content["spec"]});
+        match api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&spec))
+            .await
+        {
+            Ok(l) => Ok(to_json(l)),
+            Err(e) if is_not_found(&e) => {
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": node, "namespace": LEASE_NAMESPACE},
+                    "spec": content["spec"]});
+                Ok(to_json(
+                    api.create(&PostParams::default(), &from_json(lease)?)
+                        .await?,
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn write_event(&self, node: &str, ns: &str, event: &Value) -> Result<Value, UplinkError> {
+        let involved = &event["involvedObject"];
+        let about = involved["name"].as_str().unwrap_or("");
+        let allowed = match involved["kind"].as_str().unwrap_or("") {
+            "Node" => about == node,
+            "Pod" => {
+                let pns = involved["namespace"].as_str().unwrap_or(ns);
+                self.own_pod(node, pns, about).is_ok()
+            }
+            _ => false,
+        };
+        if !allowed {
+            return Err(UplinkError::Forbidden(format!(
+                "node {node:?} may only report events about itself and its pods"
+            )));
+        }
+        let mut event = event.clone();
+        event["apiVersion"] = json!("v1");
+        event["kind"] = json!("Event");
+        event["metadata"]["namespace"] = json!(ns);
+        if let Some(m) = event["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let name = meta(&event, "name").to_owned();
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &event_resource());
+        let obj = from_json(event)?;
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(e) => Ok(to_json(e)),
+            Err(kube::Error::Api(s)) if s.is_already_exists() && !name.is_empty() => {
+                let body = serde_json::to_value(&obj).unwrap_or(Value::Null);
+                Ok(to_json(
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                        .await?,
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

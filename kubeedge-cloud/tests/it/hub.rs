@@ -1,0 +1,227 @@
+//! cloudhub with test edges: each node gets exactly its share, node authorization on everything
+//! edges send, impostors and excess nodes turned away, last connection wins, NotReady after grace.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use kubeedge_core::message::Operation;
+use serde_json::json;
+
+use crate::common::{RawEdge, TempDir, eventually, loopback_config, node_identity, start};
+
+fn pod(name: &str, node: &str, configmap: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox",
+                  "envFrom": [{"configMapRef": {"name": configmap}}]}]}
+    }))
+    .unwrap()
+}
+
+fn configmap(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": name}})).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_gets_its_share_and_may_touch_only_its_own_objects() {
+    let dir = TempDir::new("hub");
+    let core = start(&dir).await;
+    let client = core.client().clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    cms.create(&pp, &configmap("cfg1")).await.unwrap();
+    cms.create(&pp, &configmap("cfg2")).await.unwrap();
+    cms.create(&pp, &configmap("unused")).await.unwrap();
+    pods.create(&pp, &pod("web", "e1", "cfg1")).await.unwrap();
+    pods.create(&pp, &pod("db", "e2", "cfg2")).await.unwrap();
+
+    let mut e1 = RawEdge::connect(&core, "e1").await;
+    let mut e2 = RawEdge::connect(&core, "e2").await;
+    let insert = e1.wait_for(Operation::Insert, "default/pod/web", 20).await;
+    assert_eq!(insert.route.source, "edgecontroller");
+    assert_eq!(insert.route.group, "resource");
+    assert_eq!(insert.content["spec"]["nodeName"], "e1");
+    assert_eq!(insert.content["kind"], "Pod");
+    assert!(!insert.header.resource_version.is_empty());
+    e1.wait_for(Operation::Insert, "default/configmap/cfg1", 20)
+        .await;
+    e2.wait_for(Operation::Insert, "default/pod/db", 20).await;
+
+    // a change reaches its node; a service reaches every node
+    let svc: Service = serde_json::from_value(json!({"metadata": {"name": "svc"},
+        "spec": {"ports": [{"port": 80}]}}))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), "default")
+        .create(&pp, &svc)
+        .await
+        .unwrap();
+    e1.wait_for(Operation::Insert, "default/service/svc", 20)
+        .await;
+    e2.wait_for(Operation::Insert, "default/service/svc", 20)
+        .await;
+    pods.delete("web", &DeleteParams::default()).await.ok();
+    // bound to a node, the pod is marked for deletion first: the edge sees an update...
+    let upd = e1.wait_for(Operation::Update, "default/pod/web", 20).await;
+    assert!(upd.content["metadata"]["deletionTimestamp"].is_string());
+
+    // node authorization: e2 may not read e1's config, patch e1's pod, or register as e1
+    let r = e2
+        .request(Operation::Query, "default/configmap/cfg1", json!(null))
+        .await;
+    assert_eq!(r.content["Err"]["ErrStatus"]["code"], 403, "{r:?}");
+    let r = e2
+        .request(Operation::Query, "default/configmap/cfg2", json!(null))
+        .await;
+    assert_eq!(r.content["data"]["k"], "cfg2", "{r:?}");
+    let status = json!({"status": {"phase": "Running"}}).to_string();
+    let r = e2
+        .request(Operation::Patch, "default/podpatch/web", json!(status))
+        .await;
+    assert_eq!(r.content["Err"]["ErrStatus"]["code"], 403, "{r:?}");
+    let r = e2
+        .request(
+            Operation::Insert,
+            "null/node/e1",
+            json!({"metadata": {"name": "e1"}}),
+        )
+        .await;
+    assert_eq!(r.content["Err"]["ErrStatus"]["code"], 403, "{r:?}");
+    let r = e2
+        .request(
+            Operation::Insert,
+            "kube-node-lease/lease/e1",
+            json!({"spec": {}}),
+        )
+        .await;
+    assert_eq!(r.content["Err"]["ErrStatus"]["code"], 403, "{r:?}");
+    let web = pods.get("web").await.unwrap();
+    assert_ne!(
+        web.status.and_then(|s| s.phase).as_deref(),
+        Some("Running"),
+        "e2's patch changed nothing"
+    );
+
+    // ... its own node may write its own objects
+    let r = e1
+        .request(Operation::Patch, "default/podpatch/web", json!(status))
+        .await;
+    assert_eq!(r.content["Err"], json!(null), "{r:?}");
+    assert_eq!(r.content["Object"]["status"]["phase"], "Running");
+    let r = e1
+        .request(
+            Operation::Insert,
+            "null/node/e1",
+            json!({"metadata": {"name": "e1"}, "status": {"nodeInfo": {"kubeletVersion": "v1.32.10-kubeedge-rs"}}}),
+        )
+        .await;
+    assert_eq!(r.content["Err"], json!(null), "{r:?}");
+    let node = Api::<Node>::all(client.clone()).get("e1").await.unwrap();
+    assert!(
+        node.metadata
+            .labels
+            .unwrap()
+            .contains_key("node-role.kubernetes.io/edge")
+    );
+    let r = e1
+        .request(
+            Operation::Insert,
+            "kube-node-lease/lease/e1",
+            json!({"spec": {"holderIdentity": "e1", "leaseDurationSeconds": 40}}),
+        )
+        .await;
+    assert_eq!(r.content["spec"]["holderIdentity"], "e1", "{r:?}");
+    // the node confirms the deletion: the pod is gone, and the edge hears the delete
+    let uid = web.metadata.uid.unwrap();
+    let r = e1
+        .request(Operation::Delete, "default/pod/web", json!(uid))
+        .await;
+    assert_eq!(r.content, json!("OK"));
+    e1.wait_for(Operation::Delete, "default/pod/web", 20).await;
+    assert!(pods.get_opt("web").await.unwrap().is_none());
+    // cfg1 is no longer referenced by any pod on e1: it goes too
+    e1.wait_for(Operation::Delete, "default/configmap/cfg1", 20)
+        .await;
+
+    // e2 never heard of e1's objects
+    e2.drain(Duration::from_millis(500)).await;
+    for m in e1.received.iter().chain(e2.received.iter()) {
+        assert_ne!(m.route.resource, "default/configmap/unused");
+    }
+    for m in e2
+        .received
+        .iter()
+        .filter(|m| m.route.operation != Operation::Response)
+    {
+        assert!(
+            !m.route.resource.ends_with("/web") && !m.route.resource.ends_with("/cfg1"),
+            "e2 got {m:?}"
+        );
+    }
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impostors_and_excess_nodes_are_turned_away_and_the_last_connection_wins() {
+    let dir = TempDir::new("hub2");
+    let mut config = loopback_config(&dir);
+    config.hub.node_limit = 1;
+    config.node_grace = Duration::from_secs(1);
+    let core = kubeedge_cloud::CloudCore::start(config).await.unwrap();
+
+    // e2's certificate claiming to be e1
+    let e2_id = node_identity(&core, "e2");
+    let mut impostor = RawEdge::connect_as(&core, "e1", &e2_id).await;
+    let end = tokio::time::timeout(Duration::from_secs(10), impostor.conn.recv()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    assert!(!core.hub().is_connected("e1"));
+
+    let mut first = RawEdge::connect(&core, "e1").await;
+    eventually(10, "e1 connected", async || core.hub().is_connected("e1")).await;
+    let r = first
+        .request(
+            Operation::Insert,
+            "null/node/e1",
+            json!({"metadata": {"name": "e1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
+        .await;
+    assert_eq!(r.content["Err"], json!(null), "{r:?}");
+
+    // the limit is one node: e2 is turned away
+    let mut e2 = RawEdge::connect(&core, "e2").await;
+    let end = tokio::time::timeout(Duration::from_secs(10), e2.conn.recv()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    assert!(!core.hub().is_connected("e2"));
+
+    // a second connection of e1 replaces the first
+    let mut second = RawEdge::connect(&core, "e1").await;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match first.conn.recv().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    let r = second
+        .request(Operation::Query, "null/node/e1", json!(null))
+        .await;
+    assert_eq!(r.content["metadata"]["name"], "e1");
+
+    // gone past the grace period: Ready turns Unknown
+    drop(second);
+    let nodes: Api<Node> = Api::all(core.client().clone());
+    eventually(20, "e1 Ready=Unknown", async || {
+        let n = nodes.get("e1").await.unwrap();
+        n.status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+    })
+    .await;
+    core.stop().await;
+}
