@@ -4,7 +4,7 @@
 //! * Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, and a minimal
 //!   `/openapi/v3` (enough for `kubectl apply` to validate on the server).
 //! * Verbs: get, list (with `limit`/`continue`, label and field selectors), watch (chunked JSON
-//!   events from a resourceVersion, `timeoutSeconds`), create, update, patch (JSON merge, strategic
+//!   events from a resourceVersion, `timeoutSeconds`, bookmarks), create, update, patch (JSON merge, strategic
 //!   merge for the common cases, JSON patch, server-side apply), delete (graceful for pods bound to
 //!   a node: `deletionTimestamp` first, removal when the node confirms with grace period 0), the
 //!   `status` subresource, and `Table` output for `kubectl get`.
@@ -51,7 +51,11 @@ pub const DEFAULT_NAMESPACES: [&str; 4] =
 #[derive(Debug, Clone)]
 pub struct Api {
     store: Store,
+    bookmark_interval: Duration,
 }
+
+/// How often an idle watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one.
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Api {
     /// The API over `store`; creates the default namespaces if missing.
@@ -67,7 +71,16 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        Ok(Api { store })
+        Ok(Api {
+            store,
+            bookmark_interval: BOOKMARK_INTERVAL,
+        })
+    }
+
+    /// Sends watch bookmarks every `interval` instead of [`BOOKMARK_INTERVAL`].
+    pub fn with_bookmark_interval(mut self, interval: Duration) -> Api {
+        self.bookmark_interval = interval.max(Duration::from_millis(10));
+        self
     }
 
     /// The store underneath.
@@ -918,8 +931,11 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
         .into_iter()
         .map(|o| json!({"type": "ADDED", "object": o}))
         .collect();
+    let bookmarks = query.get("allowWatchBookmarks") == Some("true");
+    let bookmark_kind = json!({"kind": t.resource.kind, "apiVersion": t.resource.api_version()});
     struct St {
         initial: std::collections::VecDeque<Value>,
+        bookmarks: Option<(Duration, tokio::time::Instant, Value)>,
         watch: store::Watch,
         store_name: String,
         namespace: Option<String>,
@@ -927,8 +943,16 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
         fields: FieldSelector,
         deadline: tokio::time::Instant,
     }
+    let interval = api.bookmark_interval;
     let state = St {
         initial,
+        bookmarks: bookmarks.then(|| {
+            (
+                interval,
+                tokio::time::Instant::now() + interval,
+                bookmark_kind,
+            )
+        }),
         watch,
         store_name,
         namespace,
@@ -941,8 +965,25 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
             return Some((Ok::<_, std::io::Error>(Bytes::from(format!("{ev}\n"))), st));
         }
         loop {
-            let ev = match tokio::time::timeout_at(st.deadline, st.watch.next()).await {
-                Err(_) => return None,
+            let wake = match &st.bookmarks {
+                Some((_, at, _)) => (*at).min(st.deadline),
+                None => st.deadline,
+            };
+            let ev = match tokio::time::timeout_at(wake, st.watch.next()).await {
+                Err(_) if tokio::time::Instant::now() >= st.deadline => return None,
+                Err(_) => {
+                    // Idle: tell the client how far the watch has come (events it filtered
+                    // out included), so that it can resume from there.
+                    let rv = st.watch.last_rv().to_string();
+                    let Some((interval, at, kind)) = &mut st.bookmarks else {
+                        continue;
+                    };
+                    *at = tokio::time::Instant::now() + *interval;
+                    let mut object = kind.clone();
+                    object["metadata"] = json!({"resourceVersion": rv});
+                    let line = json!({"type": "BOOKMARK", "object": object});
+                    return Some((Ok(Bytes::from(format!("{line}\n"))), st));
+                }
                 Ok(Err(store::Error::Gone { requested, oldest })) => {
                     let status = ApiError::new(
                         410,
@@ -968,6 +1009,9 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
                 store::EventType::Modified => "MODIFIED",
                 store::EventType::Deleted => "DELETED",
             };
+            if let Some((interval, at, _)) = &mut st.bookmarks {
+                *at = tokio::time::Instant::now() + *interval;
+            }
             let line = json!({"type": kind, "object": ev.object});
             return Some((Ok(Bytes::from(format!("{line}\n"))), st));
         }

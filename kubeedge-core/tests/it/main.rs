@@ -9,3 +9,4 @@ mod store;
 mod sync_session;
 mod sync_sim;
 mod transport;
+mod watch_bookmarks;
