@@ -225,3 +225,24 @@ async fn impostors_and_excess_nodes_are_turned_away_and_the_last_connection_wins
     .await;
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_kubeconfig_it_serves_a_cluster_it_does_not_run() {
+    // A stands for "the real cluster"; B is a cloudcore pointed at it.
+    let dir_a = TempDir::new("cluster");
+    let cluster = start(&dir_a).await;
+    let dir_b = TempDir::new("remote");
+    let mut config = loopback_config(&dir_b);
+    config.kubeconfig = Some(dir_a.0.join("admin.kubeconfig"));
+    let core = kubeedge_cloud::CloudCore::start(config).await.unwrap();
+    assert!(core.control_plane().is_none());
+    assert!(!dir_b.0.join("admin.kubeconfig").exists());
+    let pods: Api<Pod> = Api::namespaced(cluster.client().clone(), "default");
+    pods.create(&PostParams::default(), &pod("web", "e1", "cfg"))
+        .await
+        .unwrap();
+    let mut e1 = RawEdge::connect(&core, "e1").await;
+    e1.wait_for(Operation::Insert, "default/pod/web", 20).await;
+    core.stop().await;
+    cluster.stop().await;
+}

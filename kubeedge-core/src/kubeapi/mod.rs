@@ -232,6 +232,21 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
             .into_response();
         }
     };
+    // Bodies are JSON only. Protobuf (client-go's default for built-in types in some commands)
+    // gets 415, on which client-go retries the request as JSON.
+    let protobuf = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("protobuf"));
+    if protobuf && !body.is_empty() {
+        return ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the body must be JSON (application/vnd.kubernetes.protobuf is not supported)",
+        )
+        .into_response();
+    }
     let path = parts.uri.path().to_owned();
     let segs: Vec<&str> = path
         .trim_matches('/')
