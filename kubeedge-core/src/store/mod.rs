@@ -45,6 +45,7 @@ pub use selector::{FieldSelector, LabelSelector};
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const AUX: TableDefinition<&str, &[u8]> = TableDefinition::new("aux");
 const META_RV: &str = "resource_version";
 const META_COMPACTED: &str = "compacted";
 
@@ -182,6 +183,64 @@ struct Inner {
     write: Mutex<IdGen>,
 }
 
+/// One change of a [`Store::batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOp {
+    /// Creates or replaces an object as given, keeping the metadata it carries (uid,
+    /// creationTimestamp, labels: a copy of an object owned elsewhere, e.g. the cloud's); only
+    /// `resourceVersion` is the store's. A missing uid or creationTimestamp is filled in.
+    Put {
+        /// Store resource name (`pods`, `endpointslices.discovery.k8s.io`, ...).
+        resource: String,
+        /// Namespace, `None` for cluster-scoped objects.
+        namespace: Option<String>,
+        /// The object; `metadata.name` is required.
+        object: Value,
+    },
+    /// Removes an object; nothing happens if it is absent.
+    Remove {
+        /// Store resource name.
+        resource: String,
+        /// Namespace.
+        namespace: Option<String>,
+        /// Name.
+        name: String,
+    },
+    /// Sets an auxiliary record: bookkeeping kept beside the objects and committed with them.
+    SetAux {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// Removes an auxiliary record.
+    RemoveAux {
+        /// Key.
+        key: String,
+    },
+}
+
+impl BatchOp {
+    /// Whether the op can be applied (a `Put` needs an object with a valid `metadata.name`).
+    pub fn check(&self) -> Result<(), Error> {
+        match self {
+            BatchOp::Put { object, .. } => {
+                if !object.get("metadata").is_some_and(Value::is_object) {
+                    return Err(Error::Invalid("metadata must be an object".into()));
+                }
+                validate_name(
+                    object
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                )
+            }
+            BatchOp::Remove { name, .. } => validate_name(name),
+            BatchOp::SetAux { .. } | BatchOp::RemoveAux { .. } => Ok(()),
+        }
+    }
+}
+
 /// The store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Store {
@@ -256,6 +315,7 @@ impl Store {
             txn.open_table(OBJECTS)?;
             txn.open_table(EVENTS)?;
             txn.open_table(META)?;
+            txn.open_table(AUX)?;
         }
         txn.commit()?;
         let (live, _) = broadcast::channel(config.watch_buffer.max(1));
@@ -561,6 +621,146 @@ impl Store {
             backlog,
             last: rv,
         })
+    }
+
+    /// Applies `ops` in one durable transaction (one fsync): a group commit. Each object change gets
+    /// its own resourceVersion, in order, and its event; auxiliary records commit with them. Every
+    /// op is checked first ([`BatchOp::check`]); if any is invalid nothing is written.
+    pub fn batch(&self, ops: Vec<BatchOp>) -> Result<Vec<Arc<Event>>, Error> {
+        for op in &ops {
+            op.check()?;
+        }
+        let mut ids = self.lock_ids();
+        let txn = self.inner.db.begin_write()?;
+        let mut out = Vec::new();
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
+            let mut objects = txn.open_table(OBJECTS)?;
+            let mut aux = txn.open_table(AUX)?;
+            let mut events = txn.open_table(EVENTS)?;
+            for op in ops {
+                let event = match op {
+                    BatchOp::Put {
+                        resource,
+                        namespace,
+                        mut object,
+                    } => {
+                        let ns = namespace.as_deref();
+                        let name = object
+                            .pointer("/metadata/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        let k = key(&resource, ns, &name);
+                        let existed = objects.get(k.as_str())?.is_some();
+                        rv += 1;
+                        if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                            match ns {
+                                Some(ns) => m.insert("namespace".into(), Value::String(ns.into())),
+                                None => m.remove("namespace"),
+                            };
+                            if !m.contains_key("uid") {
+                                m.insert("uid".into(), Value::String(ids.next_id()));
+                            }
+                            if !m.contains_key("creationTimestamp") {
+                                m.insert(
+                                    "creationTimestamp".into(),
+                                    Value::String(rfc3339(SystemTime::now())),
+                                );
+                            }
+                        }
+                        set_rv(&mut object, rv);
+                        objects.insert(
+                            k.as_str(),
+                            serde_json::to_vec(&object).unwrap_or_default().as_slice(),
+                        )?;
+                        let kind = if existed {
+                            EventType::Modified
+                        } else {
+                            EventType::Added
+                        };
+                        Some(Event::new(kind, &resource, ns, &name, rv, object))
+                    }
+                    BatchOp::Remove {
+                        resource,
+                        namespace,
+                        name,
+                    } => {
+                        let ns = namespace.as_deref();
+                        let k = key(&resource, ns, &name);
+                        let old = objects.remove(k.as_str())?.map(|v| decode(v.value()));
+                        match old {
+                            Some(old) => {
+                                let mut old = old?;
+                                rv += 1;
+                                set_rv(&mut old, rv);
+                                Some(Event::new(
+                                    EventType::Deleted,
+                                    &resource,
+                                    ns,
+                                    &name,
+                                    rv,
+                                    old,
+                                ))
+                            }
+                            None => None,
+                        }
+                    }
+                    BatchOp::SetAux { key, value } => {
+                        aux.insert(key.as_str(), value.as_slice())?;
+                        None
+                    }
+                    BatchOp::RemoveAux { key } => {
+                        aux.remove(key.as_str())?;
+                        None
+                    }
+                };
+                if let Some(event) = event {
+                    let bytes =
+                        serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
+                    events.insert(event.rv, bytes.as_slice())?;
+                    out.push(Arc::new(event));
+                }
+            }
+            let window = self.inner.config.event_window.max(1);
+            let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+            while rv.saturating_sub(compacted) > window {
+                let Some((first, _)) = events.pop_first()? else {
+                    break;
+                };
+                compacted = compacted.max(first.value());
+            }
+            meta.insert(META_COMPACTED, compacted)?;
+            meta.insert(META_RV, rv)?;
+        }
+        txn.commit()?;
+        for event in &out {
+            let _ = self.inner.live.send(event.clone());
+        }
+        Ok(out)
+    }
+
+    /// An auxiliary record (see [`BatchOp::SetAux`]).
+    pub fn aux_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let aux = txn.open_table(AUX)?;
+        Ok(aux.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every auxiliary record whose key starts with `prefix`, in key order.
+    pub fn aux_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let aux = txn.open_table(AUX)?;
+        let mut out = Vec::new();
+        for entry in aux.range(prefix..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     fn lock_ids(&self) -> std::sync::MutexGuard<'_, IdGen> {

@@ -366,3 +366,97 @@ async fn concurrent_writers_get_distinct_increasing_versions() {
     }
     assert_eq!(store.resource_version().unwrap(), 100);
 }
+
+#[tokio::test]
+async fn a_batch_commits_objects_and_bookkeeping_together() {
+    use kubeedge_core::store::BatchOp;
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    let start = store.resource_version().unwrap();
+    let mut watch = store.watch(start).unwrap();
+    let mut cloud_pod = pod("web", "e1", "web");
+    cloud_pod["metadata"]["uid"] = json!("cloud-uid-1");
+    cloud_pod["metadata"]["resourceVersion"] = json!("48211");
+    let events = store
+        .batch(vec![
+            BatchOp::Put {
+                resource: "pods".into(),
+                namespace: Some("default".into()),
+                object: cloud_pod,
+            },
+            BatchOp::Put {
+                resource: "pods".into(),
+                namespace: Some("default".into()),
+                object: pod("db", "e1", "db"),
+            },
+            BatchOp::SetAux {
+                key: "sync/default/pod/web".into(),
+                value: b"48211".to_vec(),
+            },
+            BatchOp::Remove {
+                resource: "pods".into(),
+                namespace: Some("default".into()),
+                name: "absent".into(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(events.len(), 2, "removing an absent object is no event");
+    assert_eq!(events[0].rv, start + 1);
+    assert_eq!(events[1].rv, start + 2);
+    let web = store.get("pods", Some("default"), "web").unwrap();
+    assert_eq!(
+        web["metadata"]["uid"], "cloud-uid-1",
+        "the source's identity is kept"
+    );
+    assert_eq!(web["metadata"]["resourceVersion"], (start + 1).to_string());
+    assert_eq!(watch.next().await.unwrap().kind, EventType::Added);
+    // replace + remove in a second batch
+    let events = store
+        .batch(vec![
+            BatchOp::Put {
+                resource: "pods".into(),
+                namespace: Some("default".into()),
+                object: pod("web", "e1", "web2"),
+            },
+            BatchOp::Remove {
+                resource: "pods".into(),
+                namespace: Some("default".into()),
+                name: "db".into(),
+            },
+            BatchOp::RemoveAux {
+                key: "sync/default/pod/web".into(),
+            },
+            BatchOp::SetAux {
+                key: "sync/default/pod/web2".into(),
+                value: b"1".to_vec(),
+            },
+        ])
+        .unwrap();
+    assert_eq!(events[0].kind, EventType::Modified);
+    assert_eq!(events[1].kind, EventType::Deleted);
+    // an invalid op: nothing of the batch is written
+    let rv = store.resource_version().unwrap();
+    let bad = store.batch(vec![
+        BatchOp::SetAux {
+            key: "sync/x".into(),
+            value: vec![],
+        },
+        BatchOp::Put {
+            resource: "pods".into(),
+            namespace: None,
+            object: json!({"metadata": {"name": "Not Valid"}}),
+        },
+    ]);
+    assert!(matches!(bad, Err(Error::Invalid(_))));
+    assert_eq!(store.resource_version().unwrap(), rv);
+    drop(watch);
+    drop(store);
+    let store = open(&dir, Config::default());
+    let aux = store.aux_scan("sync/").unwrap();
+    assert_eq!(
+        aux,
+        vec![("sync/default/pod/web2".to_owned(), b"1".to_vec())]
+    );
+    assert_eq!(store.aux_get("sync/x").unwrap(), None);
+    assert!(store.get("pods", Some("default"), "db").is_err());
+}
