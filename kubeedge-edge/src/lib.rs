@@ -1,15 +1,250 @@
 //! # kubeedge-edge
 //!
-//! The edge side of kubeedge-rs: what `edgecore` is made of.
+//! The edge side of kubeedge-rs: what `edgecore` is made of, as a library.
 //!
-//! What it is (its scope, filled in by the edge work): edgehub (dials the cloud, reconnects with
-//! jittered backoff, drives one [`kubeedge_core::sync::edge::Session`]), the metastore that persists
-//! every object before it is acked, the durable upstream queue for status, the metaserver
-//! (a Kubernetes-compatible list/watch API on loopback, online and offline), and pod lifecycle over
-//! CRI or a process runtime.
+//! * [`bootstrap`]: the first start with a join token (CA by hash, CSR signed by the cloud).
+//! * [`edgehub`]: dials cloudhub over mTLS WebSocket, reconnects with jittered backoff, drives one
+//!   [`kubeedge_core::sync::edge::Session`], persists before acking (group commit), carries status
+//!   up through a durable queue.
+//! * [`metastore`]: every synced object in a redb store, with the sync inventory and the upstream
+//!   queue beside it, committed together.
+//! * The metaserver: [`kubeedge_core::kubeapi`] over the metastore, a Kubernetes-compatible API
+//!   on 127.0.0.1 that serves what the edge holds, online and offline (see [`EdgeCore`]).
+//! * [`node`]: node registration, lease renewal and status reports.
+//! * [`EdgeCore`]: all of it wired together, as the `edgecore` binary runs it.
 //!
 //! What it is not: no wire format or protocol logic of its own (see [`kubeedge_core`]), and no
 //! dependency on the cloud, device or mesh crates.
-//!
-//! This release contains no public items yet: the crate marks its place in the workspace so that
-//! the dependency rules (edge → core only) hold from the start.
+
+pub mod bootstrap;
+pub mod edgehub;
+pub mod metastore;
+pub mod node;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kubeedge_core::kubeapi::Api;
+
+pub use bootstrap::CertFiles;
+pub use edgehub::{EdgeHub, EdgeHubConfig};
+pub use metastore::MetaStore;
+
+/// Why the edge could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or socket operation failed.
+    #[error("{step}")]
+    Io {
+        /// What was being done.
+        step: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metastore failed.
+    #[error("metastore")]
+    Store(#[from] kubeedge_core::store::Error),
+    /// Certificates or keys.
+    #[error("PKI")]
+    Pki(#[from] kubeedge_core::pki::Error),
+    /// The join token is malformed or does not match the CA.
+    #[error("join token")]
+    Token(#[from] kubeedge_core::pki::TokenError),
+    /// TLS settings.
+    #[error("TLS settings")]
+    Tls(#[from] kubeedge_core::transport::tls::Error),
+    /// The link to the cloud.
+    #[error("link to the cloud")]
+    Transport(#[from] kubeedge_core::transport::ws::Error),
+    /// The certificate server answered with an error.
+    #[error("{step}: HTTP {status}: {body}")]
+    Http {
+        /// What was being done.
+        step: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The answer's body.
+        body: String,
+    },
+    /// Settings or input are unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// An error and its causes, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// edgecore's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Data directory: certificates (`ca/`, `certs/`) and the metastore (`edge.redb`).
+    pub data_dir: PathBuf,
+    /// This node's name.
+    pub node: String,
+    /// cloudhub, `wss://host:port`.
+    pub cloud_url: String,
+    /// cloudhub's certificate server, `https://host:port` (for the first start).
+    pub https_url: Option<String>,
+    /// A join token (needed once, when there is no certificate yet).
+    pub token: Option<String>,
+    /// The metaserver's address. Default `127.0.0.1:10550`.
+    pub metaserver_addr: SocketAddr,
+    /// The address this node reports. Default `127.0.0.1`.
+    pub node_address: String,
+    /// Sync session settings (keepalive, windows, ...).
+    pub session: kubeedge_core::sync::edge::Config,
+    /// Longest reconnect delay. Default 30 s.
+    pub backoff_max: std::time::Duration,
+}
+
+impl Config {
+    /// Defaults for `node` under `data_dir`, dialling `cloud_url`.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        node: impl Into<String>,
+        cloud_url: impl Into<String>,
+    ) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            node: node.into(),
+            cloud_url: cloud_url.into(),
+            https_url: None,
+            token: None,
+            metaserver_addr: SocketAddr::from(([127, 0, 0, 1], 10550)),
+            node_address: "127.0.0.1".into(),
+            session: kubeedge_core::sync::edge::Config::default(),
+            backoff_max: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything edgecore runs, started. Dropping it stops the background tasks.
+#[derive(Debug)]
+pub struct EdgeCore {
+    hub: EdgeHub,
+    api: Api,
+    metaserver_addr: SocketAddr,
+    metaserver: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EdgeCore {
+    /// Bootstraps the node's identity if needed, opens the metastore, and starts edgehub, the
+    /// metaserver and the node reporter.
+    pub async fn start(config: Config) -> Result<EdgeCore, Error> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            step: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let certs = CertFiles::under(dir);
+        if !certs.exist() {
+            let (Some(https), Some(token)) = (&config.https_url, &config.token) else {
+                return Err(Error::Config(
+                    "no node certificate yet: give the certificate server (--https) and a join token (--token)".into(),
+                ));
+            };
+            bootstrap::bootstrap(&certs, &config.node, https, token).await?;
+        }
+        let store = MetaStore::open(&dir.join("edge.redb"))?;
+        let api = Api::new(store.store().clone())?;
+        let mut hub_config = EdgeHubConfig::new(&config.node, &config.cloud_url, certs);
+        hub_config.session = config.session.clone();
+        hub_config.backoff_max = config.backoff_max.max(hub_config.backoff_min);
+        let (hub, mut tasks) = EdgeHub::start(hub_config, store)?;
+        let listener = tokio::net::TcpListener::bind(config.metaserver_addr)
+            .await
+            .map_err(|source| Error::Io {
+                step: format!("binding the metaserver to {}", config.metaserver_addr),
+                source,
+            })?;
+        let metaserver_addr = listener.local_addr().map_err(|source| Error::Io {
+            step: "reading the metaserver's address".into(),
+            source,
+        })?;
+        let served = api.clone();
+        let (stop_metaserver, stopped) = tokio::sync::oneshot::channel::<()>();
+        let metaserver = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = served.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "metaserver stopped");
+            }
+        });
+        tasks.push(tokio::spawn(node::run(
+            hub.clone(),
+            config.node.clone(),
+            config.node_address.clone(),
+            String::new(),
+        )));
+        tracing::info!(node = %config.node, metaserver = %metaserver_addr, "edgecore started");
+        Ok(EdgeCore {
+            hub,
+            api,
+            metaserver_addr,
+            metaserver: Some((stop_metaserver, metaserver)),
+            tasks,
+        })
+    }
+
+    /// edgehub.
+    pub fn hub(&self) -> &EdgeHub {
+        &self.hub
+    }
+
+    /// The local API (what the metaserver serves), for in-process clients.
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Where the metaserver listens.
+    pub fn metaserver_addr(&self) -> SocketAddr {
+        self.metaserver_addr
+    }
+
+    /// Stops everything and waits for the tasks to end; the metastore is closed when this returns
+    /// (open metaserver connections get up to 5 s, watches are ended).
+    pub async fn stop(mut self) {
+        if let Some((stop, mut task)) = self.metaserver.take() {
+            let _ = stop.send(());
+            if tokio::time::timeout(std::time::Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for EdgeCore {
+    fn drop(&mut self) {
+        if let Some((_, task)) = &self.metaserver {
+            task.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

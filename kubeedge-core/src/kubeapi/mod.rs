@@ -52,6 +52,8 @@ pub const DEFAULT_NAMESPACES: [&str; 4] =
 pub struct Api {
     store: Store,
     bookmark_interval: Duration,
+    /// Flipped to `true` when serving stops: open watches end, so that connections close.
+    closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// How often an idle watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one.
@@ -74,6 +76,7 @@ impl Api {
         Ok(Api {
             store,
             bookmark_interval: BOOKMARK_INTERVAL,
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 
@@ -96,8 +99,27 @@ impl Api {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(self.closing_after(shutdown))
             .await
+    }
+
+    /// Ends every open watch (they end as if their timeout had passed), so that a server shutting
+    /// down gracefully is not held open by them. Watches opened later are not affected.
+    pub fn close_watches(&self) {
+        self.closing.send_replace(true);
+        self.closing.send_replace(false);
+    }
+
+    /// `shutdown`, then [`close_watches`](Self::close_watches).
+    pub(crate) fn closing_after(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let api = self.clone();
+        async move {
+            shutdown.await;
+            api.close_watches();
+        }
     }
 
     /// An axum router serving the whole API.
@@ -951,6 +973,7 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
     struct St {
         initial: std::collections::VecDeque<Value>,
         bookmarks: Option<(Duration, tokio::time::Instant, Value)>,
+        closing: tokio::sync::watch::Receiver<bool>,
         watch: store::Watch,
         store_name: String,
         namespace: Option<String>,
@@ -968,6 +991,7 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
                 bookmark_kind,
             )
         }),
+        closing: api.closing.subscribe(),
         watch,
         store_name,
         namespace,
@@ -984,7 +1008,11 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
                 Some((_, at, _)) => (*at).min(st.deadline),
                 None => st.deadline,
             };
-            let ev = match tokio::time::timeout_at(wake, st.watch.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(wake, st.watch.next()) => next,
+                _ = st.closing.changed() => return None,
+            };
+            let ev = match next {
                 Err(_) if tokio::time::Instant::now() >= st.deadline => return None,
                 Err(_) => {
                     // Idle: tell the client how far the watch has come (events it filtered

@@ -232,7 +232,7 @@ impl Api {
             listener,
             router.into_make_service_with_connect_info::<TlsPeer>(),
         )
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(self.closing_after(shutdown))
         .await
     }
 }

@@ -1,0 +1,120 @@
+//! `edgecore`: the edge side of kubeedge-rs.
+//!
+//! `edgecore --data-dir D --node-name N --cloud wss://HOST:PORT --https https://HOST:PORT --token T`
+//! bootstraps the node's certificate on the first start (the token is needed only then), keeps
+//! every object the cloud sends in `D/edge.redb`, serves them on the metaserver
+//! (`127.0.0.1:--metaserver-port`, default 10550; plain HTTP on loopback, like upstream's), and
+//! reports the node's status and lease, until SIGINT or SIGTERM. With the cloud unreachable it keeps
+//! serving what it holds and queues status for later.
+//!
+//! Once serving, it prints one line to stdout: `edgecore ready node=<N> metaserver=<addr>`. Logs go
+//! to stderr (`RUST_LOG`, default `info`).
+//!
+//! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use kubeedge_edge::{Config, EdgeCore};
+
+#[derive(Parser)]
+#[command(name = "edgecore", version, about = "kubeedge-rs edgecore")]
+struct Cli {
+    /// Data directory (certificates and the metastore).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// This node's name.
+    #[arg(long)]
+    node_name: String,
+    /// cloudhub's WebSocket URL, wss://HOST:PORT.
+    #[arg(long)]
+    cloud: String,
+    /// cloudhub's certificate server, https://HOST:PORT (needed on the first start).
+    #[arg(long)]
+    https: Option<String>,
+    /// Join token from `keadm gettoken` (needed on the first start).
+    #[arg(long)]
+    token: Option<String>,
+    /// The metaserver's port on --metaserver-address.
+    #[arg(long, default_value_t = 10550)]
+    metaserver_port: u16,
+    /// The metaserver's address.
+    #[arg(long, default_value = "127.0.0.1")]
+    metaserver_address: IpAddr,
+    /// The address this node reports.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+}
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = Config::new(cli.data_dir, cli.node_name, cli.cloud);
+    config.https_url = cli.https;
+    config.token = cli.token;
+    config.metaserver_addr = SocketAddr::new(cli.metaserver_address, cli.metaserver_port);
+    config.node_address = cli.node_ip;
+    let node = config.node.clone();
+    let edge = EdgeCore::start(config).await?;
+    println!(
+        "edgecore ready node={node} metaserver={}",
+        edge.metaserver_addr()
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    edge.stop().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edgecore: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgecore: {}", kubeedge_edge::chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}

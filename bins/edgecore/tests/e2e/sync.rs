@@ -1,0 +1,163 @@
+//! A pod created in the cloud reaches the edge's metastore and metaserver; the edge registers its
+//! node; the metaserver keeps serving with the cloud gone and after an edge restart; changes made
+//! while the edge was away reach it when the cloud is back.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
+use kubeedge_cloud::CloudCore;
+use kubeedge_edge::EdgeCore;
+use serde_json::json;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "kubeedge-e2e-{tag}-{}-{}",
+            std::process::id(),
+            kubeedge_core::transport::driver::random_seed()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn cloud(dir: &TempDir, hub: &str, https: &str) -> CloudCore {
+    let mut c = kubeedge_cloud::Config::new(dir.0.join("cloud"));
+    c.api_addr = "127.0.0.1:0".parse().unwrap();
+    c.hub_addr = hub.parse().unwrap();
+    c.https_addr = https.parse().unwrap();
+    CloudCore::start(c).await.unwrap()
+}
+
+fn edge_config(dir: &TempDir, cloud: &CloudCore) -> kubeedge_edge::Config {
+    let mut c = kubeedge_edge::Config::new(
+        dir.0.join("edge"),
+        "e1",
+        format!("wss://127.0.0.1:{}", cloud.hub_addr().port()),
+    );
+    c.https_url = Some(format!("https://127.0.0.1:{}", cloud.https_addr().port()));
+    c.token = Some(
+        cloud
+            .ca()
+            .token(Duration::from_secs(3600), SystemTime::now()),
+    );
+    c.metaserver_addr = "127.0.0.1:0".parse().unwrap();
+    c.backoff_max = Duration::from_secs(1);
+    c
+}
+
+fn metaserver_client(edge: &EdgeCore) -> kube::Client {
+    let url = format!("http://{}", edge.metaserver_addr());
+    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name},
+        "spec": {"nodeName": "e1", "containers": [{"name": "c", "image": "busybox"}]}}))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_reach_the_edge_and_stay_served_offline() {
+    let dir = TempDir::new("sync");
+    let cloud_core = cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let (hub_addr, https_addr) = (cloud_core.hub_addr(), cloud_core.https_addr());
+    let config = edge_config(&dir, &cloud_core);
+    let edge = EdgeCore::start(config.clone()).await.unwrap();
+
+    // the edge registers its node, labelled as an edge node, with the fields clients require
+    let nodes: Api<Node> = Api::all(cloud_core.client().clone());
+    eventually(30, "node e1 registered and Ready", async || {
+        nodes.get_opt("e1").await.unwrap().is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await;
+    let node = nodes.get("e1").await.unwrap();
+    let labels = node.metadata.labels.unwrap();
+    assert!(labels.contains_key("node-role.kubernetes.io/edge"));
+    assert!(labels.contains_key("node-role.kubernetes.io/agent"));
+    assert!(
+        node.status
+            .unwrap()
+            .node_info
+            .unwrap()
+            .kubelet_version
+            .starts_with("v1.32.10-kubeedge-rs")
+    );
+
+    // a pod bound to e1 reaches the metaserver
+    let pods: Api<Pod> = Api::namespaced(cloud_core.client().clone(), "default");
+    pods.create(&PostParams::default(), &pod("web"))
+        .await
+        .unwrap();
+    let local: Api<Pod> = Api::namespaced(metaserver_client(&edge), "default");
+    eventually(30, "pod web on the metaserver", async || {
+        local.get_opt("web").await.ok().flatten().is_some()
+    })
+    .await;
+    let cloud_uid = pods.get("web").await.unwrap().metadata.uid;
+    assert_eq!(local.get("web").await.unwrap().metadata.uid, cloud_uid);
+
+    // the cloud goes away: the metaserver still serves; an edge restart still has it
+    cloud_core.stop().await;
+    assert!(local.get_opt("web").await.unwrap().is_some());
+    edge.stop().await;
+    let mut offline = config.clone();
+    offline.token = None;
+    let edge = EdgeCore::start(offline).await.unwrap();
+    let local: Api<Pod> = Api::namespaced(metaserver_client(&edge), "default");
+    assert!(local.get_opt("web").await.unwrap().is_some());
+    assert!(!edge.hub().is_connected());
+
+    // the cloud comes back (same data, same ports) with changes made meanwhile
+    let cloud_core = cloud(&dir, &hub_addr.to_string(), &https_addr.to_string()).await;
+    let pods: Api<Pod> = Api::namespaced(cloud_core.client().clone(), "default");
+    pods.create(&PostParams::default(), &pod("late"))
+        .await
+        .unwrap();
+    // bound pods are deleted gracefully; the node's confirmation would remove them, force it here
+    pods.delete(
+        "web",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    eventually(30, "the edge converged", async || {
+        let have_late = local.get_opt("late").await.ok().flatten().is_some();
+        let web = local.get_opt("web").await.ok().flatten();
+        have_late && web.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    assert!(edge.hub().is_connected());
+    edge.stop().await;
+    cloud_core.stop().await;
+}

@@ -1,0 +1,306 @@
+//! edgehub: dials cloudhub (mTLS WebSocket), keeps one [`edge::Session`] over one connection after
+//! another, persists what the cloud sends before acking it, and carries status up through the
+//! durable queue.
+//!
+//! * Reconnects with exponential backoff (1 s doubling to 30 s by default) and ±50 % jitter, so
+//!   that a fleet does not reconnect in lockstep after a cloud restart.
+//! * The certificate files are read at every dial, so a renewed certificate is used at once.
+//! * Changes are persisted in groups: whatever arrived while the previous group committed goes in
+//!   the next transaction (one fsync for up to 256 changes), then all of them are acked.
+//! * [`EdgeHub::report`] stores a status message in the durable queue first, then hands it to the
+//!   session; the entry leaves the queue when the cloud answers. After a restart, whatever is
+//!   still queued is sent again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use kubeedge_core::message::Message;
+use kubeedge_core::sync::edge;
+use kubeedge_core::transport::driver::{self, Handle};
+use kubeedge_core::transport::ws;
+use tokio::sync::mpsc;
+
+use crate::Error;
+use crate::bootstrap::CertFiles;
+use crate::metastore::{Change, MetaStore};
+
+/// Most changes persisted in one transaction.
+const MAX_GROUP: usize = 256;
+
+/// edgehub settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EdgeHubConfig {
+    /// This node's name.
+    pub node: String,
+    /// cloudhub's URL, `wss://host:port`.
+    pub cloud_url: String,
+    /// The node's certificate files.
+    pub certs: CertFiles,
+    /// Sync session settings (keepalive, windows, ...).
+    pub session: edge::Config,
+    /// First reconnect delay. Default 1 s.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay. Default 30 s.
+    pub backoff_max: Duration,
+    /// Offer the kubeedge-rs extensions (an upstream cloud ignores the offer). Default true.
+    pub offer_extensions: bool,
+}
+
+impl EdgeHubConfig {
+    /// Defaults for `node` dialling `cloud_url` with the identity in `certs`.
+    pub fn new(node: impl Into<String>, cloud_url: impl Into<String>, certs: CertFiles) -> Self {
+        EdgeHubConfig {
+            node: node.into(),
+            cloud_url: cloud_url.into(),
+            certs,
+            session: edge::Config::default(),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            offer_extensions: true,
+        }
+    }
+}
+
+/// A running edgehub. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EdgeHub {
+    handle: Handle<edge::Session>,
+    store: MetaStore,
+    seq: Arc<AtomicU64>,
+    connected: Arc<AtomicBool>,
+}
+
+/// `d` ± 50 %.
+fn jitter(d: Duration) -> Duration {
+    let r = driver::random_seed() % 1000;
+    d.mul_f64(0.5 + r as f64 / 1000.0)
+}
+
+impl EdgeHub {
+    /// Starts edgehub over `store`: the session starts from the store's inventory and queue.
+    /// Returns the hub and its tasks (abort them to stop).
+    pub fn start(
+        config: EdgeHubConfig,
+        store: MetaStore,
+    ) -> Result<(EdgeHub, Vec<tokio::task::JoinHandle<()>>), Error> {
+        config
+            .session
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let mut session = edge::Session::new(
+            config.session.clone(),
+            store.inventory()?,
+            driver::random_seed(),
+            driver::wall_clock(),
+            driver::now(),
+        );
+        for m in store.queued_uplinks()? {
+            if session.enqueue_uplink(m).is_err() {
+                break;
+            }
+        }
+        let (handle, pump) = driver::channel::<edge::Session>(1024);
+        let (events_tx, events) = mpsc::channel(4096);
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let hub = EdgeHub {
+            handle,
+            store,
+            // Sequence numbers of status updates: above anything an earlier run used.
+            seq: Arc::new(AtomicU64::new(unix_ms.saturating_mul(1000))),
+            connected: Arc::new(AtomicBool::new(false)),
+        };
+        let worker = tokio::spawn(hub.clone().work(events));
+        let link = tokio::spawn(hub.clone().link(config, session, pump, events_tx));
+        Ok((hub, vec![worker, link]))
+    }
+
+    /// Whether a connection to the cloud is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// The metastore.
+    pub fn store(&self) -> &MetaStore {
+        &self.store
+    }
+
+    /// Sends a status update (node status, pod status, lease, event) to the cloud: durable first,
+    /// delivered when connected, dropped from the queue once the cloud answers. A newer update for
+    /// the same resource replaces an older one not yet sent.
+    pub async fn report(&self, mut message: Message) -> Result<(), Error> {
+        message.header.resource_version = self.seq.fetch_add(1, Ordering::SeqCst).to_string();
+        let store = self.store.clone();
+        let queued = message.clone();
+        tokio::task::spawn_blocking(move || store.queue_uplink(&queued))
+            .await
+            .map_err(|e| Error::Config(format!("persisting a status update: {e}")))??;
+        // A full outbox keeps it in the durable queue; `Writable` brings it back.
+        let _ = self
+            .handle
+            .exec(move |s, _| {
+                let _ = s.enqueue_uplink(message);
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn link(
+        self,
+        config: EdgeHubConfig,
+        mut session: edge::Session,
+        mut pump: driver::Pump<edge::Session>,
+        events: mpsc::Sender<edge::Event>,
+    ) {
+        let mut backoff = config.backoff_min;
+        loop {
+            let attempt = async {
+                let tls = config.certs.client_config()?;
+                let mut ws_config =
+                    ws::ClientConfig::new(config.cloud_url.clone(), config.node.clone(), tls);
+                ws_config.offer_extensions = config.offer_extensions;
+                Ok::<_, Error>(ws::connect(&ws_config).await?)
+            };
+            match attempt.await {
+                Err(e) => {
+                    tracing::warn!(cloud = %config.cloud_url, error = %crate::chain(&e), retry_in = ?backoff, "edgehub: cannot reach the cloud");
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(config.backoff_max);
+                }
+                Ok(conn) => {
+                    tracing::info!(cloud = %config.cloud_url, negotiated = conn.peer().negotiated, "edgehub: connected");
+                    backoff = config.backoff_min;
+                    self.connected.store(true, Ordering::SeqCst);
+                    let end = pump.drive(conn, &mut session, &events).await;
+                    self.connected.store(false, Ordering::SeqCst);
+                    match end {
+                        Ok(driver::End::Shutdown) => return,
+                        Ok(end) => tracing::info!(?end, "edgehub: connection ended"),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::chain(&e), "edgehub: connection failed")
+                        }
+                    }
+                    tokio::time::sleep(jitter(config.backoff_min)).await;
+                }
+            }
+        }
+    }
+
+    async fn work(self, mut events: mpsc::Receiver<edge::Event>) {
+        while let Some(first) = events.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match events.try_recv() {
+                    Ok(ev) => group.push(ev),
+                    Err(_) => break,
+                }
+            }
+            let mut changes = Vec::new();
+            let mut tokens = Vec::new();
+            let mut requeue = false;
+            for ev in group {
+                match ev {
+                    edge::Event::Apply {
+                        token,
+                        key,
+                        version,
+                        deleted,
+                        message,
+                    } => {
+                        changes.push(Change {
+                            key,
+                            version,
+                            deleted,
+                            object: message.content,
+                        });
+                        tokens.push(token);
+                    }
+                    edge::Event::UplinkAcked { key, seq, reply } => {
+                        if let Some(reply) = reply
+                            && !reply.content["Err"].is_null()
+                        {
+                            tracing::warn!(key, answer = %reply.content["Err"], "the cloud refused a status update");
+                        }
+                        let store = self.store.clone();
+                        let done =
+                            tokio::task::spawn_blocking(move || store.uplink_done(&key, seq)).await;
+                        if let Ok(Err(e)) = done {
+                            tracing::warn!(error = %e, "dropping an acked status from the queue");
+                        }
+                    }
+                    edge::Event::Deliver(m) => {
+                        tracing::debug!(resource = %m.route.resource, operation = %m.route.operation, "message outside reliable sync");
+                    }
+                    edge::Event::Writable => requeue = true,
+                    _ => {}
+                }
+            }
+            if !changes.is_empty() {
+                self.persist(changes, tokens).await;
+            }
+            if requeue && let Ok(queued) = self.store.queued_uplinks() {
+                let _ = self
+                    .handle
+                    .exec(move |s, _| {
+                        for m in queued {
+                            if s.enqueue_uplink(m).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+            }
+        }
+    }
+
+    /// Commits a group of changes, then acks the ones stored; the others are abandoned (the cloud
+    /// resends them).
+    async fn persist(&self, changes: Vec<Change>, tokens: Vec<edge::ApplyToken>) {
+        let store = self.store.clone();
+        let keys: Vec<String> = changes.iter().map(|c| c.key.clone()).collect();
+        let result = tokio::task::spawn_blocking(move || store.apply(&changes)).await;
+        let (stored, failed): (Vec<_>, Vec<_>) = match result {
+            Ok(Ok(results)) => tokens
+                .into_iter()
+                .zip(results)
+                .zip(keys)
+                .partition(|((_, r), _)| r.is_ok()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the metastore cannot commit; changes stay unacked");
+                let _ = self
+                    .handle
+                    .exec(move |s, _| {
+                        for t in tokens {
+                            s.abandon(t);
+                        }
+                    })
+                    .await;
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the metastore commit panicked");
+                return;
+            }
+        };
+        for ((_, r), key) in &failed {
+            if let Err(e) = r {
+                tracing::warn!(key, error = %e, "a change from the cloud cannot be stored");
+            }
+        }
+        let stored: Vec<edge::ApplyToken> = stored.into_iter().map(|((t, _), _)| t).collect();
+        let failed: Vec<edge::ApplyToken> = failed.into_iter().map(|((t, _), _)| t).collect();
+        let _ = self
+            .handle
+            .exec(move |s, now| {
+                s.persisted(now, stored);
+                for t in failed {
+                    s.abandon(t);
+                }
+            })
+            .await;
+    }
+}
