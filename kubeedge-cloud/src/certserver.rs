@@ -89,6 +89,11 @@ async fn edge_crt(
     else {
         return (StatusCode::BAD_REQUEST, "missing NodeName header").into_response();
     };
+    if !ctx.index.may_be_edge(&node) {
+        return unauthorized(format!(
+            "{node:?} is a node of the cluster, not an edge node"
+        ));
+    }
     let now = SystemTime::now();
     let by_cert = peer.user.as_ref().is_ok_and(|u| {
         u.name == format!("{NODE_CN_PREFIX}{node}") && u.groups.iter().any(|g| g == NODES_ORG)

@@ -28,6 +28,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use crate::index::{Entry, Index, Kind, Object, meta};
 use crate::uplink::Uplink;
 
+/// Most edge handshakes (TLS and WebSocket upgrade) in progress at once.
+pub const MAX_HANDSHAKES: usize = 256;
+
 /// cloudhub settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -107,9 +110,14 @@ impl Hub {
         }
     }
 
-    /// Accepts edges on `listener` until the returned future is dropped.
+    /// Accepts edges on `listener` until the returned future is dropped. At most
+    /// [`MAX_HANDSHAKES`] handshakes run at once; more connections wait in the kernel's backlog.
     pub async fn serve(&self, listener: TcpListener) {
+        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
         loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, addr) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -120,7 +128,9 @@ impl Hub {
             };
             let hub = self.clone();
             tokio::spawn(async move {
-                match ws::accept(tcp, &hub.shared.tls).await {
+                let accepted = ws::accept(tcp, &hub.shared.tls).await;
+                drop(permit);
+                match accepted {
                     Ok(conn) => hub.admit(conn),
                     Err(e) => {
                         tracing::info!(peer = %addr, error = %e, "cloudhub: handshake failed")
@@ -149,6 +159,10 @@ impl Hub {
                 tracing::warn!(peer = %addr, node, found, "cloudhub: refused a node that does not hold its certificate");
                 return;
             }
+        }
+        if !self.shared.index.may_be_edge(&node) {
+            tracing::warn!(peer = %addr, node, "cloudhub: refused a node of the cluster that is not an edge node");
+            return;
         }
         let mut nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let connected = nodes
@@ -458,10 +472,19 @@ impl Worker {
                 deletes.insert(key, held);
             }
         }
-        for (key, held) in deletes {
-            if !desired.contains_key(&key) {
-                changes.push(Change::Delete(key, held));
+        for (key, (version, obj, kind)) in deletes {
+            if desired.contains_key(&key) {
+                continue;
             }
+            // An object that still exists only left this node's share: delete it without a
+            // version, so that it can come back later at that same version.
+            let exists = self
+                .shared
+                .index
+                .get(kind, meta(&obj, "namespace"), meta(&obj, "name"))
+                .is_some();
+            let version = if exists { None } else { version };
+            changes.push(Change::Delete(key, (version, obj, kind)));
         }
         self.last = desired
             .into_iter()
@@ -501,9 +524,14 @@ impl Worker {
         let accepted = rx.await.map_err(|_| driver::Stopped)?;
         for c in changes.into_iter().skip(accepted) {
             match c {
-                // Forget it was sent: the next pass sends it again.
-                Change::Upsert(key, _, _) => {
+                // A new object: forget it was sent, the next pass sends it again.
+                Change::Upsert(key, _, Operation::Insert) => {
                     self.last.remove(&key);
+                }
+                // A change of an object the edge holds: keep it known (so that leaving the share
+                // still deletes it) but with no version, so that the next pass resends it.
+                Change::Upsert(key, e, _) => {
+                    self.last.insert(key, (None, e.object, e.kind));
                 }
                 Change::Delete(key, held) => {
                     self.pending_deletes.insert(key, held);

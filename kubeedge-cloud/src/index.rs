@@ -137,6 +137,19 @@ pub fn pod_references(pod: &Value) -> BTreeSet<(Kind, String)> {
             add(Kind::ConfigMap, &s["configMap"]["name"]);
             add(Kind::Secret, &s["secret"]["name"]);
         }
+        // Volume plugins that read credentials from a Secret (as the node authorizer walks them).
+        add(Kind::Secret, &v["csi"]["nodePublishSecretRef"]["name"]);
+        add(Kind::Secret, &v["azureFile"]["secretName"]);
+        for plugin in [
+            "cephfs",
+            "rbd",
+            "iscsi",
+            "flexVolume",
+            "scaleIO",
+            "storageos",
+        ] {
+            add(Kind::Secret, &v[plugin]["secretRef"]["name"]);
+        }
     }
     for list in ["containers", "initContainers", "ephemeralContainers"] {
         for c in spec[list].as_array().into_iter().flatten() {
@@ -304,10 +317,21 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// `node`'s share, by edge key. See the module docs.
+    /// Whether `name` may act as an edge node: its Node carries the edge label, or it has no Node
+    /// yet (it is about to register). A node of the cluster that is not an edge node never is.
+    pub fn may_be_edge(&self, name: &str) -> bool {
+        self.get(Kind::Node, "", name)
+            .is_none_or(|n| is_edge_node(&n))
+    }
+
+    /// `node`'s share, by edge key (nothing for a Node that is not an edge node). See the module
+    /// docs.
     pub fn desired(&self, node: &str) -> BTreeMap<String, Entry> {
-        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         let mut out = BTreeMap::new();
+        if !self.may_be_edge(node) {
+            return out;
+        }
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         let mut put = |kind: Kind, obj: &Object| {
             out.insert(
                 edge_key(kind, meta(obj, "namespace"), meta(obj, "name")),

@@ -19,9 +19,10 @@ pub const REASON_UNKNOWN: &str = "NodeStatusUnknown";
 
 /// The conditions to write for a node gone silent, or `None` if they already say so.
 pub fn unknown_conditions(node: &Value, now: &str) -> Option<Value> {
+    // Whatever the edge stored, only well-formed conditions are kept.
     let mut conditions: Vec<Value> = node["status"]["conditions"]
         .as_array()
-        .cloned()
+        .map(|a| a.iter().filter(|c| c.is_object()).cloned().collect())
         .unwrap_or_default();
     if !conditions.iter().any(|c| c["type"] == "Ready") {
         conditions.push(json!({"type": "Ready"}));
@@ -58,6 +59,10 @@ pub async fn run(client: Client, index: Arc<Index>, hub: Hub, grace: Duration) {
             let Some(conditions) = unknown_conditions(&node, &now) else {
                 continue;
             };
+            // The edge may have come back meanwhile: its own report wins.
+            if hub.offline_for(name).is_none() {
+                continue;
+            }
             let patch = json!({"status": {"conditions": conditions}});
             match api_in(&client, Kind::Node, "")
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))

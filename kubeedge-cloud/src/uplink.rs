@@ -105,6 +105,26 @@ fn patch_body(content: &Value) -> Result<Value, UplinkError> {
     }
 }
 
+/// A patch reduced to its `status`: an edge changes status, never labels, spec or metadata.
+fn status_only(patch: Value) -> Result<Value, UplinkError> {
+    match patch.get("status") {
+        Some(status) if status.is_object() => Ok(json!({"status": status})),
+        _ => Err(UplinkError::BadRequest(
+            "a status patch must carry a status object".into(),
+        )),
+    }
+}
+
+/// `content[field]`, which must be an object.
+fn required<'a>(content: &'a Value, field: &str) -> Result<&'a Value, UplinkError> {
+    match content.get(field) {
+        Some(v) if v.is_object() => Ok(v),
+        _ => Err(UplinkError::BadRequest(format!(
+            "{field} must be an object"
+        ))),
+    }
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_not_found())
 }
@@ -152,6 +172,11 @@ impl Uplink {
             .resource
             .parse()
             .map_err(|e| UplinkError::BadRequest(format!("{e}")))?;
+        if !self.index.may_be_edge(node) {
+            return Err(UplinkError::Forbidden(format!(
+                "node {node:?} is a node of the cluster, not an edge node"
+            )));
+        }
         let ns = target.namespace.clone().unwrap_or_default();
         let name = target.name.clone().unwrap_or_default();
         let content = &msg.content;
@@ -162,21 +187,21 @@ impl Uplink {
             }
             (ResourceType::Node, Operation::Update) => {
                 self.own_node(node, &name)?;
-                let status = json!({"status": content["status"]});
+                let status = json!({"status": required(content, "status")?});
                 self.patch_node_status(node, Patch::Merge(&status))
                     .await
                     .map(Some)
             }
             (ResourceType::NodePatch, Operation::Patch | Operation::Update) => {
                 self.own_node(node, &name)?;
-                let patch = patch_body(content)?;
+                let patch = status_only(patch_body(content)?)?;
                 self.patch_node_status(node, Patch::Strategic(&patch))
                     .await
                     .map(Some)
             }
             (ResourceType::NodeStatus, _) => {
                 self.own_node(node, &name)?;
-                let status = json!({"status": content["Status"]});
+                let status = json!({"status": required(content, "Status")?});
                 self.patch_node_status(node, Patch::Merge(&status))
                     .await
                     .map(Some)
@@ -188,7 +213,7 @@ impl Uplink {
             }
             (ResourceType::PodPatch, Operation::Patch | Operation::Update) => {
                 self.own_pod(node, &ns, &name)?;
-                let patch = patch_body(content)?;
+                let patch = status_only(patch_body(content)?)?;
                 let api = api_in(&self.client, Kind::Pod, &ns);
                 let pod = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
@@ -197,7 +222,7 @@ impl Uplink {
             }
             (ResourceType::PodStatus, _) => {
                 self.own_pod(node, &ns, &name)?;
-                let status = json!({"status": content["Status"]});
+                let status = json!({"status": required(content, "Status")?});
                 let api = api_in(&self.client, Kind::Pod, &ns);
                 let pod = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
@@ -303,8 +328,11 @@ impl Uplink {
     /// Creates the node's Node object (or returns the existing one), labelled as an edge node.
     async fn register_node(&self, node: &str, content: &Value) -> Result<Value, UplinkError> {
         let mut obj = content.clone();
-        if !obj.is_object() {
+        if !obj.is_object() || !obj.get("metadata").is_none_or(Value::is_object) {
             return Err(UplinkError::BadRequest("node insert without a Node".into()));
+        }
+        if obj.get("metadata").is_none() {
+            obj["metadata"] = json!({});
         }
         obj["apiVersion"] = json!("v1");
         obj["kind"] = json!("Node");
@@ -314,18 +342,26 @@ impl Uplink {
         }
         obj["metadata"]["labels"][crate::EDGE_NODE_LABEL] = json!("");
         if let Some(m) = obj["metadata"].as_object_mut() {
-            for field in ["resourceVersion", "uid", "creationTimestamp"] {
+            for field in [
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "ownerReferences",
+                "finalizers",
+            ] {
                 m.remove(field);
             }
+        }
+        // Taints are the cluster's to set, not the node's.
+        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("taints");
         }
         let api = api_in(&self.client, Kind::Node, "");
         let created = match api.create(&PostParams::default(), &from_json(obj)?).await {
             Ok(n) => n,
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {
-                let labels = json!({"metadata": {"labels": {crate::EDGE_NODE_LABEL: ""}}});
-                api.patch(node, &PatchParams::default(), &Patch::Merge(&labels))
-                    .await?
-            }
+            // Registered before (a restart): answer with what is there. `may_be_edge` already
+            // refused a node of the cluster that is not an edge node.
+            Err(kube::Error::Api(s)) if s.is_already_exists() => api.get(node).await?,
             Err(e) => return Err(e.into()),
         };
         Ok(object_resp(to_json(created)))
@@ -346,7 +382,7 @@ impl Uplink {
     async fn write_lease(&self, node: &str, content: &Value) -> Result<Value, UplinkError> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), LEASE_NAMESPACE, &lease_resource());
-        let spec = json!({"spec": content["spec"]});
+        let spec = json!({"spec": required(content, "spec")?});
         match api
             .patch(node, &PatchParams::default(), &Patch::Merge(&spec))
             .await
@@ -380,6 +416,9 @@ impl Uplink {
             return Err(UplinkError::Forbidden(format!(
                 "node {node:?} may only report events about itself and its pods"
             )));
+        }
+        if !event.get("metadata").is_some_and(Value::is_object) {
+            return Err(UplinkError::BadRequest("an event needs metadata".into()));
         }
         let mut event = event.clone();
         event["apiVersion"] = json!("v1");

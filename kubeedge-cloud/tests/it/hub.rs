@@ -246,3 +246,81 @@ async fn with_a_kubeconfig_it_serves_a_cluster_it_does_not_run() {
     core.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_leaves_a_share_and_comes_back_is_sent_again() {
+    let dir = TempDir::new("hub3");
+    let core = start(&dir).await;
+    let client = core.client().clone();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    cms.create(&pp, &configmap("shared")).await.unwrap();
+    pods.create(&pp, &pod("a", "e1", "shared")).await.unwrap();
+    let mut e1 = RawEdge::connect(&core, "e1").await;
+    e1.wait_for(Operation::Insert, "default/configmap/shared", 20)
+        .await;
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete("a", &now).await.unwrap();
+    let gone = e1
+        .wait_for(Operation::Delete, "default/configmap/shared", 20)
+        .await;
+    assert!(
+        gone.header.resource_version.is_empty(),
+        "a share-leave delete carries no version: {gone:?}"
+    );
+    // another pod needs the same, unchanged ConfigMap: it comes back
+    e1.received.clear();
+    pods.create(&pp, &pod("b", "e1", "shared")).await.unwrap();
+    e1.wait_for(Operation::Insert, "default/configmap/shared", 20)
+        .await;
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_that_is_not_an_edge_cannot_be_impersonated() {
+    let dir = TempDir::new("hub4");
+    let core = start(&dir).await;
+    let client = core.client().clone();
+    let worker: Node = serde_json::from_value(json!({"metadata": {"name": "worker-1"}})).unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &worker)
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("kubelet-pod", "worker-1", "x"))
+        .await
+        .unwrap();
+    eventually(10, "the index knows worker-1", async || {
+        core.index()
+            .get(kubeedge_cloud::index::Kind::Node, "", "worker-1")
+            .is_some()
+    })
+    .await;
+    // a join token does not buy a certificate for it
+    let token = core
+        .ca()
+        .token(Duration::from_secs(600), std::time::SystemTime::now());
+    let bearer = format!("Bearer {}", token.split_once('.').unwrap().1);
+    let (csr, _) = kubeedge_core::pki::node_csr("worker-1").unwrap();
+    let (code, _) = crate::common::https(
+        &core.ca().cert(),
+        core.https_addr().port(),
+        None,
+        "GET",
+        "/edge.crt",
+        &[("NodeName", "worker-1"), ("Authorization", &bearer)],
+        &csr,
+    )
+    .await;
+    assert_eq!(code, 401);
+    // a certificate obtained some other way does not open cloudhub either
+    let mut fake = RawEdge::connect(&core, "worker-1").await;
+    let end = tokio::time::timeout(Duration::from_secs(10), fake.conn.recv()).await;
+    assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+    assert!(core.index().desired("worker-1").is_empty());
+    core.stop().await;
+}

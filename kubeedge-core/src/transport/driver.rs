@@ -131,13 +131,23 @@ const FLUSH_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(5)
 type Sink = SplitSink<WebSocketStream<TlsStream<TcpStream>>, Frame>;
 type Stream = futures_util::stream::SplitStream<WebSocketStream<TlsStream<TcpStream>>>;
 
+/// The writer task, aborted when the drive ends in any way, its future dropped included (a writer
+/// stuck on a half-open socket must not outlive the connection).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The parts of one connection while it is driven.
 struct Link {
     stream: Stream,
     max_frame: usize,
     peer: super::ws::Peer,
     batches: mpsc::Sender<Vec<Frame>>,
-    writer: tokio::task::JoinHandle<Result<(), Error>>,
+    writer: AbortOnDrop,
     /// Frames taken from the session and not yet handed to the writer.
     outgoing: Vec<Frame>,
 }
@@ -177,7 +187,7 @@ impl<S: crate::sync::Endpoint> Pump<S> {
             max_frame,
             peer,
             batches,
-            writer: tokio::spawn(write_batches(sink, batches_rx)),
+            writer: AbortOnDrop(tokio::spawn(write_batches(sink, batches_rx))),
             outgoing: Vec::new(),
         };
         let result = self.run(session, events, &mut link).await;
@@ -198,11 +208,11 @@ impl<S: crate::sync::Endpoint> Pump<S> {
                 let _ = batches.send(outgoing).await;
             }
             drop(batches);
-            let _ = tokio::time::timeout(FLUSH_ON_SHUTDOWN, &mut writer).await;
+            let _ = tokio::time::timeout(FLUSH_ON_SHUTDOWN, &mut writer.0).await;
         } else {
             drop(batches);
         }
-        writer.abort();
+        writer.0.abort();
         session.disconnected();
         result
     }
@@ -288,7 +298,7 @@ impl<S: crate::sync::Endpoint> Pump<S> {
                         }));
                     }
                 },
-                done = &mut *writer => {
+                done = &mut writer.0 => {
                     return match done {
                         Ok(Err(e)) => Err(e.into()),
                         Ok(Ok(())) | Err(_) => Ok(End::PeerClosed),
