@@ -17,9 +17,13 @@
 //! dependency on the cloud, device or mesh crates.
 
 pub mod bootstrap;
+pub mod cri;
 pub mod edgehub;
 pub mod metastore;
 pub mod node;
+pub mod runtime;
+#[cfg(feature = "test-util")]
+pub mod test_util;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,4 @@
+//! kubeedge-edge's integration tests, one binary.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod cri;
