@@ -211,6 +211,13 @@ impl EdgeHub {
                         deleted,
                         message,
                     } => {
+                        // The session counts an object marked for deletion as deleted (a delete
+                        // wins over older copies); the store keeps it until the cloud really
+                        // deletes it, so that its pod is terminated gracefully.
+                        let deleted = deleted
+                            && (message.route.operation
+                                == kubeedge_core::message::Operation::Delete
+                                || !message.content.is_object());
                         changes.push(Change {
                             key,
                             version,

@@ -21,6 +21,7 @@ pub mod cri;
 pub mod edgehub;
 pub mod metastore;
 pub mod node;
+pub mod pods;
 pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -72,6 +73,9 @@ pub enum Error {
         /// The answer's body.
         body: String,
     },
+    /// The container runtime.
+    #[error("container runtime")]
+    Runtime(#[from] runtime::RuntimeError),
     /// Settings or input are unusable.
     #[error("{0}")]
     Config(String),
@@ -111,6 +115,11 @@ pub struct Config {
     pub session: kubeedge_core::sync::edge::Config,
     /// Longest reconnect delay. Default 30 s.
     pub backoff_max: std::time::Duration,
+    /// The CRI endpoint pods run on (`unix:///run/containerd/containerd.sock`); `None` runs no
+    /// pods (the node still syncs and serves its objects).
+    pub cri_endpoint: Option<String>,
+    /// First crash-loop restart delay. Default 10 s.
+    pub restart_backoff: std::time::Duration,
 }
 
 impl Config {
@@ -130,6 +139,8 @@ impl Config {
             node_address: "127.0.0.1".into(),
             session: kubeedge_core::sync::edge::Config::default(),
             backoff_max: std::time::Duration::from_secs(30),
+            cri_endpoint: None,
+            restart_backoff: pods::BACKOFF_START,
         }
     }
 }
@@ -191,11 +202,28 @@ impl EdgeCore {
                 tracing::error!(error = %e, "metaserver stopped");
             }
         });
+        let mut runtime_version = String::new();
+        if let Some(endpoint) = &config.cri_endpoint {
+            let rt = cri::CriRuntime::connect(endpoint).await?;
+            runtime_version = runtime::Runtime::version(&rt).await?;
+            let pods = pods::PodManager::new(
+                rt,
+                hub.store().store().clone(),
+                hub.clone(),
+                pods::PodConfig {
+                    node: config.node.clone(),
+                    node_ip: config.node_address.clone(),
+                    data_dir: dir.clone(),
+                    backoff_start: config.restart_backoff,
+                },
+            );
+            tasks.push(tokio::spawn(pods.run()));
+        }
         tasks.push(tokio::spawn(node::run(
             hub.clone(),
             config.node.clone(),
             config.node_address.clone(),
-            String::new(),
+            runtime_version,
         )));
         tracing::info!(node = %config.node, metaserver = %metaserver_addr, "edgecore started");
         Ok(EdgeCore {

@@ -4,7 +4,9 @@
 //! bootstraps the node's certificate on the first start (the token is needed only then), keeps
 //! every object the cloud sends in `D/edge.redb`, serves them on the metaserver
 //! (`127.0.0.1:--metaserver-port`, default 10550; plain HTTP on loopback, like upstream's), and
-//! reports the node's status and lease, until SIGINT or SIGTERM. With the cloud unreachable it keeps
+//! runs the node's pods on a CRI runtime (`--runtime cri --cri-endpoint unix://PATH`, containerd by
+//! default; `--runtime none` runs no pods), and reports node and pod status and the node's lease,
+//! until SIGINT or SIGTERM. With the cloud unreachable it keeps
 //! serving what it holds and queues status for later.
 //!
 //! Once serving, it prints one line to stdout: `edgecore ready node=<N> metaserver=<addr>`. Logs go
@@ -46,6 +48,13 @@ struct Cli {
     /// The address this node reports.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
+    /// Where pods run: `cri` (a CRI runtime such as containerd, at --cri-endpoint) or `none` (the
+    /// node syncs and serves its objects but runs no pods).
+    #[arg(long, default_value = "cri", value_parser = ["cri", "none"])]
+    runtime: String,
+    /// The CRI runtime's socket.
+    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
+    cri_endpoint: String,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -54,6 +63,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.token = cli.token;
     config.metaserver_addr = SocketAddr::new(cli.metaserver_address, cli.metaserver_port);
     config.node_address = cli.node_ip;
+    if cli.runtime == "cri" {
+        config.cri_endpoint = Some(cli.cri_endpoint);
+    }
     let node = config.node.clone();
     let edge = EdgeCore::start(config).await?;
     println!(

@@ -11,10 +11,10 @@ use kubeedge_cloud::CloudCore;
 use kubeedge_edge::EdgeCore;
 use serde_json::json;
 
-struct TempDir(PathBuf);
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub fn new(tag: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!(
             "kubeedge-e2e-{tag}-{}-{}",
             std::process::id(),
@@ -31,7 +31,7 @@ impl Drop for TempDir {
     }
 }
 
-async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while tokio::time::Instant::now() < deadline {
         if f().await {

@@ -1,0 +1,239 @@
+//! Pods on a real containerd, driven from the cloud with the real kubectl: a busybox pod runs with
+//! its ConfigMap, a container killed by hand is restarted, bad pods get a clear reason and leave
+//! the others alone, `kubectl delete` removes the container from containerd.
+
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kubeedge_cloud::CloudCore;
+use kubeedge_edge::EdgeCore;
+use kubeedge_edge::cri::CriRuntime;
+use kubeedge_edge::runtime::Runtime;
+use kubeedge_edge::test_util::{Containerd, IMAGE};
+
+use crate::sync::{TempDir, eventually};
+
+fn kubectl(dir: &TempDir, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.0.join("home"))
+        .arg("--kubeconfig")
+        .arg(dir.0.join("cloud/admin.kubeconfig"))
+        .arg("--cache-dir")
+        .arg(dir.0.join("kcache"))
+        .arg("--request-timeout=30s")
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl {args:?}: {text}");
+    text
+}
+
+async fn waiting_reason(pods: &Api<Pod>, name: &str) -> Option<String> {
+    let pod = pods.get_opt(name).await.ok().flatten()?;
+    pod.status?
+        .container_statuses?
+        .first()?
+        .state
+        .as_ref()?
+        .waiting
+        .as_ref()?
+        .reason
+        .clone()
+}
+
+fn manifest() -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+data:
+  greeting: hello-edge
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  nodeName: e1
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    env:
+    - name: GREETING
+      valueFrom:
+        configMapKeyRef: {{name: web-config, key: greeting}}
+    volumeMounts:
+    - {{name: cfg, mountPath: /etc/web}}
+  volumes:
+  - name: cfg
+    configMap: {{name: web-config}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: no-image
+spec:
+  nodeName: e1
+  containers:
+  - {{name: main, image: "localhost/absent:1"}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: no-key
+spec:
+  nodeName: e1
+  containers:
+  - name: main
+    image: {IMAGE}
+    env:
+    - name: X
+      valueFrom:
+        configMapKeyRef: {{name: web-config, key: missing}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_restart_and_go_away_on_containerd() {
+    let ctrd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = TempDir::new("pods");
+    std::fs::create_dir_all(dir.0.join("home")).unwrap();
+    let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
+    cc.api_addr = "127.0.0.1:0".parse().unwrap();
+    cc.hub_addr = "127.0.0.1:0".parse().unwrap();
+    cc.https_addr = "127.0.0.1:0".parse().unwrap();
+    let cloud = CloudCore::start(cc).await.unwrap();
+    let mut ec = kubeedge_edge::Config::new(
+        dir.0.join("edge"),
+        "e1",
+        format!("wss://{}", cloud.hub_addr()),
+    );
+    ec.https_url = Some(format!("https://{}", cloud.https_addr()));
+    ec.token = Some(
+        cloud
+            .ca()
+            .token(Duration::from_secs(600), SystemTime::now()),
+    );
+    ec.metaserver_addr = "127.0.0.1:0".parse().unwrap();
+    ec.cri_endpoint = Some(ctrd.endpoint());
+    ec.restart_backoff = Duration::from_secs(1);
+    let edge = EdgeCore::start(ec).await.unwrap();
+
+    let file = dir.0.join("pods.yaml");
+    std::fs::write(&file, manifest()).unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    let pods: Api<Pod> = Api::namespaced(cloud.client().clone(), "default");
+    eventually(60, "pod web Running", async || {
+        pods.get_opt("web")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    let table = kubectl(&dir, &["get", "pods"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("Running")),
+        "{table}"
+    );
+
+    // the container sees its ConfigMap, as env and as a file
+    let rt = CriRuntime::connect(&ctrd.endpoint()).await.unwrap();
+    let web = pods.get("web").await.unwrap();
+    let status = web.status.unwrap();
+    let cid = status.container_statuses.unwrap()[0]
+        .container_id
+        .clone()
+        .unwrap()
+        .trim_start_matches("containerd://")
+        .to_owned();
+    let (code, out, _) = rt
+        .exec_sync(
+            &cid,
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo $GREETING; cat /etc/web/greeting".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(String::from_utf8_lossy(&out), "hello-edge\nhello-edge");
+    assert!(status.pod_ip.is_some());
+
+    // bad pods: a clear reason each, and web is unaffected
+    eventually(30, "no-image waits with ErrImageNeverPull", async || {
+        waiting_reason(&pods, "no-image").await.as_deref() == Some("ErrImageNeverPull")
+    })
+    .await;
+    eventually(
+        30,
+        "no-key waits with CreateContainerConfigError",
+        async || {
+            waiting_reason(&pods, "no-key").await.as_deref() == Some("CreateContainerConfigError")
+        },
+    )
+    .await;
+
+    // a container killed by hand is restarted
+    ctrd.ctr(&["tasks", "kill", "-s", "SIGKILL", &cid]).unwrap();
+    eventually(60, "web restarted", async || {
+        pods.get_opt("web").await.ok().flatten().is_some_and(|p| {
+            let s = p.status.unwrap_or_default();
+            s.phase.as_deref() == Some("Running")
+                && s.container_statuses
+                    .unwrap_or_default()
+                    .first()
+                    .is_some_and(|c| c.restart_count >= 1 && c.ready)
+        })
+    })
+    .await;
+
+    // kubectl delete waits for the node's confirmation; the containers are gone from containerd
+    kubectl(
+        &dir,
+        &[
+            "delete",
+            "pod",
+            "web",
+            "no-image",
+            "no-key",
+            "--timeout=60s",
+        ],
+    );
+    assert!(pods.get_opt("web").await.unwrap().is_none());
+    eventually(30, "no container left on containerd", async || {
+        rt.list_sandboxes().await.unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        ctrd.running_tasks().is_empty(),
+        "{:?}",
+        ctrd.running_tasks()
+    );
+    edge.stop().await;
+    cloud.stop().await;
+    drop(ctrd);
+}

@@ -1,0 +1,751 @@
+//! Pod lifecycle: a controller over the local store, as the kubelet is over an API server. It runs
+//! the pods bound to this node on a [`Runtime`], restarts containers by their pod's restart policy
+//! with crash-loop backoff, and reports pod status (as `podpatch`, through the durable queue).
+//!
+//! * Start: a sandbox per pod, then its containers. Images are never pulled: a missing image
+//!   leaves the container waiting with reason `ErrImageNeverPull`.
+//! * Environment: `value`, and `valueFrom` ConfigMap and Secret keys from the local store; a missing
+//!   ConfigMap, Secret or key leaves the container waiting with `CreateContainerConfigError`.
+//! * Volumes: `configMap` and `secret` (files written under the data directory), `emptyDir`,
+//!   `hostPath`.
+//! * Restarts: `Always`, `OnFailure`, `Never`; the delay doubles from 10 s up to 5 min and resets
+//!   once a container has run for 10 min.
+//! * Deletion: a pod marked for deletion has its containers stopped with its
+//!   `terminationGracePeriodSeconds` (SIGTERM, then SIGKILL), its sandbox removed, and the
+//!   deletion confirmed to the cloud. Sandboxes of pods the store no longer has are removed.
+//! * Restarts of edgecore: sandboxes carry the pod's UID in a label and are adopted again, so
+//!   running containers are kept, and dead ones restarted, from the store alone (offline too).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kubeedge_core::message::{Message, Operation, Route, names};
+use kubeedge_core::store::{FieldSelector, LabelSelector, Store, rfc3339};
+use serde_json::{Value, json};
+
+use crate::edgehub::EdgeHub;
+use crate::runtime::{ContainerSpec, ContainerState, Mount, Runtime, SandboxSpec};
+
+/// Sandbox label carrying the pod's UID.
+pub const UID_LABEL: &str = "kubeedge.io/pod-uid";
+/// First crash-loop delay.
+pub const BACKOFF_START: Duration = Duration::from_secs(10);
+/// Longest crash-loop delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A container that ran this long starts its backoff afresh.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How often pods are checked (a change in the store wakes the controller at once).
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Pod lifecycle settings.
+#[derive(Debug, Clone)]
+pub struct PodConfig {
+    /// This node's name.
+    pub node: String,
+    /// The node's address (`status.hostIP`).
+    pub node_ip: String,
+    /// Where container logs and volume files go.
+    pub data_dir: PathBuf,
+    /// First crash-loop delay (default [`BACKOFF_START`]).
+    pub backoff_start: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Ctr {
+    id: Option<String>,
+    attempt: u32,
+    restarts: u32,
+    next_start: Option<Instant>,
+    backoff: Duration,
+    state: Option<ContainerState>,
+    last_terminated: Option<ContainerState>,
+    waiting: Option<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+struct PodRun {
+    sandbox: Option<String>,
+    ip: Option<String>,
+    containers: BTreeMap<String, Ctr>,
+    start_time: Option<String>,
+    reported: Value,
+    waiting: Option<(String, String)>,
+    confirmed_delete: bool,
+}
+
+/// The pod controller. See the module docs.
+pub struct PodManager<R: Runtime> {
+    rt: R,
+    store: Store,
+    hub: EdgeHub,
+    config: PodConfig,
+    pods: HashMap<String, PodRun>,
+}
+
+fn nanos_to_rfc3339(ns: i64) -> String {
+    let secs = u64::try_from(ns / 1_000_000_000).unwrap_or(0);
+    rfc3339(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+fn uid_of(pod: &Value) -> String {
+    pod["metadata"]["uid"].as_str().unwrap_or("").to_owned()
+}
+
+fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field].as_str().unwrap_or("")
+}
+
+impl<R: Runtime> PodManager<R> {
+    /// A controller for the pods of `config.node` in `store`, reporting through `hub`.
+    pub fn new(rt: R, store: Store, hub: EdgeHub, config: PodConfig) -> Self {
+        PodManager {
+            rt,
+            store,
+            hub,
+            config,
+            pods: HashMap::new(),
+        }
+    }
+
+    /// Runs forever.
+    pub async fn run(mut self) {
+        self.adopt().await;
+        let mut watch = match self
+            .store
+            .resource_version()
+            .and_then(|rv| self.store.watch(rv))
+        {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "pod controller: no store watch, polling only");
+                None
+            }
+        };
+        loop {
+            self.reconcile().await;
+            let wake = async {
+                match &mut watch {
+                    Some(w) => {
+                        let _ = w.next().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wake => {}
+                () = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    /// Takes back the sandboxes an earlier run left (labelled with their pod's UID).
+    async fn adopt(&mut self) {
+        let Ok(sandboxes) = self.rt.list_sandboxes().await else {
+            return;
+        };
+        for s in sandboxes {
+            let Some(uid) = s.labels.get(UID_LABEL).cloned() else {
+                continue;
+            };
+            if !s.ready {
+                let _ = self.rt.remove_sandbox(&s.id).await;
+                continue;
+            }
+            let mut run = PodRun {
+                ip: self.rt.sandbox_ip(&s.id).await.ok().flatten(),
+                sandbox: Some(s.id.clone()),
+                ..PodRun::default()
+            };
+            for c in self.rt.list_containers(&s.id).await.unwrap_or_default() {
+                let slot = run.containers.entry(c.name.clone()).or_default();
+                if c.attempt >= slot.attempt {
+                    slot.id = Some(c.id);
+                    slot.attempt = c.attempt;
+                    slot.restarts = c.attempt;
+                    slot.state = Some(c.state);
+                }
+            }
+            tracing::info!(uid, sandbox = %s.id, "adopted a running pod");
+            self.pods.insert(uid, run);
+        }
+    }
+
+    fn bound_pods(&self) -> Vec<Value> {
+        let fields = match FieldSelector::parse(&format!("spec.nodeName={}", self.config.node)) {
+            Ok(f) => f,
+            Err(_) => return Vec::new(),
+        };
+        self.store
+            .list("pods", None, &LabelSelector::default(), &fields)
+            .map(|(items, _)| items)
+            .unwrap_or_default()
+    }
+
+    async fn reconcile(&mut self) {
+        let pods = self.bound_pods();
+        let mut seen = HashSet::new();
+        for pod in &pods {
+            let uid = uid_of(pod);
+            if uid.is_empty() {
+                continue;
+            }
+            seen.insert(uid.clone());
+            if pod["metadata"]["deletionTimestamp"].is_string() {
+                self.terminate(pod, &uid).await;
+            } else {
+                self.sync_pod(pod, &uid).await;
+            }
+        }
+        // Pods the store no longer has: nothing of them may keep running.
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|u| !seen.contains(*u))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(run) = self.pods.remove(&uid) {
+                self.teardown(&run, Duration::from_secs(2)).await;
+                tracing::info!(uid, "removed a pod the node no longer has");
+            }
+        }
+    }
+
+    async fn teardown(&self, run: &PodRun, grace: Duration) {
+        for c in run.containers.values() {
+            if let Some(id) = &c.id {
+                let _ = self.rt.stop_container(id, grace).await;
+                let _ = self.rt.remove_container(id).await;
+            }
+        }
+        if let Some(sid) = &run.sandbox
+            && let Err(e) = self.rt.remove_sandbox(sid).await
+        {
+            tracing::warn!(sandbox = %sid, error = %e, "removing a sandbox");
+        }
+    }
+
+    async fn terminate(&mut self, pod: &Value, uid: &str) {
+        let grace = Duration::from_secs(
+            pod["spec"]["terminationGracePeriodSeconds"]
+                .as_u64()
+                .unwrap_or(30),
+        );
+        let Some(run) = self.pods.get_mut(uid) else {
+            // Never ran here (or already torn down): confirm once.
+            let mut run = PodRun::default();
+            self.confirm_delete(pod, uid, &mut run).await;
+            self.pods.insert(uid.to_owned(), run);
+            return;
+        };
+        if run.confirmed_delete {
+            return;
+        }
+        let mut run = std::mem::take(run);
+        self.teardown(&run, grace).await;
+        run.sandbox = None;
+        run.containers.clear();
+        self.confirm_delete(pod, uid, &mut run).await;
+        self.pods.insert(uid.to_owned(), run);
+    }
+
+    async fn confirm_delete(&self, pod: &Value, uid: &str, run: &mut PodRun) {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = pod["metadata"]["name"].as_str().unwrap_or("");
+        let msg = Message::new(
+            "",
+            0,
+            Route::new(
+                "edged",
+                names::RESOURCE_GROUP,
+                Operation::Delete,
+                format!("{ns}/pod/{name}"),
+            ),
+        )
+        .with_content(json!(uid));
+        match self.hub.report(msg).await {
+            Ok(()) => run.confirmed_delete = true,
+            Err(e) => tracing::warn!(pod = name, error = %e, "queueing a pod deletion"),
+        }
+    }
+
+    fn lookup(&self, kind: &str, ns: &str, name: &str) -> Option<Value> {
+        self.store.get(kind, Some(ns), name).ok()
+    }
+
+    /// The container's environment, or why it cannot be built.
+    fn env(&self, ns: &str, c: &Value) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        for from in c["envFrom"].as_array().into_iter().flatten() {
+            let prefix = str_of(from, "prefix");
+            for (kind, field, label, decode) in [
+                ("configmaps", "configMapRef", "configmap", false),
+                ("secrets", "secretRef", "secret", true),
+            ] {
+                let name = str_of(&from[field], "name");
+                if name.is_empty() {
+                    continue;
+                }
+                let Some(obj) = self.lookup(kind, ns, name) else {
+                    if from[field]["optional"].as_bool() == Some(true) {
+                        continue;
+                    }
+                    return Err(format!("{label} \"{name}\" not found"));
+                };
+                for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                    out.push((format!("{prefix}{k}"), value(v, decode)));
+                }
+            }
+        }
+        for e in c["env"].as_array().into_iter().flatten() {
+            let name = str_of(e, "name").to_owned();
+            if let Some(v) = e["value"].as_str() {
+                out.push((name, v.to_owned()));
+                continue;
+            }
+            let from = &e["valueFrom"];
+            for (kind, field, label, decode) in [
+                ("configmaps", "configMapKeyRef", "configmap", false),
+                ("secrets", "secretKeyRef", "secret", true),
+            ] {
+                let r = &from[field];
+                if !r.is_object() {
+                    continue;
+                }
+                let (obj_name, key) = (str_of(r, "name"), str_of(r, "key"));
+                let optional = r["optional"].as_bool() == Some(true);
+                match self.lookup(kind, ns, obj_name) {
+                    None if optional => {}
+                    None => return Err(format!("{label} \"{obj_name}\" not found")),
+                    Some(obj) => match obj["data"].get(key) {
+                        Some(v) => out.push((name.clone(), value(v, decode))),
+                        None if optional => {}
+                        None => {
+                            return Err(format!(
+                                "couldn't find key {key} in {label} {ns}/{obj_name}"
+                            ));
+                        }
+                    },
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prepares the pod's volumes; returns volume name → host path.
+    fn volumes(&self, pod: &Value, uid: &str) -> Result<HashMap<String, (PathBuf, bool)>, String> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let root = self.config.data_dir.join("pods").join(uid).join("volumes");
+        let mut out = HashMap::new();
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let name = str_of(v, "name").to_owned();
+            let dir = root.join(&name);
+            if let Some(path) = v["hostPath"]["path"].as_str() {
+                out.insert(name, (PathBuf::from(path), false));
+                continue;
+            }
+            let source = if v["configMap"].is_object() {
+                Some((
+                    "configmaps",
+                    str_of(&v["configMap"], "name"),
+                    "configmap",
+                    false,
+                    &v["configMap"],
+                ))
+            } else if v["secret"].is_object() {
+                Some((
+                    "secrets",
+                    str_of(&v["secret"], "secretName"),
+                    "secret",
+                    true,
+                    &v["secret"],
+                ))
+            } else {
+                None
+            };
+            std::fs::create_dir_all(&dir).map_err(|e| format!("volume {name}: {e}"))?;
+            if let Some((kind, obj_name, label, decode, spec)) = source {
+                let Some(obj) = self.lookup(kind, ns, obj_name) else {
+                    if spec["optional"].as_bool() == Some(true) {
+                        out.insert(name, (dir, true));
+                        continue;
+                    }
+                    return Err(format!("{label} \"{obj_name}\" not found"));
+                };
+                for (k, val) in obj["data"].as_object().into_iter().flatten() {
+                    if k.contains('/') || k.starts_with('.') {
+                        continue;
+                    }
+                    std::fs::write(dir.join(k), value(val, decode))
+                        .map_err(|e| format!("volume {name}: {e}"))?;
+                }
+                out.insert(name, (dir, true));
+            } else {
+                // emptyDir and anything else: a directory of the pod's own.
+                out.insert(name, (dir, false));
+            }
+        }
+        Ok(out)
+    }
+
+    fn sandbox_spec(&self, pod: &Value, uid: &str) -> SandboxSpec {
+        let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        SandboxSpec {
+            uid: uid.to_owned(),
+            namespace: pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned(),
+            hostname: name.clone(),
+            name,
+            attempt: 0,
+            host_network: pod["spec"]["hostNetwork"].as_bool() == Some(true),
+            log_directory: self.config.data_dir.join("pods").join(uid).join("logs"),
+            labels: [(UID_LABEL.to_owned(), uid.to_owned())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    async fn sync_pod(&mut self, pod: &Value, uid: &str) {
+        let mut run = self.pods.remove(uid).unwrap_or_default();
+        let restart_policy = pod["spec"]["restartPolicy"]
+            .as_str()
+            .unwrap_or("Always")
+            .to_owned();
+        let containers: Vec<Value> = pod["spec"]["containers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let sandbox = self.sandbox_spec(pod, uid);
+        run.waiting = None;
+        if run.sandbox.is_none() {
+            let missing: Vec<&str> = containers
+                .iter()
+                .map(|c| str_of(c, "image"))
+                .collect::<Vec<_>>();
+            let mut absent = None;
+            for image in missing {
+                match self.rt.has_image(image).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        absent = Some(image.to_owned());
+                        break;
+                    }
+                    Err(e) => {
+                        run.waiting = Some(("RuntimeUnavailable".into(), e.to_string()));
+                        break;
+                    }
+                }
+            }
+            if let Some(image) = absent {
+                for c in &containers {
+                    let slot = run
+                        .containers
+                        .entry(str_of(c, "name").to_owned())
+                        .or_default();
+                    slot.waiting = (str_of(c, "image") == image).then(|| {
+                        (
+                            "ErrImageNeverPull".to_owned(),
+                            format!("Container image \"{image}\" is not present on the node and images are not pulled here"),
+                        )
+                    });
+                    if slot.waiting.is_none() {
+                        slot.waiting = Some(("ContainerCreating".into(), String::new()));
+                    }
+                }
+            } else if run.waiting.is_none() {
+                match self.rt.run_sandbox(&sandbox).await {
+                    Ok(id) => {
+                        run.ip = self.rt.sandbox_ip(&id).await.ok().flatten();
+                        run.sandbox = Some(id);
+                        run.start_time
+                            .get_or_insert_with(|| rfc3339(SystemTime::now()));
+                    }
+                    Err(e) => {
+                        run.waiting = Some(("FailedCreatePodSandBox".into(), e.to_string()));
+                    }
+                }
+            }
+        }
+        if let Some(sid) = run.sandbox.clone() {
+            let volumes = self.volumes(pod, uid);
+            let ns = sandbox.namespace.clone();
+            for c in &containers {
+                let name = str_of(c, "name").to_owned();
+                let slot = run.containers.entry(name.clone()).or_default();
+                // Refresh the state of what runs.
+                if let Some(id) = &slot.id {
+                    match self.rt.container_state(id).await {
+                        Ok(state) => slot.state = Some(state),
+                        Err(e) => tracing::debug!(container = %name, error = %e, "container state"),
+                    }
+                }
+                let due = match (&slot.id, &slot.state) {
+                    (None, _) => true,
+                    (
+                        Some(_),
+                        Some(ContainerState::Exited {
+                            exit_code,
+                            started_at,
+                            finished_at,
+                            ..
+                        }),
+                    ) => {
+                        let wants = match restart_policy.as_str() {
+                            "Never" => false,
+                            "OnFailure" => *exit_code != 0,
+                            _ => true,
+                        };
+                        if wants && slot.next_start.is_none() {
+                            let ran = Duration::from_nanos(
+                                u64::try_from(finished_at.saturating_sub(*started_at)).unwrap_or(0),
+                            );
+                            slot.backoff = if ran >= BACKOFF_RESET || slot.backoff.is_zero() {
+                                self.config.backoff_start
+                            } else {
+                                (slot.backoff * 2).min(BACKOFF_MAX)
+                            };
+                            slot.next_start = Some(Instant::now() + slot.backoff);
+                        }
+                        wants && slot.next_start.is_some_and(|t| Instant::now() >= t)
+                    }
+                    _ => false,
+                };
+                if !due {
+                    continue;
+                }
+                let env = self.env(&ns, c);
+                let spec = match (&volumes, &env) {
+                    (Err(e), _) | (_, Err(e)) => {
+                        slot.waiting = Some(("CreateContainerConfigError".into(), e.clone()));
+                        continue;
+                    }
+                    (Ok(vols), Ok(env)) => {
+                        let env = env.clone();
+                        let mut mounts = Vec::new();
+                        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+                            if let Some((path, ro)) = vols.get(str_of(m, "name")) {
+                                mounts.push(Mount {
+                                    host_path: path.clone(),
+                                    container_path: str_of(m, "mountPath").to_owned(),
+                                    readonly: *ro || m["readOnly"].as_bool() == Some(true),
+                                });
+                            }
+                        }
+                        let strings = |f: &str| -> Vec<String> {
+                            c[f].as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        };
+                        let attempt = if slot.id.is_some() {
+                            slot.attempt + 1
+                        } else {
+                            slot.attempt
+                        };
+                        ContainerSpec {
+                            name: name.clone(),
+                            image: str_of(c, "image").to_owned(),
+                            command: strings("command"),
+                            args: strings("args"),
+                            env,
+                            working_dir: str_of(c, "workingDir").to_owned(),
+                            attempt,
+                            log_path: format!("{name}_{attempt}.log"),
+                            mounts,
+                        }
+                    }
+                };
+                if let Some(old) = slot.id.take() {
+                    slot.last_terminated = slot.state.take();
+                    slot.restarts += 1;
+                    let _ = self.rt.remove_container(&old).await;
+                }
+                slot.attempt = spec.attempt;
+                slot.next_start = None;
+                match self.rt.start_container(&sid, &sandbox, &spec).await {
+                    Ok(id) => {
+                        slot.state = self.rt.container_state(&id).await.ok();
+                        slot.id = Some(id);
+                        slot.waiting = None;
+                    }
+                    Err(e) => {
+                        slot.waiting = Some(("CreateContainerError".into(), e.to_string()));
+                    }
+                }
+            }
+        }
+        let status = self.status(pod, &run, &containers, &restart_policy);
+        if status != run.reported {
+            let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+            let name = pod["metadata"]["name"].as_str().unwrap_or("");
+            let patch = json!({"status": status}).to_string();
+            let msg = Message::new(
+                "",
+                0,
+                Route::new(
+                    "edged",
+                    names::RESOURCE_GROUP,
+                    Operation::Patch,
+                    format!("{ns}/podpatch/{name}"),
+                ),
+            )
+            .with_content(json!(patch));
+            match self.hub.report(msg).await {
+                Ok(()) => run.reported = status,
+                Err(e) => tracing::warn!(pod = name, error = %e, "queueing a pod status"),
+            }
+        }
+        self.pods.insert(uid.to_owned(), run);
+    }
+
+    fn status(&self, pod: &Value, run: &PodRun, containers: &[Value], policy: &str) -> Value {
+        let mut statuses = Vec::new();
+        let (mut running, mut succeeded, mut failed, mut waiting) = (0, 0, 0, 0);
+        for c in containers {
+            let name = str_of(c, "name");
+            let slot = run.containers.get(name);
+            let state = match slot {
+                Some(Ctr {
+                    waiting: Some((reason, message)),
+                    ..
+                }) => {
+                    waiting += 1;
+                    json!({"waiting": {"reason": reason, "message": message}})
+                }
+                Some(Ctr {
+                    state: Some(ContainerState::Running { started_at }),
+                    ..
+                }) => {
+                    running += 1;
+                    json!({"running": {"startedAt": nanos_to_rfc3339(*started_at)}})
+                }
+                Some(Ctr {
+                    state:
+                        Some(ContainerState::Exited {
+                            exit_code,
+                            reason,
+                            message,
+                            started_at,
+                            finished_at,
+                        }),
+                    next_start,
+                    ..
+                }) => {
+                    if *exit_code == 0 {
+                        succeeded += 1
+                    } else {
+                        failed += 1
+                    }
+                    if next_start.is_some() {
+                        waiting += 1;
+                        json!({"waiting": {"reason": "CrashLoopBackOff",
+                            "message": format!("back-off restarting failed container {name}")}})
+                    } else {
+                        json!({"terminated": {"exitCode": exit_code,
+                            "reason": if reason.is_empty() { if *exit_code == 0 { "Completed" } else { "Error" } } else { reason.as_str() },
+                            "message": message, "startedAt": nanos_to_rfc3339(*started_at),
+                            "finishedAt": nanos_to_rfc3339(*finished_at)}})
+                    }
+                }
+                _ => {
+                    waiting += 1;
+                    let (reason, message) = run
+                        .waiting
+                        .clone()
+                        .unwrap_or(("ContainerCreating".into(), String::new()));
+                    json!({"waiting": {"reason": reason, "message": message}})
+                }
+            };
+            let last = match slot.and_then(|s| s.last_terminated.as_ref()) {
+                Some(ContainerState::Exited {
+                    exit_code,
+                    reason,
+                    started_at,
+                    finished_at,
+                    ..
+                }) => json!({
+                    "terminated": {"exitCode": exit_code, "reason": if reason.is_empty() { "Error" } else { reason.as_str() },
+                        "startedAt": nanos_to_rfc3339(*started_at), "finishedAt": nanos_to_rfc3339(*finished_at)}}),
+                _ => json!({}),
+            };
+            let is_running = state.get("running").is_some();
+            statuses.push(json!({
+                "name": name, "image": str_of(c, "image"), "imageID": "",
+                "containerID": slot.and_then(|s| s.id.as_ref()).map(|id| format!("containerd://{id}")).unwrap_or_default(),
+                "ready": is_running, "started": is_running,
+                "restartCount": slot.map(|s| s.restarts).unwrap_or(0),
+                "state": state, "lastState": last,
+            }));
+        }
+        let total = containers.len();
+        let phase = if total > 0 && running == total {
+            "Running"
+        } else if total > 0 && succeeded == total && waiting == 0 {
+            "Succeeded"
+        } else if failed > 0 && policy == "Never" && running == 0 && waiting == 0 {
+            "Failed"
+        } else if running > 0 {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let ready = if total > 0 && running == total {
+            "True"
+        } else {
+            "False"
+        };
+        let now = rfc3339(SystemTime::now());
+        let cond = |t: &str, s: &str| json!({"type": t, "status": s, "lastProbeTime": null, "lastTransitionTime": now});
+        let mut status = json!({
+            "phase": phase,
+            "hostIP": self.config.node_ip,
+            "conditions": [cond("PodScheduled", "True"), cond("Initialized", "True"),
+                           cond("ContainersReady", ready), cond("Ready", ready)],
+            "containerStatuses": statuses,
+            "qosClass": pod["status"]["qosClass"].as_str().unwrap_or("BestEffort"),
+        });
+        if let Some(t) = &run.start_time {
+            status["startTime"] = json!(t);
+        }
+        let ip = if pod["spec"]["hostNetwork"].as_bool() == Some(true) {
+            Some(self.config.node_ip.clone())
+        } else {
+            run.ip.clone()
+        };
+        if let Some(ip) = ip {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
+        // Transition times change every pass: compare without them.
+        strip_times(status)
+    }
+}
+
+/// Conditions keep a fixed transition time so that an unchanged status compares equal.
+fn strip_times(mut status: Value) -> Value {
+    if let Some(conds) = status["conditions"].as_array_mut() {
+        for c in conds {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastTransitionTime");
+            }
+        }
+    }
+    status
+}
+
+fn value(v: &Value, base64: bool) -> String {
+    let s = v.as_str().unwrap_or("");
+    if base64 {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    } else {
+        s.to_owned()
+    }
+}
