@@ -67,9 +67,13 @@ impl Presence {
     }
 }
 
+/// What a node acked: key → version (deletes remove the key).
+type Acked = Arc<Mutex<HashMap<String, Option<u64>>>>;
+
 struct Slot {
     conns: mpsc::Sender<Connection>,
     presence: Arc<Presence>,
+    acked: Acked,
 }
 
 struct Shared {
@@ -183,15 +187,18 @@ impl Hub {
                 connected: AtomicBool::new(false),
                 since: Mutex::new(Instant::now()),
             });
+            let acked = Acked::default();
             tokio::spawn(node_task(
                 self.shared.clone(),
                 node.clone(),
                 rx,
                 presence.clone(),
+                acked.clone(),
             ));
             Slot {
                 conns: tx,
                 presence,
+                acked,
             }
         });
         // Mark it up now, so that the limit counts it before its task runs.
@@ -229,6 +236,16 @@ impl Hub {
         }
     }
 
+    /// What `node` has confirmed durable since this hub started: object key → version (an acked
+    /// delete removes the key). Empty for a node never seen.
+    pub fn acked(&self, node: &str) -> HashMap<String, Option<u64>> {
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .get(node)
+            .map(|s| s.acked.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .unwrap_or_default()
+    }
+
     /// The nodes connected now.
     pub fn connected_nodes(&self) -> Vec<String> {
         let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
@@ -248,6 +265,7 @@ async fn node_task(
     node: String,
     mut conns: mpsc::Receiver<Connection>,
     presence: Arc<Presence>,
+    acked: Acked,
 ) {
     let mut session = cloud::Session::new(
         node.clone(),
@@ -271,6 +289,7 @@ async fn node_task(
             pending_deletes: HashMap::new(),
             synced: false,
             uplinks: Arc::new(Semaphore::new(shared.config.uplink_concurrency.max(1))),
+            acked: acked.clone(),
         };
         let outcome = {
             let drive = pump.drive(conn, &mut session, &events_tx);
@@ -316,6 +335,7 @@ struct Worker {
     pending_deletes: HashMap<String, (Option<u64>, Object, Kind)>,
     synced: bool,
     uplinks: Arc<Semaphore>,
+    acked: Acked,
 }
 
 fn source_of(kind: Kind) -> &'static str {
@@ -397,6 +417,19 @@ impl Worker {
         match ev {
             cloud::Event::ResyncNeeded => self.resync().await,
             cloud::Event::Writable => self.sync_changes().await,
+            cloud::Event::Acked {
+                key,
+                version,
+                deleted,
+            } => {
+                let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+                if deleted {
+                    acked.remove(&key);
+                } else {
+                    acked.insert(key, version);
+                }
+                Ok(())
+            }
             cloud::Event::Uplink { token, message } => {
                 let Ok(permit) = self.uplinks.clone().acquire_owned().await else {
                     return Ok(());

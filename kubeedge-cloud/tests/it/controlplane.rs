@@ -139,7 +139,7 @@ from kubernetes import client, config, watch
 config.load_kube_config(config_file=sys.argv[1])
 v1 = client.CoreV1Api()
 pods = v1.list_namespaced_pod("default")
-print("pods", sorted(p.metadata.name for p in pods.items))
+print("pods", sorted(p.metadata.name for p in pods.items), flush=True)
 seen = []
 w = watch.Watch()
 for ev in w.stream(v1.list_namespaced_pod, "default", resource_version=pods.metadata.resource_version, timeout_seconds=3):
@@ -184,7 +184,7 @@ async fn the_python_client_lists_and_watches_pods_and_nodes() {
     let script = dir.0.join("client.py");
     std::fs::write(&script, PY_CLIENT).unwrap();
     let kubeconfig = dir.0.join("admin.kubeconfig");
-    let child = tokio::process::Command::new(python())
+    let mut child = tokio::process::Command::new(python())
         .arg(&script)
         .arg(&kubeconfig)
         .stdout(std::process::Stdio::piped())
@@ -192,23 +192,34 @@ async fn the_python_client_lists_and_watches_pods_and_nodes() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // a pod created while the client watches
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // once the client has listed (and is about to watch from that version), a pod is created
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the Python client lists")
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(first, "pods ['p1']");
     let pod2 = serde_json::from_value(json!({"metadata": {"name": "p2"},
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
     .unwrap();
     pods.create(&PostParams::default(), &pod2).await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+    let mut rest = String::new();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
         .expect("the Python client finishes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = rest;
     assert!(
         out.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("pods ['p1']"), "{stdout}");
     assert!(stdout.contains("('ADDED', 'p2')"), "{stdout}");
     assert!(
         stdout.contains("nodes [('e1', 'v1.32.10-kubeedge-rs')]"),

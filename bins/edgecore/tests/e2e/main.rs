@@ -1,5 +1,6 @@
 //! cloudcore and edgecore together on loopback: the only place both sides meet.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod crash;
 mod pods;
 mod sync;

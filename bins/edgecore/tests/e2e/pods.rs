@@ -237,3 +237,159 @@ async fn pods_run_restart_and_go_away_on_containerd() {
     cloud.stop().await;
     drop(ctrd);
 }
+
+fn kubectl_server(dir: &TempDir, server: &str, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.0.join("home"))
+        .arg("--server")
+        .arg(server)
+        .arg("--cache-dir")
+        .arg(dir.0.join("kcache-edge"))
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+async fn running_containers(rt: &CriRuntime) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for s in rt.list_sandboxes().await.unwrap() {
+        for c in rt.list_containers(&s.id).await.unwrap() {
+            if matches!(
+                c.state,
+                kubeedge_edge::runtime::ContainerState::Running { .. }
+            ) {
+                out.push((c.id, c.attempt));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_keep_running_offline_across_edge_restarts() {
+    let ctrd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = TempDir::new("offline");
+    std::fs::create_dir_all(dir.0.join("home")).unwrap();
+    let cloud_config = |hub: &str, https: &str| {
+        let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
+        cc.api_addr = "127.0.0.1:0".parse().unwrap();
+        cc.hub_addr = hub.parse().unwrap();
+        cc.https_addr = https.parse().unwrap();
+        cc
+    };
+    let cloud = CloudCore::start(cloud_config("127.0.0.1:0", "127.0.0.1:0"))
+        .await
+        .unwrap();
+    let (hub, https) = (cloud.hub_addr().to_string(), cloud.https_addr().to_string());
+    let mut ec = kubeedge_edge::Config::new(dir.0.join("edge"), "e1", format!("wss://{hub}"));
+    ec.https_url = Some(format!("https://{https}"));
+    ec.token = Some(
+        cloud
+            .ca()
+            .token(Duration::from_secs(600), SystemTime::now()),
+    );
+    ec.metaserver_addr = "127.0.0.1:0".parse().unwrap();
+    ec.cri_endpoint = Some(ctrd.endpoint());
+    ec.restart_backoff = Duration::from_secs(1);
+    ec.backoff_max = Duration::from_secs(1);
+    let edge = EdgeCore::start(ec.clone()).await.unwrap();
+    let file = dir.0.join("app.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\nspec:\n  nodeName: e1\n  containers:\n  - name: main\n    image: {IMAGE}\n    command: [\"/bin/sh\", \"-c\", \"exec sleep 3600\"]\n"
+        ),
+    )
+    .unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    let pods: Api<Pod> = Api::namespaced(cloud.client().clone(), "default");
+    eventually(60, "app Running", async || {
+        pods.get_opt("app")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            .as_deref()
+            == Some("Running")
+    })
+    .await;
+    let rt = CriRuntime::connect(&ctrd.endpoint()).await.unwrap();
+    let before = running_containers(&rt).await;
+    assert_eq!(before.len(), 1);
+
+    // the cloud goes away, then edgecore restarts: the pod is adopted, not started twice
+    cloud.stop().await;
+    edge.stop().await;
+    let mut offline = ec.clone();
+    offline.token = None;
+    let edge = EdgeCore::start(offline).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        running_containers(&rt).await,
+        before,
+        "the running container was kept"
+    );
+    let listed = kubectl_server(
+        &dir,
+        &format!("http://{}", edge.metaserver_addr()),
+        &["get", "pods", "-o", "name"],
+    );
+    assert!(listed.contains("pod/app"), "{listed}");
+
+    // a container killed by hand comes back, offline
+    ctrd.ctr(&["tasks", "kill", "-s", "SIGKILL", &before[0].0])
+        .unwrap();
+    eventually(30, "app restarted offline", async || {
+        running_containers(&rt)
+            .await
+            .iter()
+            .any(|(id, attempt)| *id != before[0].0 && *attempt >= 1)
+    })
+    .await;
+
+    // the cloud is back: the node is Ready and the status queued meanwhile arrives
+    let cloud = CloudCore::start(cloud_config(&hub, &https)).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cloud.client().clone(), "default");
+    eventually(60, "the restart reported to the cloud", async || {
+        pods.get_opt("app").await.ok().flatten().is_some_and(|p| {
+            let s = p.status.unwrap_or_default();
+            s.phase.as_deref() == Some("Running")
+                && s.container_statuses
+                    .unwrap_or_default()
+                    .first()
+                    .is_some_and(|c| c.restart_count >= 1)
+        })
+    })
+    .await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cloud.client().clone());
+    eventually(60, "e1 Ready", async || {
+        nodes.get_opt("e1").await.ok().flatten().is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await;
+    kubectl(&dir, &["delete", "pod", "app", "--timeout=60s"]);
+    eventually(30, "no container left", async || {
+        rt.list_sandboxes().await.unwrap().is_empty()
+    })
+    .await;
+    edge.stop().await;
+    cloud.stop().await;
+    drop(ctrd);
+}
