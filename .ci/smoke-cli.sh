@@ -24,11 +24,12 @@ done
 grep '^cloudcore ready' "$work/out"
 test -f "$work/d/admin.kubeconfig"
 k() { env -u KUBECONFIG HOME="$work/home" timeout 30 kubectl --kubeconfig "$work/d/admin.kubeconfig" --cache-dir "$work/kcache" "$@"; }
-k get namespaces -o name | grep -qx 'namespace/default'
+namespaces=$(k get namespaces -o name)
+grep -qx "namespace/default" <<<"$namespaces"
 printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smoke\ndata:\n  k: v\n' | k apply -f - >/dev/null
 test "$(k get configmap smoke -o jsonpath='{.data.k}')" = v
 token=$("$bin/keadm" gettoken --data-dir "$work/d")
-"$bin/keadm" checktoken --data-dir "$work/d" "$token" | grep -qx valid
+test "$("$bin/keadm" checktoken --data-dir "$work/d" "$token")" = valid
 kill -TERM "$pid"
 wait "$pid"
 pid=

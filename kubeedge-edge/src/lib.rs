@@ -8,8 +8,8 @@
 //!   up through a durable queue.
 //! * [`metastore`]: every synced object in a redb store, with the sync inventory and the upstream
 //!   queue beside it, committed together.
-//! * The metaserver: [`kubeedge_core::kubeapi`] over the metastore, a Kubernetes-compatible API
-//!   on 127.0.0.1 that serves what the edge holds, online and offline (see [`EdgeCore`]).
+//! * [`metaserver`]: [`kubeedge_core::kubeapi`] over the metastore, a read-only
+//!   Kubernetes-compatible API on 127.0.0.1 that serves what the edge holds, online and offline.
 //! * [`node`]: node registration, lease renewal and status reports.
 //! * [`EdgeCore`]: all of it wired together, as the `edgecore` binary runs it.
 //!
@@ -19,6 +19,7 @@
 pub mod bootstrap;
 pub mod cri;
 pub mod edgehub;
+pub mod metaserver;
 pub mod metastore;
 pub mod node;
 pub mod pods;
@@ -198,7 +199,8 @@ impl EdgeCore {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(e) = served.serve(listener, shutdown).await {
+            let routes = metaserver::router(&served);
+            if let Err(e) = served.serve_router(listener, routes, shutdown).await {
                 tracing::error!(error = %e, "metaserver stopped");
             }
         });

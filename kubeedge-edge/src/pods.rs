@@ -61,6 +61,63 @@ struct Ctr {
     state: Option<ContainerState>,
     last_terminated: Option<ContainerState>,
     waiting: Option<(String, String)>,
+    liveness: Probing,
+    readiness: Probing,
+    /// Why the last run was killed (a failed liveness probe).
+    killed_because: Option<String>,
+}
+
+/// One probe's progress on the current run of a container.
+#[derive(Debug, Default)]
+struct Probing {
+    next: Option<Instant>,
+    failures: u32,
+    successes: u32,
+    ok: bool,
+    last_error: Option<String>,
+}
+
+impl Probing {
+    /// Runs due probes' bookkeeping: returns whether a probe is due now.
+    fn due(&mut self, probe: &Value, started_at: i64) -> bool {
+        let now = Instant::now();
+        let next = *self.next.get_or_insert_with(|| {
+            let delay = Duration::from_secs(probe["initialDelaySeconds"].as_u64().unwrap_or(0));
+            let started = UNIX_EPOCH + Duration::from_nanos(u64::try_from(started_at).unwrap_or(0));
+            let waited = SystemTime::now()
+                .duration_since(started)
+                .unwrap_or_default();
+            now + delay.saturating_sub(waited)
+        });
+        now >= next
+    }
+
+    /// Records a result; returns whether the probe's verdict is now "failed".
+    fn record(&mut self, probe: &Value, result: Result<(), String>) -> bool {
+        let period = Duration::from_secs(probe["periodSeconds"].as_u64().unwrap_or(10).max(1));
+        self.next = Some(Instant::now() + period);
+        match result {
+            Ok(()) => {
+                self.failures = 0;
+                self.successes += 1;
+                if self.successes >= probe["successThreshold"].as_u64().unwrap_or(1).max(1) as u32 {
+                    self.ok = true;
+                    self.last_error = None;
+                }
+                false
+            }
+            Err(e) => {
+                self.successes = 0;
+                self.failures += 1;
+                self.last_error = Some(e);
+                if self.failures >= probe["failureThreshold"].as_u64().unwrap_or(3).max(1) as u32 {
+                    self.ok = false;
+                    return true;
+                }
+                false
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -482,6 +539,35 @@ impl<R: Runtime> PodManager<R> {
                         Err(e) => tracing::debug!(container = %name, error = %e, "container state"),
                     }
                 }
+                if let (Some(id), Some(ContainerState::Running { started_at })) =
+                    (slot.id.clone(), slot.state.clone())
+                {
+                    let ip = run
+                        .ip
+                        .clone()
+                        .unwrap_or_else(|| self.config.node_ip.clone());
+                    let readiness = &c["readinessProbe"];
+                    if readiness.is_object() && slot.readiness.due(readiness, started_at) {
+                        let result = self.probe(readiness, c, &id, &ip).await;
+                        slot.readiness.record(readiness, result);
+                    }
+                    let liveness = &c["livenessProbe"];
+                    if liveness.is_object() && slot.liveness.due(liveness, started_at) {
+                        let result = self.probe(liveness, c, &id, &ip).await;
+                        if slot.liveness.record(liveness, result) {
+                            let why = slot.liveness.last_error.clone().unwrap_or_default();
+                            tracing::info!(container = %name, reason = %why, "liveness probe failed: restarting");
+                            let grace = Duration::from_secs(
+                                pod["spec"]["terminationGracePeriodSeconds"]
+                                    .as_u64()
+                                    .unwrap_or(30),
+                            );
+                            let _ = self.rt.stop_container(&id, grace).await;
+                            slot.killed_because = Some(format!("Liveness probe failed: {why}"));
+                            slot.state = self.rt.container_state(&id).await.ok();
+                        }
+                    }
+                }
                 let due = match (&slot.id, &slot.state) {
                     (None, _) => true,
                     (
@@ -559,8 +645,15 @@ impl<R: Runtime> PodManager<R> {
                         }
                     }
                 };
+                slot.liveness = Probing::default();
+                slot.readiness = Probing::default();
                 if let Some(old) = slot.id.take() {
                     slot.last_terminated = slot.state.take();
+                    if let (Some(why), Some(ContainerState::Exited { message, .. })) =
+                        (slot.killed_because.take(), slot.last_terminated.as_mut())
+                    {
+                        *message = why;
+                    }
                     slot.restarts += 1;
                     let _ = self.rt.remove_container(&old).await;
                 }
@@ -602,8 +695,91 @@ impl<R: Runtime> PodManager<R> {
         self.pods.insert(uid.to_owned(), run);
     }
 
+    /// Runs one probe (exec, httpGet or tcpSocket) against a running container.
+    async fn probe(&self, probe: &Value, c: &Value, id: &str, ip: &str) -> Result<(), String> {
+        let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1).max(1));
+        if let Some(cmd) = probe["exec"]["command"].as_array() {
+            let cmd: Vec<String> = cmd
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            return match self.rt.exec_sync(id, &cmd, timeout).await {
+                Ok((0, _, _)) => Ok(()),
+                Ok((code, out, err)) => {
+                    let text = String::from_utf8_lossy(if err.is_empty() { &out } else { &err })
+                        .trim()
+                        .to_owned();
+                    Err(format!("command {cmd:?} exited with {code}: {text}"))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        let (handler, http) = if probe["httpGet"].is_object() {
+            (&probe["httpGet"], true)
+        } else if probe["tcpSocket"].is_object() {
+            (&probe["tcpSocket"], false)
+        } else {
+            return Err("the probe has no exec, httpGet or tcpSocket handler".into());
+        };
+        let port = match &handler["port"] {
+            Value::Number(n) => n.as_u64().and_then(|p| u16::try_from(p).ok()),
+            Value::String(named) => c["ports"].as_array().into_iter().flatten().find_map(|p| {
+                (p["name"] == named.as_str())
+                    .then(|| p["containerPort"].as_u64())
+                    .flatten()
+                    .and_then(|p| u16::try_from(p).ok())
+            }),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!(
+                "the probe's port {} is not a container port",
+                handler["port"]
+            )
+        })?;
+        let host = handler["host"]
+            .as_str()
+            .filter(|h| !h.is_empty())
+            .unwrap_or(ip)
+            .to_owned();
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+            if !http {
+                return Ok(());
+            }
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let path = handler["path"].as_str().unwrap_or("/");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            );
+            stream
+                .write_all(req.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut head = vec![0u8; 1024];
+            let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+            let line = String::from_utf8_lossy(&head[..n]);
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            }
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| format!("probe to {host}:{port} timed out after {timeout:?}"))?
+    }
+
     fn status(&self, pod: &Value, run: &PodRun, containers: &[Value], policy: &str) -> Value {
         let mut statuses = Vec::new();
+        let mut unready: Vec<String> = Vec::new();
         let (mut running, mut succeeded, mut failed, mut waiting) = (0, 0, 0, 0);
         for c in containers {
             let name = str_of(c, "name");
@@ -664,19 +840,36 @@ impl<R: Runtime> PodManager<R> {
                 Some(ContainerState::Exited {
                     exit_code,
                     reason,
+                    message,
                     started_at,
                     finished_at,
-                    ..
                 }) => json!({
                     "terminated": {"exitCode": exit_code, "reason": if reason.is_empty() { "Error" } else { reason.as_str() },
+                        "message": message,
                         "startedAt": nanos_to_rfc3339(*started_at), "finishedAt": nanos_to_rfc3339(*finished_at)}}),
                 _ => json!({}),
             };
-            let is_running = state.get("running").is_some();
+            // The cloud merges status patches: name every state, so that the old one goes.
+            let full = |mut v: Value| {
+                for k in ["waiting", "running", "terminated"] {
+                    if v.get(k).is_none() {
+                        v[k] = Value::Null;
+                    }
+                }
+                v
+            };
+            let state = full(state);
+            let last = full(last);
+            let is_running = state.get("running").is_some_and(|r| !r.is_null());
+            let probe_ready =
+                !c["readinessProbe"].is_object() || slot.is_some_and(|s| s.readiness.ok);
+            if is_running && !probe_ready {
+                unready.push(name.to_owned());
+            }
             statuses.push(json!({
                 "name": name, "image": str_of(c, "image"), "imageID": "",
                 "containerID": slot.and_then(|s| s.id.as_ref()).map(|id| format!("containerd://{id}")).unwrap_or_default(),
-                "ready": is_running, "started": is_running,
+                "ready": is_running && probe_ready, "started": is_running,
                 "restartCount": slot.map(|s| s.restarts).unwrap_or(0),
                 "state": state, "lastState": last,
             }));
@@ -693,13 +886,26 @@ impl<R: Runtime> PodManager<R> {
         } else {
             "Pending"
         };
-        let ready = if total > 0 && running == total {
-            "True"
-        } else {
-            "False"
-        };
+        let all_ready = total > 0 && running == total && unready.is_empty();
+        let ready = if all_ready { "True" } else { "False" };
         let now = rfc3339(SystemTime::now());
-        let cond = |t: &str, s: &str| json!({"type": t, "status": s, "lastProbeTime": null, "lastTransitionTime": now});
+        let not_ready: Vec<&str> = statuses
+            .iter()
+            .filter(|st| st["ready"] == false)
+            .filter_map(|st| st["name"].as_str())
+            .collect();
+        let cond = |t: &str, s: &str| {
+            let mut c =
+                json!({"type": t, "status": s, "lastProbeTime": null, "lastTransitionTime": now});
+            if s == "False" && matches!(t, "Ready" | "ContainersReady") {
+                c["reason"] = json!("ContainersNotReady");
+                c["message"] = json!(format!(
+                    "containers with unready status: [{}]",
+                    not_ready.join(" ")
+                ));
+            }
+            c
+        };
         let mut status = json!({
             "phase": phase,
             "hostIP": self.config.node_ip,

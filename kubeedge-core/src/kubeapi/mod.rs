@@ -98,7 +98,18 @@ impl Api {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
+        self.serve_router(listener, self.router(), shutdown).await
+    }
+
+    /// Like [`serve`](Self::serve), with `router` (this API's [`router`](Self::router) with layers
+    /// of the caller's, e.g. an authorization guard).
+    pub async fn serve_router(
+        &self,
+        listener: tokio::net::TcpListener,
+        router: Router,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, router)
             .with_graceful_shutdown(self.closing_after(shutdown))
             .await
     }
@@ -158,6 +169,11 @@ impl ApiError {
 
     fn not_found(what: &str, name: &str) -> Self {
         ApiError::new(404, "NotFound", format!("{what} {name:?} not found"))
+    }
+
+    /// An error with this code, reason and message.
+    pub fn with(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError::new(code, reason, message)
     }
 
     /// The `Status` body.

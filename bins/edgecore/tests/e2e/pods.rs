@@ -393,3 +393,134 @@ async fn pods_keep_running_offline_across_edge_restarts() {
     cloud.stop().await;
     drop(ctrd);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_gate_readiness_and_restart_unhealthy_containers() {
+    let ctrd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = TempDir::new("probes");
+    std::fs::create_dir_all(dir.0.join("home")).unwrap();
+    let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
+    cc.api_addr = "127.0.0.1:0".parse().unwrap();
+    cc.hub_addr = "127.0.0.1:0".parse().unwrap();
+    cc.https_addr = "127.0.0.1:0".parse().unwrap();
+    let cloud = CloudCore::start(cc).await.unwrap();
+    let mut ec = kubeedge_edge::Config::new(
+        dir.0.join("edge"),
+        "e1",
+        format!("wss://{}", cloud.hub_addr()),
+    );
+    ec.https_url = Some(format!("https://{}", cloud.https_addr()));
+    ec.token = Some(
+        cloud
+            .ca()
+            .token(Duration::from_secs(600), SystemTime::now()),
+    );
+    ec.metaserver_addr = "127.0.0.1:0".parse().unwrap();
+    ec.cri_endpoint = Some(ctrd.endpoint());
+    ec.restart_backoff = Duration::from_secs(1);
+    let edge = EdgeCore::start(ec).await.unwrap();
+    let file = dir.0.join("probed.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  nodeName: e1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "touch /tmp/alive; exec sleep 3600"]
+    readinessProbe:
+      exec: {{command: ["cat", "/tmp/ready"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      exec: {{command: ["cat", "/tmp/alive"]}}
+      periodSeconds: 1
+      failureThreshold: 2
+"#
+        ),
+    )
+    .unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    let pods: Api<Pod> = Api::namespaced(cloud.client().clone(), "default");
+    let condition = async |t: &str| -> Option<(String, Option<String>)> {
+        let p = pods.get_opt("probed").await.ok()??;
+        let c = p.status?.conditions?.into_iter().find(|c| c.type_ == t)?;
+        Some((c.status, c.message))
+    };
+    // running, but not ready: the readiness probe fails, and the status says which container
+    eventually(60, "probed Running and not Ready", async || {
+        let phase = pods
+            .get_opt("probed")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase);
+        phase.as_deref() == Some("Running")
+            && condition("Ready").await.is_some_and(|(s, m)| {
+                s == "False"
+                    && m.is_some_and(|m| m.contains("containers with unready status: [main]"))
+            })
+    })
+    .await;
+    let rt = CriRuntime::connect(&ctrd.endpoint()).await.unwrap();
+    let cid = |p: Pod| {
+        p.status.unwrap().container_statuses.unwrap()[0]
+            .container_id
+            .clone()
+            .unwrap()
+            .trim_start_matches("containerd://")
+            .to_owned()
+    };
+    let id = cid(pods.get("probed").await.unwrap());
+    let sh = |cmd: &str| vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd.to_owned()];
+    rt.exec_sync(&id, &sh("touch /tmp/ready"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    eventually(30, "probed Ready", async || {
+        condition("Ready").await.is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    // the liveness probe starts failing: the container is restarted, and says why
+    rt.exec_sync(&id, &sh("rm /tmp/alive"), Duration::from_secs(5))
+        .await
+        .unwrap();
+    eventually(
+        60,
+        "probed restarted for failing its liveness probe",
+        async || {
+            pods.get_opt("probed")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|p| {
+                    p.status
+                        .and_then(|s| s.container_statuses)
+                        .unwrap_or_default()
+                        .first()
+                        .is_some_and(|c| {
+                            c.restart_count >= 1
+                                && c.last_state
+                                    .as_ref()
+                                    .and_then(|l| l.terminated.as_ref())
+                                    .and_then(|t| t.message.as_ref())
+                                    .is_some_and(|m| m.contains("Liveness probe failed"))
+                        })
+                })
+        },
+    )
+    .await;
+    kubectl(&dir, &["delete", "pod", "probed", "--timeout=60s"]);
+    edge.stop().await;
+    cloud.stop().await;
+    drop(ctrd);
+}

@@ -123,6 +123,16 @@ async fn objects_reach_the_edge_and_stay_served_offline() {
     .await;
     let cloud_uid = pods.get("web").await.unwrap().metadata.uid;
     assert_eq!(local.get("web").await.unwrap().metadata.uid, cloud_uid);
+    // the metaserver is read-only: writes belong to the cloud
+    let refused = local
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 403),
+        "{refused:?}"
+    );
+    assert!(local.get_opt("web").await.unwrap().is_some());
 
     // the cloud goes away: the metaserver still serves; an edge restart still has it
     cloud_core.stop().await;
