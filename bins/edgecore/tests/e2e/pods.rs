@@ -238,6 +238,12 @@ async fn pods_run_restart_and_go_away_on_containerd() {
     drop(ctrd);
 }
 
+async fn condition_of(pods: &Api<Pod>, pod: &str, t: &str) -> Option<(String, Option<String>)> {
+    let p = pods.get_opt(pod).await.ok()??;
+    let c = p.status?.conditions?.into_iter().find(|c| c.type_ == t)?;
+    Some((c.status, c.message))
+}
+
 fn kubectl_server(dir: &TempDir, server: &str, args: &[&str]) -> String {
     let out = Command::new("kubectl")
         .env_remove("KUBECONFIG")
@@ -519,7 +525,90 @@ spec:
         },
     )
     .await;
-    kubectl(&dir, &["delete", "pod", "probed", "--timeout=60s"]);
+    // HTTP and TCP probes, against a web server on the host network (a free port of this machine)
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http = dir.0.join("http.yaml");
+    std::fs::write(
+        &http,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: http-probed
+spec:
+  nodeName: e1
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:{port} -h /tmp/www"]
+    readinessProbe:
+      httpGet: {{path: /index.html, port: {port}}}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {{port: {port}}}
+      periodSeconds: 1
+      initialDelaySeconds: 1
+  - name: sidecar
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    readinessProbe:
+      httpGet: {{path: /, port: {closed}}}
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+        ),
+    )
+    .unwrap();
+    kubectl(&dir, &["apply", "-f", http.to_str().unwrap()]);
+    let statuses = async || {
+        pods.get_opt("http-probed")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| p.status)
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default()
+    };
+    // the web container is ready by its HTTP probe and alive by its TCP probe; the sidecar's
+    // probe hits a closed port and keeps it (and the pod) unready
+    eventually(60, "web ready, sidecar not", async || {
+        let st = statuses().await;
+        st.iter()
+            .any(|c| c.name == "web" && c.ready && c.restart_count == 0)
+            && st.iter().any(|c| {
+                c.name == "sidecar"
+                    && !c.ready
+                    && c.state.as_ref().is_some_and(|s| s.running.is_some())
+            })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        statuses().await.iter().all(|c| c.restart_count == 0),
+        "a passing TCP liveness probe restarts nothing"
+    );
+    assert_eq!(
+        condition_of(&pods, "http-probed", "Ready").await,
+        Some((
+            "False".to_owned(),
+            Some("containers with unready status: [sidecar]".to_owned())
+        ))
+    );
+    kubectl(
+        &dir,
+        &["delete", "pod", "probed", "http-probed", "--timeout=60s"],
+    );
     edge.stop().await;
     cloud.stop().await;
     drop(ctrd);
