@@ -136,7 +136,7 @@ fn authority(url: &str) -> Result<(String, u16), Error> {
 }
 
 /// One HTTP/1.1 request over TLS; returns the status and body.
-async fn request(
+pub(crate) async fn request(
     url: &str,
     tls: Arc<rustls::ClientConfig>,
     path: &str,

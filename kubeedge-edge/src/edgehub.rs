@@ -70,6 +70,7 @@ pub struct EdgeHub {
     store: MetaStore,
     seq: Arc<AtomicU64>,
     connected: Arc<AtomicBool>,
+    redial: Arc<tokio::sync::Notify>,
 }
 
 /// `d` ± 50 %.
@@ -113,6 +114,7 @@ impl EdgeHub {
             // Sequence numbers of status updates: above anything an earlier run used.
             seq: Arc::new(AtomicU64::new(unix_ms.saturating_mul(1000))),
             connected: Arc::new(AtomicBool::new(false)),
+            redial: Arc::new(tokio::sync::Notify::new()),
         };
         let worker = tokio::spawn(hub.clone().work(events));
         let link = tokio::spawn(hub.clone().link(config, session, pump, events_tx));
@@ -122,6 +124,12 @@ impl EdgeHub {
     /// Whether a connection to the cloud is up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Drops the current connection and dials again (e.g. with a renewed certificate). What was
+    /// in flight is resent on the new connection.
+    pub fn redial(&self) {
+        self.redial.notify_one();
     }
 
     /// The metastore.
@@ -175,8 +183,18 @@ impl EdgeHub {
                     tracing::info!(cloud = %config.cloud_url, negotiated = conn.peer().negotiated, "edgehub: connected");
                     backoff = config.backoff_min;
                     self.connected.store(true, Ordering::SeqCst);
-                    let end = pump.drive(conn, &mut session, &events).await;
+                    let end = tokio::select! {
+                        end = pump.drive(conn, &mut session, &events) => Some(end),
+                        () = self.redial.notified() => None,
+                    };
+                    if session.is_connected() {
+                        session.disconnected();
+                    }
                     self.connected.store(false, Ordering::SeqCst);
+                    let Some(end) = end else {
+                        tracing::info!("edgehub: dialling again");
+                        continue;
+                    };
                     match end {
                         Ok(driver::End::Shutdown) => return,
                         Ok(end) => tracing::info!(?end, "edgehub: connection ended"),

@@ -11,6 +11,7 @@
 //! * [`metaserver`]: [`kubeedge_core::kubeapi`] over the metastore, a read-only
 //!   Kubernetes-compatible API on 127.0.0.1 that serves what the edge holds, online and offline.
 //! * [`node`]: node registration, lease renewal and status reports.
+//! * [`rotation`]: node certificate renewal before expiry.
 //! * [`EdgeCore`]: all of it wired together, as the `edgecore` binary runs it.
 //!
 //! What it is not: no wire format or protocol logic of its own (see [`kubeedge_core`]), and no
@@ -23,6 +24,7 @@ pub mod metaserver;
 pub mod metastore;
 pub mod node;
 pub mod pods;
+pub mod rotation;
 pub mod runtime;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -220,6 +222,14 @@ impl EdgeCore {
                 },
             );
             tasks.push(tokio::spawn(pods.run()));
+        }
+        if let Some(https) = &config.https_url {
+            tasks.push(tokio::spawn(rotation::run(
+                CertFiles::under(dir),
+                config.node.clone(),
+                https.clone(),
+                hub.clone(),
+            )));
         }
         tasks.push(tokio::spawn(node::run(
             hub.clone(),
