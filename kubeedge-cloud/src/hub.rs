@@ -295,16 +295,10 @@ async fn node_task(
             let drive = pump.drive(conn, &mut session, &events_tx);
             tokio::pin!(drive);
             tokio::select! {
-                r = &mut drive => format!("{:?}", r.map_err(|e| {
-                    let mut s = e.to_string();
-                    let mut src = std::error::Error::source(&e);
-                    while let Some(inner) = src {
-                        s.push_str(": ");
-                        s.push_str(&inner.to_string());
-                        src = inner.source();
-                    }
-                    s
-                })),
+                r = &mut drive => match r {
+                    Ok(end) => format!("{end:?}"),
+                    Err(e) => kubeedge_core::error_chain(&e),
+                },
                 () = worker.run(&mut events, &mut wake) => "worker stopped".to_owned(),
                 c = conns.recv() => {
                     next = c;

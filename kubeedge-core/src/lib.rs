@@ -49,3 +49,16 @@ pub mod sync;
 pub mod test_util;
 #[cfg(feature = "transport")]
 pub mod transport;
+
+/// An error and its causes (`source()` chain) on one line, `: `-separated, as the binaries and
+/// logs print them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

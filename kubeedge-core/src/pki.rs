@@ -290,44 +290,25 @@ impl Ca {
         ips: &[IpAddr],
         now: SystemTime,
     ) -> Result<Identity, Error> {
-        let key =
-            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| Error::Rcgen {
-                step: "generating the server key",
-                source,
-            })?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&[
-            (DnType::CommonName, KUBEEDGE_CN),
-            (DnType::OrganizationName, KUBEEDGE_CN),
-        ]);
-        params.serial_number = Some(random_serial()?);
-        params.not_before = now.into();
-        params.not_after = (now + HUNDRED_YEARS).into();
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut sans = Vec::with_capacity(dns.len() + ips.len());
         for d in dns {
             let name = d.clone().try_into().map_err(|source| Error::Rcgen {
                 step: "adding a DNS name",
                 source,
             })?;
-            params.subject_alt_names.push(SanType::DnsName(name));
+            sans.push(SanType::DnsName(name));
         }
-        params
-            .subject_alt_names
-            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        let cert = params
-            .signed_by(&key, &self.issuer()?)
-            .map_err(|source| Error::Rcgen {
-                step: "signing the server certificate",
-                source,
-            })?;
-        Ok(Identity {
-            cert_der: cert.der().to_vec(),
-            key_pkcs8: key.serialize_der(),
-        })
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        self.issue_leaf(
+            dn(&[
+                (DnType::CommonName, KUBEEDGE_CN),
+                (DnType::OrganizationName, KUBEEDGE_CN),
+            ]),
+            sans,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            now,
+            HUNDRED_YEARS,
+        )
     }
 
     /// Signs an edge's CSR (DER) as `/edge.crt` does: the CSR must name `CN=system:node:<node>` and
@@ -409,16 +390,37 @@ impl Ca {
         validity: Duration,
         now: SystemTime,
     ) -> Result<Identity, Error> {
+        self.issue_leaf(
+            dn(&[
+                (DnType::OrganizationName, group),
+                (DnType::CommonName, user),
+            ]),
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+            now,
+            validity,
+        )
+    }
+
+    /// A new P-256 key and a certificate for it signed by this CA: the given subject and SANs, a
+    /// random serial, valid from `now` for `validity`, key usages DigitalSignature and
+    /// KeyEncipherment, the one extended key usage `eku`.
+    fn issue_leaf(
+        &self,
+        subject: DistinguishedName,
+        sans: Vec<SanType>,
+        eku: ExtendedKeyUsagePurpose,
+        now: SystemTime,
+        validity: Duration,
+    ) -> Result<Identity, Error> {
         let key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| Error::Rcgen {
-                step: "generating the client key",
+                step: "generating a key",
                 source,
             })?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&[
-            (DnType::OrganizationName, group),
-            (DnType::CommonName, user),
-        ]);
+        params.distinguished_name = subject;
+        params.subject_alt_names = sans;
         params.serial_number = Some(random_serial()?);
         params.not_before = now.into();
         params.not_after = (now + validity).into();
@@ -426,11 +428,11 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![eku];
         let cert = params
             .signed_by(&key, &self.issuer()?)
             .map_err(|source| Error::Rcgen {
-                step: "signing the client certificate",
+                step: "signing a certificate",
                 source,
             })?;
         Ok(Identity {

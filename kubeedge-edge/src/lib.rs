@@ -84,17 +84,8 @@ pub enum Error {
     Config(String),
 }
 
-/// An error and its causes, on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
+/// An error and its causes, on one line (see [`kubeedge_core::error_chain`]).
+pub use kubeedge_core::error_chain as chain;
 
 /// edgecore's settings.
 #[derive(Debug, Clone)]

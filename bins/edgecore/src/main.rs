@@ -18,6 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[path = "../../daemon.rs"]
+mod daemon;
+
 use clap::Parser;
 use kubeedge_edge::{Config, EdgeCore};
 
@@ -72,61 +75,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         "edgecore ready node={node} metaserver={}",
         edge.metaserver_addr()
     );
-    shutdown_signal().await;
+    daemon::shutdown_signal().await;
     tracing::info!("stopping");
     edge.stop().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("edgecore: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("edgecore: {}", kubeedge_edge::chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
+    match daemon::parse::<Cli>() {
+        Ok(cli) => daemon::run("edgecore", "info", run(cli)),
+        Err(code) => code,
     }
 }

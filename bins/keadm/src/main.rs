@@ -120,13 +120,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprint!("keadm: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprint!(": {s}");
-                source = s.source();
-            }
-            eprintln!();
+            eprintln!("keadm: {}", kubeedge_core::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

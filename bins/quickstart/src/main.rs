@@ -15,6 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+// quickstart keeps clap's own usage handling and stops on Ctrl-C only.
+#[allow(dead_code)]
+#[path = "../../daemon.rs"]
+mod daemon;
+
 use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
@@ -118,28 +123,5 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("quickstart: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("quickstart: {}", kubeedge_edge::chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    daemon::run("quickstart", "warn", run(cli))
 }

@@ -67,7 +67,7 @@ impl CriRuntime {
                 }
             }))
             .await
-            .map_err(|e| err(kubeedge_chain(&e)))?;
+            .map_err(|e| err(crate::chain(&e)))?;
         Ok(CriRuntime {
             endpoint: endpoint.to_owned(),
             runtime: RuntimeServiceClient::new(channel.clone()),
@@ -98,10 +98,6 @@ impl CriRuntime {
             })
             .unwrap_or(false))
     }
-}
-
-fn kubeedge_chain(e: &dyn std::error::Error) -> String {
-    crate::chain(e)
 }
 
 fn sandbox_config(spec: &SandboxSpec) -> v1::PodSandboxConfig {
