@@ -12,7 +12,7 @@ use kubeedge_cloud::CloudCore;
 use kubeedge_edge::MetaStore;
 use serde_json::json;
 
-use crate::sync::{TempDir, eventually};
+use crate::common::{TempDir, cloud, eventually};
 
 const SERVICES: usize = 250;
 const ROUNDS: usize = 4; // 250 creates + 3 × 250 updates = 1000 writes
@@ -61,11 +61,7 @@ fn service(i: usize) -> Service {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_burst_loses_nothing_acked() {
     let dir = TempDir::new("crash");
-    let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
-    cc.api_addr = "127.0.0.1:0".parse().unwrap();
-    cc.hub_addr = "127.0.0.1:0".parse().unwrap();
-    cc.https_addr = "127.0.0.1:0".parse().unwrap();
-    let cloud = CloudCore::start(cc).await.unwrap();
+    let cloud = cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
     let token = cloud
         .ca()
         .token(Duration::from_secs(600), SystemTime::now());

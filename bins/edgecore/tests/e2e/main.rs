@@ -1,6 +1,7 @@
 //! cloudcore and edgecore together on loopback: the only place both sides meet.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
 mod crash;
 mod pods;
 mod sync;

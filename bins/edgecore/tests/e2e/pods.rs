@@ -3,17 +3,16 @@
 //! the others alone, `kubectl delete` removes the container from containerd.
 
 use std::process::Command;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kubeedge_cloud::CloudCore;
 use kubeedge_edge::EdgeCore;
 use kubeedge_edge::cri::CriRuntime;
 use kubeedge_edge::runtime::Runtime;
-use kubeedge_edge::test_util::{Containerd, IMAGE};
+use kubeedge_edge::test_util::IMAGE;
 
-use crate::sync::{TempDir, eventually};
+use crate::common::{self, TempDir, eventually, on_containerd};
 
 fn kubectl(dir: &TempDir, args: &[&str]) -> String {
     let out = Command::new("kubectl")
@@ -107,31 +106,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_restart_and_go_away_on_containerd() {
-    let ctrd = tokio::task::spawn_blocking(Containerd::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let dir = TempDir::new("pods");
-    std::fs::create_dir_all(dir.0.join("home")).unwrap();
-    let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
-    cc.api_addr = "127.0.0.1:0".parse().unwrap();
-    cc.hub_addr = "127.0.0.1:0".parse().unwrap();
-    cc.https_addr = "127.0.0.1:0".parse().unwrap();
-    let cloud = CloudCore::start(cc).await.unwrap();
-    let mut ec = kubeedge_edge::Config::new(
-        dir.0.join("edge"),
-        "e1",
-        format!("wss://{}", cloud.hub_addr()),
-    );
-    ec.https_url = Some(format!("https://{}", cloud.https_addr()));
-    ec.token = Some(
-        cloud
-            .ca()
-            .token(Duration::from_secs(600), SystemTime::now()),
-    );
-    ec.metaserver_addr = "127.0.0.1:0".parse().unwrap();
-    ec.cri_endpoint = Some(ctrd.endpoint());
-    ec.restart_backoff = Duration::from_secs(1);
+    let (ctrd, dir, cloud, ec) = on_containerd("pods").await;
     let edge = EdgeCore::start(ec).await.unwrap();
 
     let file = dir.0.join("pods.yaml");
@@ -281,34 +256,8 @@ async fn running_containers(rt: &CriRuntime) -> Vec<(String, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_keep_running_offline_across_edge_restarts() {
-    let ctrd = tokio::task::spawn_blocking(Containerd::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let dir = TempDir::new("offline");
-    std::fs::create_dir_all(dir.0.join("home")).unwrap();
-    let cloud_config = |hub: &str, https: &str| {
-        let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
-        cc.api_addr = "127.0.0.1:0".parse().unwrap();
-        cc.hub_addr = hub.parse().unwrap();
-        cc.https_addr = https.parse().unwrap();
-        cc
-    };
-    let cloud = CloudCore::start(cloud_config("127.0.0.1:0", "127.0.0.1:0"))
-        .await
-        .unwrap();
+    let (ctrd, dir, cloud, ec) = on_containerd("offline").await;
     let (hub, https) = (cloud.hub_addr().to_string(), cloud.https_addr().to_string());
-    let mut ec = kubeedge_edge::Config::new(dir.0.join("edge"), "e1", format!("wss://{hub}"));
-    ec.https_url = Some(format!("https://{https}"));
-    ec.token = Some(
-        cloud
-            .ca()
-            .token(Duration::from_secs(600), SystemTime::now()),
-    );
-    ec.metaserver_addr = "127.0.0.1:0".parse().unwrap();
-    ec.cri_endpoint = Some(ctrd.endpoint());
-    ec.restart_backoff = Duration::from_secs(1);
-    ec.backoff_max = Duration::from_secs(1);
     let edge = EdgeCore::start(ec.clone()).await.unwrap();
     let file = dir.0.join("app.yaml");
     std::fs::write(
@@ -366,7 +315,7 @@ async fn pods_keep_running_offline_across_edge_restarts() {
     .await;
 
     // the cloud is back: the node is Ready and the status queued meanwhile arrives
-    let cloud = CloudCore::start(cloud_config(&hub, &https)).await.unwrap();
+    let cloud = common::cloud(&dir, &hub, &https).await;
     let pods: Api<Pod> = Api::namespaced(cloud.client().clone(), "default");
     eventually(60, "the restart reported to the cloud", async || {
         pods.get_opt("app").await.ok().flatten().is_some_and(|p| {
@@ -402,31 +351,7 @@ async fn pods_keep_running_offline_across_edge_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_gate_readiness_and_restart_unhealthy_containers() {
-    let ctrd = tokio::task::spawn_blocking(Containerd::start)
-        .await
-        .unwrap()
-        .unwrap();
-    let dir = TempDir::new("probes");
-    std::fs::create_dir_all(dir.0.join("home")).unwrap();
-    let mut cc = kubeedge_cloud::Config::new(dir.0.join("cloud"));
-    cc.api_addr = "127.0.0.1:0".parse().unwrap();
-    cc.hub_addr = "127.0.0.1:0".parse().unwrap();
-    cc.https_addr = "127.0.0.1:0".parse().unwrap();
-    let cloud = CloudCore::start(cc).await.unwrap();
-    let mut ec = kubeedge_edge::Config::new(
-        dir.0.join("edge"),
-        "e1",
-        format!("wss://{}", cloud.hub_addr()),
-    );
-    ec.https_url = Some(format!("https://{}", cloud.https_addr()));
-    ec.token = Some(
-        cloud
-            .ca()
-            .token(Duration::from_secs(600), SystemTime::now()),
-    );
-    ec.metaserver_addr = "127.0.0.1:0".parse().unwrap();
-    ec.cri_endpoint = Some(ctrd.endpoint());
-    ec.restart_backoff = Duration::from_secs(1);
+    let (ctrd, dir, cloud, ec) = on_containerd("probes").await;
     let edge = EdgeCore::start(ec).await.unwrap();
     let file = dir.0.join("probed.yaml");
     std::fs::write(

@@ -2,8 +2,7 @@
 //! node; the metaserver keeps serving with the cloud gone and after an edge restart; changes made
 //! while the edge was away reach it when the cloud is back.
 
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -11,66 +10,7 @@ use kubeedge_cloud::CloudCore;
 use kubeedge_edge::EdgeCore;
 use serde_json::json;
 
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "kubeedge-e2e-{tag}-{}-{}",
-            std::process::id(),
-            kubeedge_core::transport::driver::random_seed()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn cloud(dir: &TempDir, hub: &str, https: &str) -> CloudCore {
-    let mut c = kubeedge_cloud::Config::new(dir.0.join("cloud"));
-    c.api_addr = "127.0.0.1:0".parse().unwrap();
-    c.hub_addr = hub.parse().unwrap();
-    c.https_addr = https.parse().unwrap();
-    CloudCore::start(c).await.unwrap()
-}
-
-fn edge_config(dir: &TempDir, cloud: &CloudCore) -> kubeedge_edge::Config {
-    let mut c = kubeedge_edge::Config::new(
-        dir.0.join("edge"),
-        "e1",
-        format!("wss://127.0.0.1:{}", cloud.hub_addr().port()),
-    );
-    c.https_url = Some(format!("https://127.0.0.1:{}", cloud.https_addr().port()));
-    c.token = Some(
-        cloud
-            .ca()
-            .token(Duration::from_secs(3600), SystemTime::now()),
-    );
-    c.metaserver_addr = "127.0.0.1:0".parse().unwrap();
-    c.backoff_max = Duration::from_secs(1);
-    c
-}
-
-fn metaserver_client(edge: &EdgeCore) -> kube::Client {
-    let url = format!("http://{}", edge.metaserver_addr());
-    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
-}
+use crate::common::{TempDir, cloud, cloud_config, edge_config, eventually, metaserver_client};
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name},
@@ -175,10 +115,7 @@ async fn objects_reach_the_edge_and_stay_served_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_certificate_is_renewed_before_it_expires() {
     let dir = TempDir::new("rotate");
-    let mut c = kubeedge_cloud::Config::new(dir.0.join("cloud"));
-    c.api_addr = "127.0.0.1:0".parse().unwrap();
-    c.hub_addr = "127.0.0.1:0".parse().unwrap();
-    c.https_addr = "127.0.0.1:0".parse().unwrap();
+    let mut c = cloud_config(&dir, "127.0.0.1:0", "127.0.0.1:0");
     c.edge_cert_validity = Duration::from_secs(8);
     let cloud_core = CloudCore::start(c).await.unwrap();
     let edge = EdgeCore::start(edge_config(&dir, &cloud_core))

@@ -1,0 +1,95 @@
+//! What every end-to-end test needs: a temporary directory, polling, a cloudcore and an edge
+//! configuration on loopback, and a containerd with both.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use kubeedge_cloud::CloudCore;
+use kubeedge_edge::EdgeCore;
+use kubeedge_edge::test_util::Containerd;
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "kubeedge-e2e-{tag}-{}-{}",
+            std::process::id(),
+            kubeedge_core::transport::driver::random_seed()
+        ));
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// cloudcore settings under `dir/cloud`: the API on a free port, cloudhub on `hub` and `https`
+/// (`127.0.0.1:0` for free ports; the same addresses again to restart it where edges expect it).
+pub fn cloud_config(dir: &TempDir, hub: &str, https: &str) -> kubeedge_cloud::Config {
+    let mut c = kubeedge_cloud::Config::new(dir.0.join("cloud"));
+    c.api_addr = "127.0.0.1:0".parse().unwrap();
+    c.hub_addr = hub.parse().unwrap();
+    c.https_addr = https.parse().unwrap();
+    c
+}
+
+pub async fn cloud(dir: &TempDir, hub: &str, https: &str) -> CloudCore {
+    CloudCore::start(cloud_config(dir, hub, https))
+        .await
+        .unwrap()
+}
+
+/// Node `e1` under `dir/edge`, joining `cloud` with a fresh token, the metaserver on a free port,
+/// reconnecting within a second.
+pub fn edge_config(dir: &TempDir, cloud: &CloudCore) -> kubeedge_edge::Config {
+    let mut c = kubeedge_edge::Config::new(
+        dir.0.join("edge"),
+        "e1",
+        format!("wss://127.0.0.1:{}", cloud.hub_addr().port()),
+    );
+    c.https_url = Some(format!("https://127.0.0.1:{}", cloud.https_addr().port()));
+    c.token = Some(
+        cloud
+            .ca()
+            .token(Duration::from_secs(3600), SystemTime::now()),
+    );
+    c.metaserver_addr = "127.0.0.1:0".parse().unwrap();
+    c.backoff_max = Duration::from_secs(1);
+    c
+}
+
+/// A containerd, a cloudcore and the settings of an edge running its pods there (restarts after
+/// one second).
+pub async fn on_containerd(tag: &str) -> (Containerd, TempDir, CloudCore, kubeedge_edge::Config) {
+    let ctrd = tokio::task::spawn_blocking(Containerd::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let dir = TempDir::new(tag);
+    let cloud = cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let mut ec = edge_config(&dir, &cloud);
+    ec.cri_endpoint = Some(ctrd.endpoint());
+    ec.restart_backoff = Duration::from_secs(1);
+    (ctrd, dir, cloud, ec)
+}
+
+pub fn metaserver_client(edge: &EdgeCore) -> kube::Client {
+    let url = format!("http://{}", edge.metaserver_addr());
+    kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+}
