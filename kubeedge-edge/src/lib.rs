@@ -24,6 +24,7 @@ pub mod metaserver;
 pub mod metastore;
 pub mod node;
 pub mod pods;
+pub mod process;
 pub mod rotation;
 pub mod runtime;
 #[cfg(feature = "test-util")]
@@ -87,6 +88,18 @@ pub enum Error {
 /// An error and its causes, on one line (see [`kubeedge_core::error_chain`]).
 pub use kubeedge_core::error_chain as chain;
 
+/// Where an edge node runs its pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PodRuntime {
+    /// No pods: the node syncs and serves its objects only.
+    None,
+    /// A CRI runtime at this endpoint (`unix:///run/containerd/containerd.sock`).
+    Cri(String),
+    /// Host processes ([`process::ProcessRuntime`]), records under `<data dir>/process`.
+    Process,
+}
+
 /// edgecore's settings.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -109,9 +122,8 @@ pub struct Config {
     pub session: kubeedge_core::sync::edge::Config,
     /// Longest reconnect delay. Default 30 s.
     pub backoff_max: std::time::Duration,
-    /// The CRI endpoint pods run on (`unix:///run/containerd/containerd.sock`); `None` runs no
-    /// pods (the node still syncs and serves its objects).
-    pub cri_endpoint: Option<String>,
+    /// Where the node's pods run. Default [`PodRuntime::None`].
+    pub runtime: PodRuntime,
     /// First crash-loop restart delay. Default 10 s.
     pub restart_backoff: std::time::Duration,
 }
@@ -133,7 +145,7 @@ impl Config {
             node_address: "127.0.0.1".into(),
             session: kubeedge_core::sync::edge::Config::default(),
             backoff_max: std::time::Duration::from_secs(30),
-            cri_endpoint: None,
+            runtime: PodRuntime::None,
             restart_backoff: pods::BACKOFF_START,
         }
     }
@@ -197,23 +209,31 @@ impl EdgeCore {
                 tracing::error!(error = %e, "metaserver stopped");
             }
         });
-        let mut runtime_version = String::new();
-        if let Some(endpoint) = &config.cri_endpoint {
-            let rt = cri::CriRuntime::connect(endpoint).await?;
-            runtime_version = runtime::Runtime::version(&rt).await?;
-            let pods = pods::PodManager::new(
-                rt,
-                hub.store().store().clone(),
-                hub.clone(),
-                pods::PodConfig {
-                    node: config.node.clone(),
-                    node_ip: config.node_address.clone(),
-                    data_dir: dir.clone(),
-                    backoff_start: config.restart_backoff,
-                },
-            );
-            tasks.push(tokio::spawn(pods.run()));
-        }
+        let pod_config = pods::PodConfig {
+            node: config.node.clone(),
+            node_ip: config.node_address.clone(),
+            data_dir: dir.clone(),
+            backoff_start: config.restart_backoff,
+        };
+        let runtime_version = match &config.runtime {
+            PodRuntime::None => String::new(),
+            PodRuntime::Cri(endpoint) => {
+                let rt = cri::CriRuntime::connect(endpoint).await?;
+                let version = runtime::Runtime::version(&rt).await?;
+                let pods =
+                    pods::PodManager::new(rt, hub.store().store().clone(), hub.clone(), pod_config);
+                tasks.push(tokio::spawn(pods.run()));
+                version
+            }
+            PodRuntime::Process => {
+                let rt = process::ProcessRuntime::new(dir.join("process"), &config.node_address)?;
+                let version = runtime::Runtime::version(&rt).await?;
+                let pods =
+                    pods::PodManager::new(rt, hub.store().store().clone(), hub.clone(), pod_config);
+                tasks.push(tokio::spawn(pods.run()));
+                version
+            }
+        };
         if let Some(https) = &config.https_url {
             tasks.push(tokio::spawn(rotation::run(
                 CertFiles::under(dir),

@@ -138,6 +138,8 @@ pub struct PodManager<R: Runtime> {
     hub: EdgeHub,
     config: PodConfig,
     pods: HashMap<String, PodRun>,
+    /// The runtime's name, the scheme of `containerID`s (`containerd`, `process`).
+    scheme: String,
 }
 
 fn nanos_to_rfc3339(ns: i64) -> String {
@@ -162,11 +164,17 @@ impl<R: Runtime> PodManager<R> {
             hub,
             config,
             pods: HashMap::new(),
+            scheme: "containerd".into(),
         }
     }
 
     /// Runs forever.
     pub async fn run(mut self) {
+        if let Ok(version) = self.rt.version().await
+            && let Some((name, _)) = version.split_once("://")
+        {
+            self.scheme = name.to_owned();
+        }
         self.adopt().await;
         let mut watch = match self
             .store
@@ -868,7 +876,7 @@ impl<R: Runtime> PodManager<R> {
             }
             statuses.push(json!({
                 "name": name, "image": str_of(c, "image"), "imageID": "",
-                "containerID": slot.and_then(|s| s.id.as_ref()).map(|id| format!("containerd://{id}")).unwrap_or_default(),
+                "containerID": slot.and_then(|s| s.id.as_ref()).map(|id| format!("{}://{id}", self.scheme)).unwrap_or_default(),
                 "ready": is_running && probe_ready, "started": is_running,
                 "restartCount": slot.map(|s| s.restarts).unwrap_or(0),
                 "state": state, "lastState": last,

@@ -22,7 +22,7 @@ use std::process::ExitCode;
 mod daemon;
 
 use clap::Parser;
-use kubeedge_edge::{Config, EdgeCore};
+use kubeedge_edge::{Config, EdgeCore, PodRuntime};
 
 #[derive(Parser)]
 #[command(name = "edgecore", version, about = "kubeedge-rs edgecore")]
@@ -51,9 +51,10 @@ struct Cli {
     /// The address this node reports.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
-    /// Where pods run: `cri` (a CRI runtime such as containerd, at --cri-endpoint) or `none` (the
+    /// Where pods run: `cri` (a CRI runtime such as containerd, at --cri-endpoint), `process`
+    /// (containers as host processes, for appliances without a container runtime) or `none` (the
     /// node syncs and serves its objects but runs no pods).
-    #[arg(long, default_value = "cri", value_parser = ["cri", "none"])]
+    #[arg(long, default_value = "cri", value_parser = ["cri", "process", "none"])]
     runtime: String,
     /// The CRI runtime's socket.
     #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
@@ -66,9 +67,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.token = cli.token;
     config.metaserver_addr = SocketAddr::new(cli.metaserver_address, cli.metaserver_port);
     config.node_address = cli.node_ip;
-    if cli.runtime == "cri" {
-        config.cri_endpoint = Some(cli.cri_endpoint);
-    }
+    config.runtime = match cli.runtime.as_str() {
+        "cri" => PodRuntime::Cri(cli.cri_endpoint),
+        "process" => PodRuntime::Process,
+        _ => PodRuntime::None,
+    };
     let node = config.node.clone();
     let edge = EdgeCore::start(config).await?;
     println!(

@@ -2,6 +2,7 @@
 //! configuration on loopback, and a containerd with both.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use kubeedge_cloud::CloudCore;
@@ -84,7 +85,7 @@ pub async fn on_containerd(tag: &str) -> (Containerd, TempDir, CloudCore, kubeed
     let dir = TempDir::new(tag);
     let cloud = cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
     let mut ec = edge_config(&dir, &cloud);
-    ec.cri_endpoint = Some(ctrd.endpoint());
+    ec.runtime = kubeedge_edge::PodRuntime::Cri(ctrd.endpoint());
     ec.restart_backoff = Duration::from_secs(1);
     (ctrd, dir, cloud, ec)
 }
@@ -92,4 +93,26 @@ pub async fn on_containerd(tag: &str) -> (Containerd, TempDir, CloudCore, kubeed
 pub fn metaserver_client(edge: &EdgeCore) -> kube::Client {
     let url = format!("http://{}", edge.metaserver_addr());
     kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+}
+
+/// The real kubectl against the cloud, with the admin kubeconfig; panics unless it succeeds.
+pub fn kubectl(dir: &TempDir, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.0.join("home"))
+        .arg("--kubeconfig")
+        .arg(dir.0.join("cloud/admin.kubeconfig"))
+        .arg("--cache-dir")
+        .arg(dir.0.join("kcache"))
+        .arg("--request-timeout=30s")
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl {args:?}: {text}");
+    text
 }

@@ -4,4 +4,5 @@
 mod common;
 mod crash;
 mod pods;
+mod process;
 mod sync;

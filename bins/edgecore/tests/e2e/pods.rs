@@ -12,28 +12,7 @@ use kubeedge_edge::cri::CriRuntime;
 use kubeedge_edge::runtime::Runtime;
 use kubeedge_edge::test_util::IMAGE;
 
-use crate::common::{self, TempDir, eventually, on_containerd};
-
-fn kubectl(dir: &TempDir, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .env_remove("KUBECONFIG")
-        .env("HOME", dir.0.join("home"))
-        .arg("--kubeconfig")
-        .arg(dir.0.join("cloud/admin.kubeconfig"))
-        .arg("--cache-dir")
-        .arg(dir.0.join("kcache"))
-        .arg("--request-timeout=30s")
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "kubectl {args:?}: {text}");
-    text
-}
+use crate::common::{self, TempDir, eventually, kubectl, on_containerd};
 
 async fn waiting_reason(pods: &Api<Pod>, name: &str) -> Option<String> {
     let pod = pods.get_opt(name).await.ok().flatten()?;
