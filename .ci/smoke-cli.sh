@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The command-line contract of the binaries, as external checks use it: `cloudcore --data-dir D`
 # runs the embedded control plane and writes D/admin.kubeconfig; `keadm gettoken --data-dir D`
-# prints a join token for it. Ports are picked by the OS (port 0); the ready line says which.
+# prints a join token for it; `keadm join` bootstraps an edge and writes its edgecore.yaml, and
+# `edgecore --config` starts from it and registers the node. Ports are picked by the OS (port 0);
+# the ready lines say which.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked -q -p cloudcore -p keadm
+cargo build --locked -q -p cloudcore -p keadm -p edgecore
 bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 pid=
+epid=
 cleanup() {
+  if [[ -n "$epid" ]]; then kill "$epid" 2>/dev/null || true; wait "$epid" 2>/dev/null || true; fi
   if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -30,7 +34,30 @@ printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: smoke\ndata:\n  k: v
 test "$(k get configmap smoke -o jsonpath='{.data.k}')" = v
 token=$("$bin/keadm" gettoken --data-dir "$work/d")
 test "$("$bin/keadm" checktoken --data-dir "$work/d" "$token")" = valid
+hub=$(sed -n 's/.* hub=[^ ]*:\([0-9]*\).*/\1/p' "$work/out")
+https=$(sed -n 's/.* https=[^ ]*:\([0-9]*\).*/\1/p' "$work/out")
+"$bin/keadm" join --cloudcore-ipport "127.0.0.1:$hub" --certport "$https" --token "$token" \
+  --edgenode-name smoke-edge --data-dir "$work/e" --runtime none | tee "$work/join"
+grep -q '^\[3/3\]' "$work/join"
+grep -q 'edgecore --config' "$work/join"
+if grep -q "$token" "$work/e/edgecore.yaml"; then echo "the token was kept in edgecore.yaml" >&2; exit 1; fi
+"$bin/edgecore" --config "$work/e/edgecore.yaml" --metaserver-port 0 >"$work/eout" 2>"$work/eerr" &
+epid=$!
+for _ in $(seq 1 100); do
+  grep -q '^edgecore ready' "$work/eout" && break
+  kill -0 "$epid" 2>/dev/null || { cat "$work/eerr" >&2; exit 1; }
+  sleep 0.1
+done
+grep '^edgecore ready node=smoke-edge' "$work/eout"
+for _ in $(seq 1 100); do
+  k get node smoke-edge -o name 2>/dev/null | grep -q node/smoke-edge && break
+  sleep 0.2
+done
+k get node smoke-edge -o name | grep -qx node/smoke-edge
+kill -TERM "$epid"
+wait "$epid"
+epid=
 kill -TERM "$pid"
 wait "$pid"
 pid=
-echo "cloudcore and keadm: command-line contract holds"
+echo "cloudcore, keadm and edgecore: command-line contract holds"

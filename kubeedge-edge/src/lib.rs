@@ -12,14 +12,19 @@
 //!   Kubernetes-compatible API on 127.0.0.1 that serves what the edge holds, online and offline.
 //! * [`node`]: node registration, lease renewal and status reports.
 //! * [`rotation`]: node certificate renewal before expiry.
+//! * [`process`]: pods as host processes, for appliances without a container runtime ([`cri`] runs
+//!   them on containerd).
+//! * [`config_file`] and [`join`]: the `edgecore.yaml` file and `keadm join`.
 //! * [`EdgeCore`]: all of it wired together, as the `edgecore` binary runs it.
 //!
 //! What it is not: no wire format or protocol logic of its own (see [`kubeedge_core`]), and no
 //! dependency on the cloud, device or mesh crates.
 
 pub mod bootstrap;
+pub mod config_file;
 pub mod cri;
 pub mod edgehub;
+pub mod join;
 pub mod metaserver;
 pub mod metastore;
 pub mod node;

@@ -9,6 +9,9 @@
 //! until SIGINT or SIGTERM. With the cloud unreachable it keeps
 //! serving what it holds and queues status for later.
 //!
+//! `edgecore --config F` takes its settings from a file in upstream's `edgecore.yaml` shape (see
+//! `kubeedge_edge::config_file`), as `keadm join` writes it; flags given beside it win.
+//!
 //! Once serving, it prints one line to stdout: `edgecore ready node=<N> metaserver=<addr>`. Logs go
 //! to stderr (`RUST_LOG`, default `info`).
 //!
@@ -22,56 +25,87 @@ use std::process::ExitCode;
 mod daemon;
 
 use clap::Parser;
-use kubeedge_edge::{Config, EdgeCore, PodRuntime};
+use kubeedge_edge::config_file::EdgeCoreFile;
+use kubeedge_edge::{Config, EdgeCore};
 
 #[derive(Parser)]
 #[command(name = "edgecore", version, about = "kubeedge-rs edgecore")]
 struct Cli {
+    /// Configuration file (upstream's edgecore.yaml shape, as `keadm join` writes it); flags
+    /// override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Data directory (certificates and the metastore).
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// This node's name.
     #[arg(long)]
-    node_name: String,
+    node_name: Option<String>,
     /// cloudhub's WebSocket URL, wss://HOST:PORT.
     #[arg(long)]
-    cloud: String,
+    cloud: Option<String>,
     /// cloudhub's certificate server, https://HOST:PORT (needed on the first start).
     #[arg(long)]
     https: Option<String>,
     /// Join token from `keadm gettoken` (needed on the first start).
     #[arg(long)]
     token: Option<String>,
-    /// The metaserver's port on --metaserver-address.
-    #[arg(long, default_value_t = 10550)]
-    metaserver_port: u16,
-    /// The metaserver's address.
-    #[arg(long, default_value = "127.0.0.1")]
-    metaserver_address: IpAddr,
-    /// The address this node reports.
-    #[arg(long, default_value = "127.0.0.1")]
-    node_ip: String,
+    /// The metaserver's port on --metaserver-address. Default 10550.
+    #[arg(long)]
+    metaserver_port: Option<u16>,
+    /// The metaserver's address. Default 127.0.0.1.
+    #[arg(long)]
+    metaserver_address: Option<IpAddr>,
+    /// The address this node reports. Default 127.0.0.1.
+    #[arg(long)]
+    node_ip: Option<String>,
     /// Where pods run: `cri` (a CRI runtime such as containerd, at --cri-endpoint), `process`
     /// (containers as host processes, for appliances without a container runtime) or `none` (the
-    /// node syncs and serves its objects but runs no pods).
-    #[arg(long, default_value = "cri", value_parser = ["cri", "process", "none"])]
-    runtime: String,
-    /// The CRI runtime's socket.
-    #[arg(long, default_value = "unix:///run/containerd/containerd.sock")]
-    cri_endpoint: String,
+    /// node syncs and serves its objects but runs no pods). Default cri.
+    #[arg(long, value_parser = ["cri", "process", "none"])]
+    runtime: Option<String>,
+    /// The CRI runtime's socket. Default unix:///run/containerd/containerd.sock.
+    #[arg(long)]
+    cri_endpoint: Option<String>,
+}
+
+/// The file (if any) with the flags laid over it.
+fn settings(cli: Cli) -> Result<Config, Box<dyn std::error::Error>> {
+    let mut file = match &cli.config {
+        Some(path) => EdgeCoreFile::load(path)?,
+        None => EdgeCoreFile::default(),
+    };
+    let mut flags = EdgeCoreFile::default();
+    flags.data_dir = cli.data_dir;
+    let (hub, edged) = (&mut flags.modules.edge_hub, &mut flags.modules.edged);
+    hub.websocket.server = cli.cloud;
+    hub.http_server = cli.https;
+    hub.token = cli.token;
+    edged.hostname_override = cli.node_name;
+    edged.node_ip = cli.node_ip;
+    edged.runtime = cli.runtime;
+    edged.tailored_kubelet_config.container_runtime_endpoint = cli.cri_endpoint;
+    if cli.metaserver_port.is_some() || cli.metaserver_address.is_some() {
+        let current = file
+            .modules
+            .meta_manager
+            .meta_server
+            .server
+            .as_deref()
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10550)));
+        let addr = SocketAddr::new(
+            cli.metaserver_address.unwrap_or(current.ip()),
+            cli.metaserver_port.unwrap_or(current.port()),
+        );
+        flags.modules.meta_manager.meta_server.server = Some(addr.to_string());
+    }
+    file.merge(&flags);
+    Ok(file.to_config()?)
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let mut config = Config::new(cli.data_dir, cli.node_name, cli.cloud);
-    config.https_url = cli.https;
-    config.token = cli.token;
-    config.metaserver_addr = SocketAddr::new(cli.metaserver_address, cli.metaserver_port);
-    config.node_address = cli.node_ip;
-    config.runtime = match cli.runtime.as_str() {
-        "cri" => PodRuntime::Cri(cli.cri_endpoint),
-        "process" => PodRuntime::Process,
-        _ => PodRuntime::None,
-    };
+    let config = settings(cli)?;
     let node = config.node.clone();
     let edge = EdgeCore::start(config).await?;
     println!(
@@ -86,6 +120,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     match daemon::parse::<Cli>() {
+        Ok(cli) if cli.config.is_none() => {
+            let missing: Vec<&str> = [
+                ("--data-dir", cli.data_dir.is_none()),
+                ("--node-name", cli.node_name.is_none()),
+                ("--cloud", cli.cloud.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(flag, absent)| absent.then_some(flag))
+            .collect();
+            if missing.is_empty() {
+                daemon::run("edgecore", "info", run(cli))
+            } else {
+                eprintln!(
+                    "edgecore: without --config, {} must be given\n\nFor more information, try '--help'.",
+                    missing.join(", ")
+                );
+                ExitCode::from(64)
+            }
+        }
         Ok(cli) => daemon::run("edgecore", "info", run(cli)),
         Err(code) => code,
     }

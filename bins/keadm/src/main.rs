@@ -5,6 +5,10 @@
 //! * `keadm gettoken --data-dir D [--valid-for-hours H]` prints a join token for edges:
 //!   `<sha256 of the CA>.<HS256 JWT>`, as upstream's `keadm gettoken`.
 //! * `keadm checktoken --data-dir D TOKEN` says whether a token is valid for this CA.
+//! * `keadm join --cloudcore-ipport HOST:PORT --token T [--edgenode-name N] [--data-dir D]` joins
+//!   this machine as an edge node: node certificate from the certificate server (`--certport`,
+//!   10002), a check that cloudhub admits it, and `D/edgecore.yaml` (or `--config F`) for
+//!   `edgecore --config`. Each step is shown as it runs.
 //!
 //! Exit codes: 0 success, 1 failure, 64 bad usage.
 
@@ -45,6 +49,39 @@ enum Command {
         /// How long the token stays valid. Default 24 (upstream: 2 × 12 h refresh).
         #[arg(long, default_value_t = 24)]
         valid_for_hours: u64,
+    },
+    /// Join this machine to a cloud as an edge node.
+    Join {
+        /// cloudhub's address, HOST:PORT.
+        #[arg(long = "cloudcore-ipport")]
+        cloudcore: String,
+        /// The certificate server's port on the same host.
+        #[arg(long, default_value_t = 10002)]
+        certport: u16,
+        /// Join token from `keadm gettoken` (not needed if the node has a certificate).
+        #[arg(long)]
+        token: Option<String>,
+        /// The node's name. Default: this machine's host name.
+        #[arg(long = "edgenode-name")]
+        node: Option<String>,
+        /// The edge's data directory.
+        #[arg(long, default_value = "/var/lib/kubeedge-rs")]
+        data_dir: PathBuf,
+        /// Where to write the configuration file. Default: DATA_DIR/edgecore.yaml.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where pods run: cri, process or none.
+        #[arg(long, default_value = "cri", value_parser = ["cri", "process", "none"])]
+        runtime: String,
+        /// The CRI runtime's socket.
+        #[arg(
+            long = "remote-runtime-endpoint",
+            default_value = "unix:///run/containerd/containerd.sock"
+        )]
+        cri_endpoint: String,
+        /// The address this node reports.
+        #[arg(long)]
+        node_ip: Option<String>,
     },
     /// Check a join token against this CA.
     Checktoken {
@@ -96,12 +133,80 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ca.token(Duration::from_secs(valid_for_hours * 3600), now)
             );
         }
+        Command::Join {
+            cloudcore,
+            certport,
+            token,
+            node,
+            data_dir,
+            config,
+            runtime,
+            cri_endpoint,
+            node_ip,
+        } => join(
+            cloudcore,
+            certport,
+            token,
+            node,
+            data_dir,
+            config,
+            runtime,
+            cri_endpoint,
+            node_ip,
+        )?,
         Command::Checktoken { data_dir, token } => {
             let ca = Ca::load_or_create(&ca_dir(&data_dir), now)?;
             ca.verify_token(&token, now)?;
             println!("valid");
         }
     }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn join(
+    cloudcore: String,
+    certport: u16,
+    token: Option<String>,
+    node: Option<String>,
+    data_dir: PathBuf,
+    config: Option<PathBuf>,
+    runtime: String,
+    cri_endpoint: String,
+    node_ip: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use kubeedge_edge::config_file::EdgeCoreFile;
+    use kubeedge_edge::join::Progress;
+    let host = cloudcore
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("--cloudcore-ipport {cloudcore:?} is not HOST:PORT"))?;
+    let node = match node {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .map_err(|e| format!("no --edgenode-name, and the host name is unreadable: {e}"))?,
+    };
+    let mut file = EdgeCoreFile::default();
+    file.data_dir = Some(std::path::absolute(&data_dir)?);
+    let (hub, edged) = (&mut file.modules.edge_hub, &mut file.modules.edged);
+    hub.websocket.server = Some(cloudcore.clone());
+    hub.http_server = Some(format!("https://{host}:{certport}"));
+    hub.token = token;
+    edged.hostname_override = Some(node);
+    edged.node_ip = node_ip;
+    edged.runtime = Some(runtime);
+    edged.tailored_kubelet_config.container_runtime_endpoint = Some(cri_endpoint);
+    let path = config.unwrap_or_else(|| data_dir.join("edgecore.yaml"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(kubeedge_edge::join::join(&file, &path, |p| match p {
+        Progress::Begin { n, of, what } => println!("[{n}/{of}] {what}"),
+        Progress::Done(what) => println!("      ok: {what}"),
+        _ => {}
+    }))?;
     Ok(())
 }
 

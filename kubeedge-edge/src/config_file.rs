@@ -1,0 +1,384 @@
+//! edgecore's configuration file: YAML in upstream's shape (`edgecore.config.kubeedge.io/v1alpha2`,
+//! kind `EdgeCore`), the keys kubeedge-rs honours, so that a file written for upstream edgecore
+//! keeps its meaning here and `keadm join` writes one that looks familiar.
+//!
+//! ```yaml
+//! apiVersion: edgecore.config.kubeedge.io/v1alpha2
+//! kind: EdgeCore
+//! dataDir: /var/lib/kubeedge-rs          # kubeedge-rs: certificates and the metastore
+//! modules:
+//!   edgeHub:
+//!     heartbeat: 15                      # keepalive interval, seconds
+//!     httpServer: https://10.0.0.1:10002 # the certificate server
+//!     token: ""                          # join token, needed until the node has a certificate
+//!     websocket:
+//!       server: 10.0.0.1:10000           # cloudhub (wss://… also accepted)
+//!   edged:
+//!     hostnameOverride: edge-1           # the node's name
+//!     nodeIP: 10.0.0.2
+//!     runtime: cri                       # kubeedge-rs: cri | process | none
+//!     tailoredKubeletConfig:
+//!       containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+//!   metaManager:
+//!     metaServer:
+//!       server: 127.0.0.1:10550
+//! ```
+//!
+//! Every key is optional; other upstream keys are accepted and ignored. Certificates are kept under
+//! `dataDir` (`ca/rootCA.crt`, `certs/server.{crt,key}`), not at upstream's `tlsCaFile` paths.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Config, Error, PodRuntime};
+
+/// `apiVersion` of the file.
+pub const API_VERSION: &str = "edgecore.config.kubeedge.io/v1alpha2";
+/// `kind` of the file.
+pub const KIND: &str = "EdgeCore";
+/// Upstream's default CRI endpoint.
+pub const DEFAULT_CRI_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+/// The file's content. See the module docs for the layout.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct EdgeCoreFile {
+    /// `edgecore.config.kubeedge.io/v1alpha2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// `EdgeCore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Data directory (kubeedge-rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// The modules' settings.
+    #[serde(default)]
+    pub modules: Modules,
+}
+
+/// `modules`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Modules {
+    /// `edgeHub`.
+    #[serde(default)]
+    pub edge_hub: EdgeHubSection,
+    /// `edged`.
+    #[serde(default)]
+    pub edged: EdgedSection,
+    /// `metaManager`.
+    #[serde(default)]
+    pub meta_manager: MetaManagerSection,
+}
+
+/// `modules.edgeHub`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct EdgeHubSection {
+    /// Keepalive interval in seconds (upstream default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<u64>,
+    /// The certificate server, `https://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_server: Option<String>,
+    /// A join token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// `websocket`.
+    #[serde(default)]
+    pub websocket: WebSocketSection,
+}
+
+/// `modules.edgeHub.websocket`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct WebSocketSection {
+    /// cloudhub, `host:port` (upstream's form) or `wss://host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+}
+
+/// `modules.edged`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct EdgedSection {
+    /// The node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname_override: Option<String>,
+    /// The address the node reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Option<String>,
+    /// `cri`, `process` or `none` (kubeedge-rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
+    /// `tailoredKubeletConfig`.
+    #[serde(default)]
+    pub tailored_kubelet_config: KubeletSection,
+}
+
+/// `modules.edged.tailoredKubeletConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct KubeletSection {
+    /// The CRI socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_runtime_endpoint: Option<String>,
+}
+
+/// `modules.metaManager`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct MetaManagerSection {
+    /// `metaServer`.
+    #[serde(default)]
+    pub meta_server: MetaServerSection,
+}
+
+/// `modules.metaManager.metaServer`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct MetaServerSection {
+    /// `host:port` the metaserver listens on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+}
+
+fn bad(path: &str, message: impl std::fmt::Display) -> Error {
+    Error::Config(format!("{path}: {message}"))
+}
+
+/// `host:port` → `wss://host:port`; a URL is kept.
+fn hub_url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("wss://{server}")
+    }
+}
+
+impl EdgeCoreFile {
+    /// Parses a file's text.
+    pub fn parse(text: &str) -> Result<EdgeCoreFile, Error> {
+        let file: EdgeCoreFile =
+            serde_saphyr::from_str(text).map_err(|e| bad("edgecore configuration", e))?;
+        if let Some(v) = &file.api_version
+            && v != API_VERSION
+        {
+            return Err(bad("apiVersion", format!("{v:?} is not {API_VERSION:?}")));
+        }
+        if let Some(k) = &file.kind
+            && k != KIND
+        {
+            return Err(bad("kind", format!("{k:?} is not {KIND:?}")));
+        }
+        Ok(file)
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<EdgeCoreFile, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            step: format!("reading {}", path.display()),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// The file as YAML, with `apiVersion` and `kind` set.
+    pub fn to_yaml(&self) -> Result<String, Error> {
+        let mut out = self.clone();
+        out.api_version = Some(API_VERSION.into());
+        out.kind = Some(KIND.into());
+        serde_saphyr::to_string(&out).map_err(|e| bad("edgecore configuration", e))
+    }
+
+    /// Writes the file to `path`, readable by its owner only (it may hold a token).
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        kubeedge_core::pki::write(path, &self.to_yaml()?, true)?;
+        Ok(())
+    }
+
+    /// Settings from the file. The data directory, the node's name and cloudhub's address are
+    /// required (here or, for the binary, as flags laid over with [`EdgeCoreFile::merge`]).
+    pub fn to_config(&self) -> Result<Config, Error> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .ok_or_else(|| bad("dataDir", "missing"))?;
+        let edged = &self.modules.edged;
+        let hub = &self.modules.edge_hub;
+        let node = edged
+            .hostname_override
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                bad(
+                    "modules.edged.hostnameOverride",
+                    "missing (the node's name)",
+                )
+            })?;
+        let server = hub
+            .websocket
+            .server
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                bad(
+                    "modules.edgeHub.websocket.server",
+                    "missing (cloudhub's address)",
+                )
+            })?;
+        let mut config = Config::new(data_dir, node, hub_url(&server));
+        config.https_url = hub.http_server.clone().filter(|s| !s.is_empty());
+        config.token = hub.token.clone().filter(|s| !s.is_empty());
+        if let Some(secs) = hub.heartbeat {
+            if secs == 0 {
+                return Err(bad(
+                    "modules.edgeHub.heartbeat",
+                    "must be at least 1 second",
+                ));
+            }
+            config.session.keepalive_interval = Duration::from_secs(secs);
+        }
+        if let Some(ip) = edged.node_ip.clone().filter(|s| !s.is_empty()) {
+            config.node_address = ip;
+        }
+        if let Some(server) = &self.modules.meta_manager.meta_server.server {
+            config.metaserver_addr = server.parse::<SocketAddr>().map_err(|e| {
+                bad(
+                    "modules.metaManager.metaServer.server",
+                    format!("{server:?}: {e}"),
+                )
+            })?;
+        }
+        let endpoint = edged
+            .tailored_kubelet_config
+            .container_runtime_endpoint
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CRI_ENDPOINT.into());
+        config.runtime = match edged.runtime.as_deref().unwrap_or("cri") {
+            "cri" => PodRuntime::Cri(endpoint),
+            "process" => PodRuntime::Process,
+            "none" => PodRuntime::None,
+            other => {
+                return Err(bad(
+                    "modules.edged.runtime",
+                    format!("{other:?} is not cri, process or none"),
+                ));
+            }
+        };
+        Ok(config)
+    }
+
+    /// Lays `other`'s keys over this file's (what is set in `other` wins).
+    pub fn merge(&mut self, other: &EdgeCoreFile) {
+        fn over<T: Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
+            if theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        }
+        over(&mut self.data_dir, &other.data_dir);
+        let (m, o) = (&mut self.modules, &other.modules);
+        over(&mut m.edge_hub.heartbeat, &o.edge_hub.heartbeat);
+        over(&mut m.edge_hub.http_server, &o.edge_hub.http_server);
+        over(&mut m.edge_hub.token, &o.edge_hub.token);
+        over(
+            &mut m.edge_hub.websocket.server,
+            &o.edge_hub.websocket.server,
+        );
+        over(&mut m.edged.hostname_override, &o.edged.hostname_override);
+        over(&mut m.edged.node_ip, &o.edged.node_ip);
+        over(&mut m.edged.runtime, &o.edged.runtime);
+        over(
+            &mut m.edged.tailored_kubelet_config.container_runtime_endpoint,
+            &o.edged.tailored_kubelet_config.container_runtime_endpoint,
+        );
+        over(
+            &mut m.meta_manager.meta_server.server,
+            &o.meta_manager.meta_server.server,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_shaped_file_gives_settings() {
+        let file = EdgeCoreFile::parse(
+            "apiVersion: edgecore.config.kubeedge.io/v1alpha2\nkind: EdgeCore\ndataDir: /d\ndatabase:\n  dataSource: /var/lib/kubeedge/edgecore.db\nmodules:\n  edgeHub:\n    heartbeat: 5\n    httpServer: https://10.0.0.1:10002\n    tlsCaFile: /etc/kubeedge/ca/rootCA.crt\n    websocket:\n      enable: true\n      server: 10.0.0.1:10000\n  edged:\n    hostnameOverride: edge-1\n    nodeIP: 10.0.0.2\n    tailoredKubeletConfig:\n      containerRuntimeEndpoint: unix:///run/c.sock\n      maxPods: 110\n  metaManager:\n    metaServer:\n      enable: true\n      server: 127.0.0.1:10999\n",
+        )
+        .unwrap();
+        let c = file.to_config().unwrap();
+        assert_eq!(c.node, "edge-1");
+        assert_eq!(c.cloud_url, "wss://10.0.0.1:10000");
+        assert_eq!(c.https_url.as_deref(), Some("https://10.0.0.1:10002"));
+        assert_eq!(c.token, None);
+        assert_eq!(c.node_address, "10.0.0.2");
+        assert_eq!(c.metaserver_addr.port(), 10999);
+        assert_eq!(c.session.keepalive_interval, Duration::from_secs(5));
+        assert_eq!(c.runtime, PodRuntime::Cri("unix:///run/c.sock".into()));
+        // What it writes reads back the same.
+        assert_eq!(
+            EdgeCoreFile::parse(&file.to_yaml().unwrap())
+                .unwrap()
+                .modules,
+            file.modules
+        );
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let err = |text: &str| {
+            EdgeCoreFile::parse(text)
+                .and_then(|f| f.to_config())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("kind: CloudCore\n").contains("kind"));
+        assert!(
+            err("dataDir: /d\nmodules:\n  edged:\n    hostnameOverride: n\n")
+                .contains("websocket.server")
+        );
+        assert!(
+            err("dataDir: /d\nmodules:\n  edgeHub:\n    websocket:\n      server: h:1\n")
+                .contains("hostnameOverride")
+        );
+        assert!(
+            err("dataDir: /d\nmodules:\n  edgeHub:\n    websocket: {server: 'h:1'}\n  edged:\n    hostnameOverride: n\n    runtime: docker\n")
+                .contains("docker")
+        );
+        assert!(err("modules: [1, 2\n").contains("edgecore configuration"));
+    }
+
+    #[test]
+    fn flags_laid_over_a_file_win() {
+        let mut file = EdgeCoreFile::parse(
+            "dataDir: /d\nmodules:\n  edged:\n    hostnameOverride: a\n    runtime: none\n",
+        )
+        .unwrap();
+        let mut flags = EdgeCoreFile::default();
+        flags.modules.edged.hostname_override = Some("b".into());
+        flags.modules.edge_hub.websocket.server = Some("wss://h:1".into());
+        file.merge(&flags);
+        let c = file.to_config().unwrap();
+        assert_eq!((c.node.as_str(), c.cloud_url.as_str()), ("b", "wss://h:1"));
+        assert_eq!(c.runtime, PodRuntime::None);
+    }
+}
