@@ -74,6 +74,8 @@ struct Slot {
     conns: mpsc::Sender<Connection>,
     presence: Arc<Presence>,
     acked: Acked,
+    /// The node's task (it owns the session and the live connection).
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct Shared {
@@ -83,6 +85,8 @@ struct Shared {
     uplink: Uplink,
     started: Instant,
     nodes: Mutex<HashMap<String, Slot>>,
+    /// Set by [`Hub::close`]: no more connections are admitted.
+    closed: AtomicBool,
 }
 
 /// The hub. Cheap to clone.
@@ -110,6 +114,7 @@ impl Hub {
                 uplink,
                 started: Instant::now(),
                 nodes: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
             }),
         }
     }
@@ -169,6 +174,9 @@ impl Hub {
             return;
         }
         let mut nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let connected = nodes
             .values()
             .filter(|s| s.presence.connected.load(Ordering::SeqCst))
@@ -188,7 +196,7 @@ impl Hub {
                 since: Mutex::new(Instant::now()),
             });
             let acked = Acked::default();
-            tokio::spawn(node_task(
+            let task = tokio::spawn(node_task(
                 self.shared.clone(),
                 node.clone(),
                 rx,
@@ -199,6 +207,7 @@ impl Hub {
                 conns: tx,
                 presence,
                 acked,
+                task,
             }
         });
         // Mark it up now, so that the limit counts it before its task runs.
@@ -209,6 +218,29 @@ impl Hub {
         tokio::spawn(async move {
             let _ = conns.send(conn).await;
         });
+    }
+
+    /// Stops serving: every node's task ends and its connection closes (edges see the link go
+    /// down and reconnect elsewhere or later); connections still in their handshake are refused.
+    /// Stop [`Hub::serve`] too (drop its future).
+    pub async fn close(&self) {
+        for task in self.abort() {
+            let _ = task.await;
+        }
+    }
+
+    /// [`Hub::close`] without waiting for the tasks to end (for `Drop`).
+    pub fn abort(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let mut nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        nodes
+            .drain()
+            .map(|(_, slot)| {
+                slot.presence.set(false);
+                slot.task.abort();
+                slot.task
+            })
+            .collect()
     }
 
     /// Whether `node` has a live connection.

@@ -300,6 +300,7 @@ impl CloudCore {
             t.abort();
             let _ = t.await;
         }
+        self.hub.close().await;
         if let Some(cp) = self.control_plane.take() {
             cp.stop().await;
         }
@@ -311,6 +312,7 @@ impl Drop for CloudCore {
         for t in &self.tasks {
             t.abort();
         }
+        self.hub.abort();
     }
 }
 

@@ -27,6 +27,8 @@ use crate::metastore::{Change, MetaStore};
 
 /// Most changes persisted in one transaction.
 const MAX_GROUP: usize = 256;
+/// Delay before a status update the cloud could not take (429, 5xx) goes again.
+const UPLINK_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// edgehub settings.
 #[derive(Debug, Clone)]
@@ -157,6 +159,25 @@ impl EdgeHub {
         Ok(())
     }
 
+    /// Sends the queued update for `key` again after [`UPLINK_RETRY`].
+    fn retry_later(&self, key: String) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(UPLINK_RETRY).await;
+            let store = hub.store.clone();
+            let queued = tokio::task::spawn_blocking(move || store.queued_uplinks()).await;
+            let Ok(Ok(queued)) = queued else { return };
+            if let Some(m) = queued.into_iter().find(|m| m.route.resource == key) {
+                let _ = hub
+                    .handle
+                    .exec(move |s, _| {
+                        let _ = s.enqueue_uplink(m);
+                    })
+                    .await;
+            }
+        });
+    }
+
     async fn link(
         self,
         config: EdgeHubConfig,
@@ -248,6 +269,14 @@ impl EdgeHub {
                         if let Some(reply) = reply
                             && !reply.content["Err"].is_null()
                         {
+                            let code = reply.content["Err"]["ErrStatus"]["code"].as_u64();
+                            if matches!(code, Some(429) | Some(500..)) {
+                                // The cloud could not apply it now (its API is down or busy):
+                                // it stays queued and goes again later.
+                                tracing::info!(key, answer = %reply.content["Err"], "the cloud could not take a status update now; retrying");
+                                self.retry_later(key);
+                                continue;
+                            }
                             tracing::warn!(key, answer = %reply.content["Err"], "the cloud refused a status update");
                         }
                         let store = self.store.clone();

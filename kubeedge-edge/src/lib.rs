@@ -8,8 +8,9 @@
 //!   up through a durable queue.
 //! * [`metastore`]: every synced object in a redb store, with the sync inventory and the upstream
 //!   queue beside it, committed together.
-//! * [`metaserver`]: [`kubeedge_core::kubeapi`] over the metastore, a read-only
-//!   Kubernetes-compatible API on 127.0.0.1 that serves what the edge holds, online and offline.
+//! * [`metaserver`]: [`kubeedge_core::kubeapi`] over the metastore, a Kubernetes-compatible API
+//!   on 127.0.0.1 that serves what the edge holds, online and offline; the node's own status may
+//!   be written there (stored, and queued for the cloud), nothing else.
 //! * [`node`]: node registration, lease renewal and status reports.
 //! * [`rotation`]: node certificate renewal before expiry.
 //! * [`process`]: pods as host processes, for appliances without a container runtime ([`cri`] runs
@@ -204,12 +205,16 @@ impl EdgeCore {
             source,
         })?;
         let served = api.clone();
+        let writes = metaserver::StatusWrites {
+            node: config.node.clone(),
+            hub: hub.clone(),
+        };
         let (stop_metaserver, stopped) = tokio::sync::oneshot::channel::<()>();
         let metaserver = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            let routes = metaserver::router(&served);
+            let routes = metaserver::router(&served, Some(writes));
             if let Err(e) = served.serve_router(listener, routes, shutdown).await {
                 tracing::error!(error = %e, "metaserver stopped");
             }

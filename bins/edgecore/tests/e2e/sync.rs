@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kubeedge_cloud::CloudCore;
 use kubeedge_edge::EdgeCore;
 use serde_json::json;
@@ -63,7 +63,7 @@ async fn objects_reach_the_edge_and_stay_served_offline() {
     .await;
     let cloud_uid = pods.get("web").await.unwrap().metadata.uid;
     assert_eq!(local.get("web").await.unwrap().metadata.uid, cloud_uid);
-    // the metaserver is read-only: writes belong to the cloud
+    // writes other than the node's own status belong to the cloud
     let refused = local
         .delete("web", &DeleteParams::default())
         .await
@@ -146,6 +146,94 @@ async fn the_node_certificate_is_renewed_before_it_expires() {
             .ok()
             .flatten()
             .is_some()
+    })
+    .await;
+    edge.stop().await;
+    cloud_core.stop().await;
+}
+
+async fn status_message(pods: &Api<Pod>, name: &str) -> Option<String> {
+    pods.get_opt(name).await.ok()??.status?.message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_written_on_the_metaserver_reaches_the_cloud_also_from_offline() {
+    let dir = TempDir::new("status");
+    let cloud_core = cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let (hub_addr, https_addr) = (cloud_core.hub_addr(), cloud_core.https_addr());
+    let config = edge_config(&dir, &cloud_core);
+    let edge = EdgeCore::start(config.clone()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(cloud_core.client().clone(), "default");
+    pods.create(&PostParams::default(), &pod("st"))
+        .await
+        .unwrap();
+    let local: Api<Pod> = Api::namespaced(metaserver_client(&edge), "default");
+    eventually(30, "pod st on the metaserver", async || {
+        local.get_opt("st").await.ok().flatten().is_some()
+    })
+    .await;
+
+    // online: stored locally at once, and the cloud follows
+    let patch = |m: &str| Patch::Merge(json!({"status": {"phase": "Running", "message": m}}));
+    let written = local
+        .patch_status("st", &PatchParams::default(), &patch("online"))
+        .await
+        .unwrap();
+    assert_eq!(written.status.unwrap().message.as_deref(), Some("online"));
+    eventually(30, "the cloud has the edge's status", async || {
+        status_message(&pods, "st").await.as_deref() == Some("online")
+    })
+    .await;
+
+    // not the node's own: refused
+    let nodes: Api<Node> = Api::all(metaserver_client(&edge));
+    let other = nodes
+        .patch_status(
+            "e2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&other, kube::Error::Api(s) if s.code == 403),
+        "{other:?}"
+    );
+    let created = local
+        .create(&PostParams::default(), &pod("local"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&created, kube::Error::Api(s) if s.code == 403),
+        "{created:?}"
+    );
+    let unknown = local
+        .patch_status("nowhere", &PatchParams::default(), &patch("x"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&unknown, kube::Error::Api(s) if s.code == 404),
+        "{unknown:?}"
+    );
+
+    // offline, across an edge restart: kept in the queue, delivered when the cloud is back
+    cloud_core.stop().await;
+    local
+        .patch_status("st", &PatchParams::default(), &patch("offline"))
+        .await
+        .unwrap();
+    assert_eq!(
+        status_message(&local, "st").await.as_deref(),
+        Some("offline")
+    );
+    edge.stop().await;
+    let mut offline = config.clone();
+    offline.token = None;
+    let edge = EdgeCore::start(offline).await.unwrap();
+    let cloud_core = cloud(&dir, &hub_addr.to_string(), &https_addr.to_string()).await;
+    let pods: Api<Pod> = Api::namespaced(cloud_core.client().clone(), "default");
+    eventually(30, "the offline status reached the cloud", async || {
+        status_message(&pods, "st").await.as_deref() == Some("offline")
     })
     .await;
     edge.stop().await;
