@@ -26,6 +26,7 @@ pub mod config_file;
 pub mod cri;
 pub mod edgehub;
 pub mod join;
+pub mod logs;
 pub mod metaserver;
 pub mod metastore;
 pub mod node;
@@ -205,9 +206,10 @@ impl EdgeCore {
             source,
         })?;
         let served = api.clone();
-        let writes = metaserver::StatusWrites {
+        let writes = metaserver::Node {
             node: config.node.clone(),
             hub: hub.clone(),
+            data_dir: dir.clone(),
         };
         let (stop_metaserver, stopped) = tokio::sync::oneshot::channel::<()>();
         let metaserver = tokio::spawn(async move {

@@ -9,8 +9,15 @@
 //! reaches the cloud when the link is up, after restarts too. Until the cloud answers with its own
 //! copy of the object, the local one shows the local status.
 //!
+//! Container logs are served too (`GET pods/<name>/log`, so `kubectl logs` works on the edge, also
+//! offline): `container`, `previous`, `tailLines`, `timestamps`, `limitBytes` and `follow` (which
+//! ends when the container restarts), read from the runtime's log files (see [`crate::logs`]).
+//!
 //! Every other write gets `403 Forbidden` with a `Status` saying why: the objects are the cloud's,
 //! and a local change would be overwritten or, worse, silently diverge.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -27,18 +34,21 @@ use crate::edgehub::EdgeHub;
 /// Largest status write accepted (the API's own body limit applies first).
 const MAX_STATUS_RESPONSE: usize = 8 << 20;
 
-/// Where the metaserver sends status writes: the node and its edgehub.
+/// What the metaserver needs beyond the store: the node, its edgehub (status writes go to its
+/// durable queue) and the data directory (container logs).
 #[derive(Debug, Clone)]
-pub struct StatusWrites {
+pub struct Node {
     /// This node's name.
     pub node: String,
     /// The link whose durable queue carries the writes to the cloud.
     pub hub: EdgeHub,
+    /// edgecore's data directory (`pods/<uid>/logs/` holds container logs).
+    pub data_dir: PathBuf,
 }
 
-/// The metaserver's routes: `api`'s, read-only except the node's own status when `status` is
-/// given (without it every write is refused).
-pub fn router(api: &Api, status: Option<StatusWrites>) -> Router {
+/// The metaserver's routes: `api`'s, read-only except the node's own status, plus container logs,
+/// when `node` is given (without it every write is refused and there are no logs).
+pub fn router(api: &Api, status: Option<Node>) -> Router {
     api.router()
         .layer(middleware::from_fn_with_state((api.clone(), status), guard))
 }
@@ -68,15 +78,28 @@ fn forbidden(message: String) -> Response {
 }
 
 async fn guard(
-    State((api, status)): State<(Api, Option<StatusWrites>)>,
+    State((api, status)): State<(Api, Option<Node>)>,
     request: Request,
     next: Next,
 ) -> Response {
     let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if method == Method::GET
+        && let Some(node) = &status
+        && let Some((namespace, name)) = log_target(&path)
+    {
+        return pod_log(
+            &api,
+            node,
+            &namespace,
+            &name,
+            request.uri().query().unwrap_or(""),
+        )
+        .await;
+    }
     if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(request).await;
     }
-    let path = request.uri().path().to_owned();
     let refused = || {
         forbidden(format!(
             "the edge metaserver is read-only except the node's own status: {method} {path} must go to the cloud"
@@ -144,4 +167,150 @@ async fn guard(
         .into_response();
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+fn log_target(path: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, "log"] => {
+            Some(((*ns).to_owned(), (*name).to_owned()))
+        }
+        _ => None,
+    }
+}
+
+fn bad_request(message: String) -> Response {
+    ApiError::with(400, "BadRequest", message).into_response()
+}
+
+/// How often a followed log is checked for more.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+async fn pod_log(api: &Api, node: &Node, namespace: &str, name: &str, query: &str) -> Response {
+    let pod = match api.store().get("pods", Some(namespace), name) {
+        Ok(p) => p,
+        Err(_) => {
+            return ApiError::with(404, "NotFound", format!("pods \"{name}\" not found"))
+                .into_response();
+        }
+    };
+    let mut options = crate::logs::LogOptions::default();
+    let (mut container, mut follow) = (None, false);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = || v.parse::<usize>().ok();
+        match k {
+            "container" => container = Some(v.to_owned()),
+            "previous" => options.previous = v == "true",
+            "timestamps" => options.timestamps = v == "true",
+            "follow" => follow = v == "true",
+            "tailLines" => options.tail_lines = number(),
+            "limitBytes" => options.limit_bytes = number(),
+            _ => {}
+        }
+    }
+    let names: Vec<&str> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    let container = match (container, names.as_slice()) {
+        (Some(c), _) if !c.is_empty() => c,
+        (_, [only]) => (*only).to_owned(),
+        _ => {
+            return bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            ));
+        }
+    };
+    if !names.contains(&container.as_str()) {
+        return bad_request(format!("container {container} is not valid for pod {name}"));
+    }
+    if pod["spec"]["nodeName"].as_str() != Some(node.node.as_str()) {
+        return bad_request(format!("pod {name} does not run on node {}", node.node));
+    }
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or("");
+    let dir = node.data_dir.join("pods").join(uid).join("logs");
+    let Some(file) = crate::logs::select(&dir, &container, &options) else {
+        let which = if options.previous {
+            "previous terminated"
+        } else {
+            ""
+        };
+        return bad_request(format!(
+            "no {which} log of container \"{container}\" in pod \"{name}\" on this node yet"
+        ));
+    };
+    let raw = match tokio::fs::read(&file).await {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError::with(
+                500,
+                "InternalError",
+                format!("reading {}: {e}", file.display()),
+            )
+            .into_response();
+        }
+    };
+    let head = crate::logs::render(&raw, &options);
+    let mut response = if follow && !options.previous {
+        // What was read so far, then whatever complete lines are appended, until the container
+        // runs again (a newer file) or the client goes away.
+        let consumed = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let head = crate::logs::render(&raw[..consumed], &options);
+        let state = (Some(head), file, consumed as u64, dir, container, options);
+        let stream = futures_util::stream::unfold(
+            state,
+            |(head, file, mut at, dir, container, options)| async move {
+                if let Some(head) = head {
+                    return Some((
+                        Ok::<_, std::io::Error>(head),
+                        (None, file, at, dir, container, options),
+                    ));
+                }
+                loop {
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                    let bytes = read_from(&file, at).await?;
+                    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    if complete > 0 {
+                        let more = crate::logs::render(
+                            &bytes[..complete],
+                            &crate::logs::LogOptions {
+                                timestamps: options.timestamps,
+                                ..crate::logs::LogOptions::default()
+                            },
+                        );
+                        at += complete as u64;
+                        return Some((Ok(more), (None, file, at, dir, container, options)));
+                    }
+                    let latest =
+                        crate::logs::select(&dir, &container, &crate::logs::LogOptions::default());
+                    if latest.as_ref() != Some(&file) {
+                        return None;
+                    }
+                }
+            },
+        );
+        Response::new(Body::from_stream(stream))
+    } else {
+        Response::new(Body::from(head))
+    };
+    if let Ok(v) = "text/plain".parse() {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// The bytes of `path` from offset `at` on.
+async fn read_from(path: &std::path::Path, at: u64) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await.ok()?;
+    f.seek(std::io::SeekFrom::Start(at)).await.ok()?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).await.ok()?;
+    Some(out)
 }

@@ -116,3 +116,24 @@ pub fn kubectl(dir: &TempDir, args: &[&str]) -> String {
     assert!(out.status.success(), "kubectl {args:?}: {text}");
     text
 }
+
+/// The real kubectl against `server` (an edge's metaserver); panics unless it succeeds.
+pub fn kubectl_server(dir: &TempDir, server: &str, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.0.join("home"))
+        .arg("--server")
+        .arg(server)
+        .arg("--cache-dir")
+        .arg(dir.0.join("kcache-edge"))
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}

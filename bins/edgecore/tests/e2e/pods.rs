@@ -2,7 +2,6 @@
 //! its ConfigMap, a container killed by hand is restarted, bad pods get a clear reason and leave
 //! the others alone, `kubectl delete` removes the container from containerd.
 
-use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -12,7 +11,7 @@ use kubeedge_edge::cri::CriRuntime;
 use kubeedge_edge::runtime::Runtime;
 use kubeedge_edge::test_util::IMAGE;
 
-use crate::common::{self, TempDir, eventually, kubectl, on_containerd};
+use crate::common::{self, eventually, kubectl, kubectl_server, on_containerd};
 
 async fn waiting_reason(pods: &Api<Pod>, name: &str) -> Option<String> {
     let pod = pods.get_opt(name).await.ok().flatten()?;
@@ -46,7 +45,7 @@ spec:
   containers:
   - name: main
     image: {IMAGE}
-    command: ["/bin/sh", "-c", "exec sleep 3600"]
+    command: ["/bin/sh", "-c", "echo web-started $GREETING; exec sleep 3600"]
     env:
     - name: GREETING
       valueFrom:
@@ -165,6 +164,20 @@ async fn pods_run_restart_and_go_away_on_containerd() {
     })
     .await;
 
+    // kubectl logs on the edge's metaserver: the current run and the one before it
+    let server = format!("http://{}", edge.metaserver_addr());
+    let logs = kubectl_server(&dir, &server, &["logs", "web"]);
+    assert_eq!(logs, "web-started hello-edge\n");
+    let previous = kubectl_server(
+        &dir,
+        &server,
+        &["logs", "web", "--previous", "--timestamps"],
+    );
+    assert!(
+        previous.ends_with(" web-started hello-edge\n") && previous.starts_with("20"),
+        "{previous}"
+    );
+
     // kubectl delete waits for the node's confirmation; the containers are gone from containerd
     kubectl(
         &dir,
@@ -196,26 +209,6 @@ async fn condition_of(pods: &Api<Pod>, pod: &str, t: &str) -> Option<(String, Op
     let p = pods.get_opt(pod).await.ok()??;
     let c = p.status?.conditions?.into_iter().find(|c| c.type_ == t)?;
     Some((c.status, c.message))
-}
-
-fn kubectl_server(dir: &TempDir, server: &str, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .env_remove("KUBECONFIG")
-        .env("HOME", dir.0.join("home"))
-        .arg("--server")
-        .arg(server)
-        .arg("--cache-dir")
-        .arg(dir.0.join("kcache-edge"))
-        .args(args)
-        .output()
-        .expect("kubectl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 async fn running_containers(rt: &CriRuntime) -> Vec<(String, u32)> {

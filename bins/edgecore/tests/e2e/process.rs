@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kubeedge_edge::{EdgeCore, PodRuntime};
 
-use crate::common::{self, TempDir, eventually, kubectl};
+use crate::common::{self, TempDir, eventually, kubectl, kubectl_server};
 
 /// (pid, record path) of every process the runtime recorded under `root` that still runs.
 fn live_processes(root: &Path) -> Vec<(i32, PathBuf)> {
@@ -111,6 +111,21 @@ spec:
     })
     .await;
     assert_eq!(output, "hello-appliance\nhello-appliance\n");
+    let server = format!("http://{}", edge.metaserver_addr());
+    let logs = kubectl_server(&dir, &server, &["logs", "app", "--tail", "1"]);
+    assert_eq!(logs, "hello-appliance\n");
+
+    // `kubectl logs -f` follows until the process runs again
+    let follow = std::process::Command::new("kubectl")
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.0.join("home"))
+        .args(["--server", &server, "--cache-dir"])
+        .arg(dir.0.join("kcache-follow"))
+        .args(["logs", "-f", "app"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // killed by hand, it comes back
     let root = dir.0.join("edge/process");
@@ -122,6 +137,15 @@ spec:
     let again = live_processes(&root);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_ne!(again[0].0, live[0].0);
+    let followed = tokio::task::spawn_blocking(move || follow.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(followed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&followed.stdout),
+        "hello-appliance\nhello-appliance\n"
+    );
 
     // kubectl delete waits for the node; no process is left
     kubectl(&dir, &["delete", "pod", "app", "--timeout=60s"]);
