@@ -215,6 +215,9 @@ pub struct ClientConfig {
     pub offer_extensions: bool,
     /// Limit for TCP connect, TLS and upgrade together. Default 30 s (upstream's handshake timeout).
     pub handshake_timeout: Duration,
+    /// Local address to dial from (port chosen by the OS). Default: the OS picks. Many edges
+    /// simulated on one machine spread over 127.0.0.0/8 this way, so ephemeral ports last.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl ClientConfig {
@@ -232,6 +235,7 @@ impl ClientConfig {
             max_frame: DEFAULT_MAX_FRAME,
             offer_extensions: true,
             handshake_timeout: Duration::from_secs(30),
+            local_ip: None,
         }
     }
 }
@@ -252,12 +256,28 @@ async fn connect_inner(config: &ClientConfig) -> Result<Connection, Error> {
     let (host, _port) = split_host_port(authority).ok_or_else(|| Error::Url(config.url.clone()))?;
     let server_name =
         ServerName::try_from(host.to_owned()).map_err(|_| Error::Url(config.url.clone()))?;
-    let tcp = TcpStream::connect(authority)
-        .await
-        .map_err(|source| Error::Io {
-            step: "connecting to cloudhub",
-            source,
-        })?;
+    let io = |source| Error::Io {
+        step: "connecting to cloudhub",
+        source,
+    };
+    let tcp = match config.local_ip {
+        None => TcpStream::connect(authority).await.map_err(io)?,
+        Some(ip) => {
+            let remote = tokio::net::lookup_host(authority)
+                .await
+                .map_err(io)?
+                .find(|a| a.is_ipv4() == ip.is_ipv4())
+                .ok_or_else(|| Error::Url(config.url.clone()))?;
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(io)?;
+            socket.bind(std::net::SocketAddr::new(ip, 0)).map_err(io)?;
+            socket.connect(remote).await.map_err(io)?
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let addr = tcp.peer_addr().map_err(|source| Error::Io {
         step: "reading the peer address",
