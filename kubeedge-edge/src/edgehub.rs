@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use kubeedge_core::message::Message;
+use kubeedge_core::message::{Message, Operation, Route, names};
 use kubeedge_core::sync::edge;
 use kubeedge_core::transport::driver::{self, Handle};
 use kubeedge_core::transport::ws;
@@ -24,6 +24,21 @@ use tokio::sync::mpsc;
 use crate::Error;
 use crate::bootstrap::CertFiles;
 use crate::metastore::{Change, MetaStore};
+
+/// A status message from the node's own modules (`edged`) for [`EdgeHub::report`]: `operation` on
+/// `resource` (`<ns>/podpatch/<name>`, `null/node/<name>`, ...) carrying `content`.
+pub fn status_message(
+    operation: Operation,
+    resource: impl Into<String>,
+    content: serde_json::Value,
+) -> Message {
+    Message::new(
+        "",
+        0,
+        Route::new("edged", names::RESOURCE_GROUP, operation, resource),
+    )
+    .with_content(content)
+}
 
 /// Most changes persisted in one transaction.
 const MAX_GROUP: usize = 256;
@@ -165,9 +180,8 @@ impl EdgeHub {
         tokio::spawn(async move {
             tokio::time::sleep(UPLINK_RETRY).await;
             let store = hub.store.clone();
-            let queued = tokio::task::spawn_blocking(move || store.queued_uplinks()).await;
-            let Ok(Ok(queued)) = queued else { return };
-            if let Some(m) = queued.into_iter().find(|m| m.route.resource == key) {
+            let queued = tokio::task::spawn_blocking(move || store.queued_uplink(&key)).await;
+            if let Ok(Ok(Some(m))) = queued {
                 let _ = hub
                     .handle
                     .exec(move |s, _| {

@@ -158,6 +158,21 @@ impl Config {
     }
 }
 
+/// Starts the pod controller on `rt`; returns the runtime's version (for the node's status).
+async fn run_pods<R: runtime::Runtime>(
+    rt: R,
+    store: kubeedge_core::store::Store,
+    hub: &EdgeHub,
+    config: pods::PodConfig,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<String, Error> {
+    let version = rt.version().await?;
+    tasks.push(tokio::spawn(
+        pods::PodManager::new(rt, store, hub.clone(), config).run(),
+    ));
+    Ok(version)
+}
+
 /// Everything edgecore runs, started. Dropping it stops the background tasks.
 #[derive(Debug)]
 pub struct EdgeCore {
@@ -227,23 +242,16 @@ impl EdgeCore {
             data_dir: dir.clone(),
             backoff_start: config.restart_backoff,
         };
+        let store = hub.store().store().clone();
         let runtime_version = match &config.runtime {
             PodRuntime::None => String::new(),
             PodRuntime::Cri(endpoint) => {
                 let rt = cri::CriRuntime::connect(endpoint).await?;
-                let version = runtime::Runtime::version(&rt).await?;
-                let pods =
-                    pods::PodManager::new(rt, hub.store().store().clone(), hub.clone(), pod_config);
-                tasks.push(tokio::spawn(pods.run()));
-                version
+                run_pods(rt, store, &hub, pod_config, &mut tasks).await?
             }
             PodRuntime::Process => {
                 let rt = process::ProcessRuntime::new(dir.join("process"), &config.node_address)?;
-                let version = runtime::Runtime::version(&rt).await?;
-                let pods =
-                    pods::PodManager::new(rt, hub.store().store().clone(), hub.clone(), pod_config);
-                tasks.push(tokio::spawn(pods.run()));
-                version
+                run_pods(rt, store, &hub, pod_config, &mut tasks).await?
             }
         };
         if let Some(https) = &config.https_url {

@@ -26,10 +26,10 @@ use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use kubeedge_core::kubeapi::{Api, ApiError};
-use kubeedge_core::message::{Message, Operation, Route, names};
+use kubeedge_core::message::Operation;
 use serde_json::{Value, json};
 
-use crate::edgehub::EdgeHub;
+use crate::edgehub::{EdgeHub, status_message};
 
 /// Largest status write accepted (the API's own body limit applies first).
 const MAX_STATUS_RESPONSE: usize = 8 << 20;
@@ -53,20 +53,25 @@ pub fn router(api: &Api, status: Option<Node>) -> Router {
         .layer(middleware::from_fn_with_state((api.clone(), status), guard))
 }
 
-/// What a status write targets.
-enum StatusTarget {
-    Pod { namespace: String, name: String },
-    Node { name: String },
+/// The paths the metaserver handles beyond the API's reads.
+enum Target {
+    PodStatus { namespace: String, name: String },
+    NodeStatus { name: String },
+    PodLog { namespace: String, name: String },
 }
 
-fn status_target(path: &str) -> Option<StatusTarget> {
+fn target(path: &str) -> Option<Target> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, "status"] => Some(StatusTarget::Pod {
+        ["api", "v1", "namespaces", ns, "pods", name, "status"] => Some(Target::PodStatus {
             namespace: (*ns).to_owned(),
             name: (*name).to_owned(),
         }),
-        ["api", "v1", "nodes", name, "status"] => Some(StatusTarget::Node {
+        ["api", "v1", "namespaces", ns, "pods", name, "log"] => Some(Target::PodLog {
+            namespace: (*ns).to_owned(),
+            name: (*name).to_owned(),
+        }),
+        ["api", "v1", "nodes", name, "status"] => Some(Target::NodeStatus {
             name: (*name).to_owned(),
         }),
         _ => None,
@@ -84,15 +89,16 @@ async fn guard(
 ) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let target = target(&path);
     if method == Method::GET
         && let Some(node) = &status
-        && let Some((namespace, name)) = log_target(&path)
+        && let Some(Target::PodLog { namespace, name }) = &target
     {
         return pod_log(
             &api,
             node,
-            &namespace,
-            &name,
+            namespace,
+            name,
             request.uri().query().unwrap_or(""),
         )
         .await;
@@ -105,14 +111,15 @@ async fn guard(
             "the edge metaserver is read-only except the node's own status: {method} {path} must go to the cloud"
         ))
     };
-    let (Some(writes), Some(target)) = (&status, status_target(&path)) else {
+    let (Some(writes), Some(target)) = (&status, target) else {
         return refused();
     };
     if !matches!(method, Method::PUT | Method::PATCH) {
         return refused();
     }
     let (resource, key) = match &target {
-        StatusTarget::Node { name } => {
+        Target::PodLog { .. } => return refused(),
+        Target::NodeStatus { name } => {
             if *name != writes.node {
                 return forbidden(format!(
                     "node {} may not write the status of node {name}",
@@ -121,7 +128,7 @@ async fn guard(
             }
             ("nodepatch", format!("null/nodepatch/{name}"))
         }
-        StatusTarget::Pod { namespace, name } => {
+        Target::PodStatus { namespace, name } => {
             // Only pods bound to this node; an unknown pod is the API's 404.
             if let Ok(pod) = api.store().get("pods", Some(namespace), name)
                 && pod["spec"]["nodeName"].as_str() != Some(writes.node.as_str())
@@ -148,12 +155,7 @@ async fn guard(
     };
     let object: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let patch = json!({"status": object.get("status").cloned().unwrap_or(Value::Null)});
-    let message = Message::new(
-        "",
-        0,
-        Route::new("edged", names::RESOURCE_GROUP, Operation::Patch, key),
-    )
-    .with_content(json!(patch.to_string()));
+    let message = status_message(Operation::Patch, key, json!(patch.to_string()));
     if let Err(e) = writes.hub.report(message).await {
         // Stored locally but not queued: say so, the client may retry.
         return ApiError::with(
@@ -169,14 +171,9 @@ async fn guard(
     Response::from_parts(parts, Body::from(bytes))
 }
 
-fn log_target(path: &str) -> Option<(String, String)> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, "log"] => {
-            Some(((*ns).to_owned(), (*name).to_owned()))
-        }
-        _ => None,
-    }
+/// How many leading bytes of `bytes` are complete lines.
+fn complete_lines(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
 }
 
 fn bad_request(message: String) -> Response {
@@ -254,11 +251,10 @@ async fn pod_log(api: &Api, node: &Node, namespace: &str, name: &str, query: &st
             .into_response();
         }
     };
-    let head = crate::logs::render(&raw, &options);
     let mut response = if follow && !options.previous {
         // What was read so far, then whatever complete lines are appended, until the container
         // runs again (a newer file) or the client goes away.
-        let consumed = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let consumed = complete_lines(&raw);
         let head = crate::logs::render(&raw[..consumed], &options);
         let state = (Some(head), file, consumed as u64, dir, container, options);
         let stream = futures_util::stream::unfold(
@@ -273,7 +269,7 @@ async fn pod_log(api: &Api, node: &Node, namespace: &str, name: &str, query: &st
                 loop {
                     tokio::time::sleep(FOLLOW_POLL).await;
                     let bytes = read_from(&file, at).await?;
-                    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    let complete = complete_lines(&bytes);
                     if complete > 0 {
                         let more = crate::logs::render(
                             &bytes[..complete],
@@ -295,7 +291,7 @@ async fn pod_log(api: &Api, node: &Node, namespace: &str, name: &str, query: &st
         );
         Response::new(Body::from_stream(stream))
     } else {
-        Response::new(Body::from(head))
+        Response::new(Body::from(crate::logs::render(&raw, &options)))
     };
     if let Ok(v) = "text/plain".parse() {
         response

@@ -167,6 +167,14 @@ impl MetaStore {
         Ok(())
     }
 
+    /// The entry queued for `key` (a status resource such as `<ns>/podpatch/<name>`), if any.
+    pub fn queued_uplink(&self, key: &str) -> Result<Option<Message>, store::Error> {
+        Ok(self
+            .store
+            .aux_get(&format!("{UPLINK_PREFIX}{key}"))?
+            .and_then(|bytes| Message::from_json(&bytes, usize::MAX).ok()))
+    }
+
     /// The cloud handled `key` up to sequence `seq`: drops the queued entry unless it is newer.
     pub fn uplink_done(&self, key: &str, seq: Option<u64>) -> Result<(), store::Error> {
         let k = format!("{UPLINK_PREFIX}{key}");

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use kubeedge_core::message::{Message, Operation, Route, names};
+use kubeedge_core::message::Operation;
 use kubeedge_core::store::rfc3339;
 use serde_json::{Value, json};
 
-use crate::edgehub::EdgeHub;
+use crate::edgehub::{EdgeHub, status_message};
 
 /// The kubelet version this edge reports.
 pub const KUBELET_VERSION: &str = concat!("v1.32.10-kubeedge-rs-", env!("CARGO_PKG_VERSION"));
@@ -87,15 +87,6 @@ fn ready(now: &str) -> Value {
             "lastTransitionTime": now}])
 }
 
-fn message(op: Operation, resource: String, content: Value) -> Message {
-    Message::new(
-        "",
-        0,
-        Route::new("edged", names::RESOURCE_GROUP, op, resource),
-    )
-    .with_content(content)
-}
-
 /// Registers the node, then keeps its lease and status current, forever.
 pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: String) {
     let started = rfc3339(SystemTime::now());
@@ -109,7 +100,7 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
         "status": status,
     });
     if let Err(e) = hub
-        .report(message(
+        .report(status_message(
             Operation::Insert,
             format!("null/node/{node}"),
             registration,
@@ -129,7 +120,7 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
             "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS,
                      "renewTime": now.replace('Z', ".000000Z")}});
         if let Err(e) = hub
-            .report(message(
+            .report(status_message(
                 Operation::Update,
                 format!("kube-node-lease/lease/{node}"),
                 lease,
@@ -144,7 +135,7 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
             status["conditions"] = ready(&now);
             let patch = json!({"status": status}).to_string();
             if let Err(e) = hub
-                .report(message(
+                .report(status_message(
                     Operation::Patch,
                     format!("null/nodepatch/{node}"),
                     json!(patch),

@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kubeedge_core::message::{Message, Operation, Route, names};
+use kubeedge_core::message::Operation;
 use kubeedge_core::store::{FieldSelector, LabelSelector, Store, rfc3339};
 use serde_json::{Value, json};
 
-use crate::edgehub::EdgeHub;
+use crate::edgehub::{EdgeHub, status_message};
 use crate::runtime::{ContainerSpec, ContainerState, Mount, Runtime, SandboxSpec};
 
 /// Sandbox label carrying the pod's UID.
@@ -318,17 +318,7 @@ impl<R: Runtime> PodManager<R> {
     async fn confirm_delete(&self, pod: &Value, uid: &str, run: &mut PodRun) {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let name = pod["metadata"]["name"].as_str().unwrap_or("");
-        let msg = Message::new(
-            "",
-            0,
-            Route::new(
-                "edged",
-                names::RESOURCE_GROUP,
-                Operation::Delete,
-                format!("{ns}/pod/{name}"),
-            ),
-        )
-        .with_content(json!(uid));
+        let msg = status_message(Operation::Delete, format!("{ns}/pod/{name}"), json!(uid));
         match self.hub.report(msg).await {
             Ok(()) => run.confirmed_delete = true,
             Err(e) => tracing::warn!(pod = name, error = %e, "queueing a pod deletion"),
@@ -684,17 +674,11 @@ impl<R: Runtime> PodManager<R> {
             let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
             let name = pod["metadata"]["name"].as_str().unwrap_or("");
             let patch = json!({"status": status}).to_string();
-            let msg = Message::new(
-                "",
-                0,
-                Route::new(
-                    "edged",
-                    names::RESOURCE_GROUP,
-                    Operation::Patch,
-                    format!("{ns}/podpatch/{name}"),
-                ),
-            )
-            .with_content(json!(patch));
+            let msg = status_message(
+                Operation::Patch,
+                format!("{ns}/podpatch/{name}"),
+                json!(patch),
+            );
             match self.hub.report(msg).await {
                 Ok(()) => run.reported = status,
                 Err(e) => tracing::warn!(pod = name, error = %e, "queueing a pod status"),

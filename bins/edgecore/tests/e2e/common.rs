@@ -137,3 +137,11 @@ pub fn kubectl_server(dir: &TempDir, server: &str, args: &[&str]) -> String {
     );
     text
 }
+
+/// Whether `node` reports condition Ready=True.
+pub fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

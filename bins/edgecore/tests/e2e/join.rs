@@ -83,13 +83,7 @@ async fn a_joined_node_starts_from_its_configuration_file() {
             .await
             .ok()
             .flatten()
-            .is_some_and(|n| {
-                n.status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
+            .is_some_and(|n| common::node_ready(&n))
     })
     .await;
     edge.stop().await;

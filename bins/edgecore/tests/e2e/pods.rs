@@ -302,13 +302,12 @@ async fn pods_keep_running_offline_across_edge_restarts() {
     .await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cloud.client().clone());
     eventually(60, "e1 Ready", async || {
-        nodes.get_opt("e1").await.ok().flatten().is_some_and(|n| {
-            n.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        nodes
+            .get_opt("e1")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|n| common::node_ready(&n))
     })
     .await;
     kubectl(&dir, &["delete", "pod", "app", "--timeout=60s"]);

@@ -10,7 +10,9 @@ use kubeedge_cloud::CloudCore;
 use kubeedge_edge::EdgeCore;
 use serde_json::json;
 
-use crate::common::{TempDir, cloud, cloud_config, edge_config, eventually, metaserver_client};
+use crate::common::{
+    self, TempDir, cloud, cloud_config, edge_config, eventually, metaserver_client,
+};
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(json!({"metadata": {"name": name},
@@ -29,13 +31,11 @@ async fn objects_reach_the_edge_and_stay_served_offline() {
     // the edge registers its node, labelled as an edge node, with the fields clients require
     let nodes: Api<Node> = Api::all(cloud_core.client().clone());
     eventually(30, "node e1 registered and Ready", async || {
-        nodes.get_opt("e1").await.unwrap().is_some_and(|n| {
-            n.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        nodes
+            .get_opt("e1")
+            .await
+            .unwrap()
+            .is_some_and(|n| common::node_ready(&n))
     })
     .await;
     let node = nodes.get("e1").await.unwrap();
