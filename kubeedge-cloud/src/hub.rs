@@ -41,6 +41,11 @@ pub struct HubConfig {
     pub session: cloud::Config,
     /// Uplink requests of one node handled at once. Default 16.
     pub uplink_concurrency: usize,
+    /// Uplink requests of all nodes handled at once. Default 32. Each one in flight may hold its
+    /// own connection to the API server (HTTP/1.1 carries one request at a time, and the client
+    /// keeps idle connections), so this bounds those connections, and their buffers, however
+    /// many nodes register or report at the same moment.
+    pub api_concurrency: usize,
 }
 
 impl Default for HubConfig {
@@ -49,6 +54,7 @@ impl Default for HubConfig {
             node_limit: 1000,
             session: cloud::Config::default(),
             uplink_concurrency: 16,
+            api_concurrency: 32,
         }
     }
 }
@@ -71,7 +77,8 @@ impl Presence {
 type Acked = Arc<Mutex<HashMap<String, Option<u64>>>>;
 
 struct Slot {
-    conns: mpsc::Sender<Connection>,
+    /// Boxed: a channel allocates room for 32 entries up front, and a connection is large.
+    conns: mpsc::Sender<Box<Connection>>,
     presence: Arc<Presence>,
     acked: Acked,
     /// The node's task (it owns the session and the live connection).
@@ -83,6 +90,8 @@ struct Shared {
     tls: ws::ServerConfig,
     index: Arc<Index>,
     uplink: Uplink,
+    /// Shared by every node's uplinks: see [`HubConfig::api_concurrency`].
+    api_slots: Arc<Semaphore>,
     started: Instant,
     nodes: Mutex<HashMap<String, Slot>>,
     /// Set by [`Hub::close`]: no more connections are admitted.
@@ -108,6 +117,7 @@ impl Hub {
     pub fn new(config: HubConfig, tls: ws::ServerConfig, index: Arc<Index>, uplink: Uplink) -> Hub {
         Hub {
             shared: Arc::new(Shared {
+                api_slots: Arc::new(Semaphore::new(config.api_concurrency.max(1))),
                 config,
                 tls,
                 index,
@@ -216,7 +226,7 @@ impl Hub {
         drop(nodes);
         tracing::info!(peer = %addr, node, "cloudhub: node connected");
         tokio::spawn(async move {
-            let _ = conns.send(conn).await;
+            let _ = conns.send(Box::new(conn)).await;
         });
     }
 
@@ -295,7 +305,7 @@ impl Hub {
 async fn node_task(
     shared: Arc<Shared>,
     node: String,
-    mut conns: mpsc::Receiver<Connection>,
+    mut conns: mpsc::Receiver<Box<Connection>>,
     presence: Arc<Presence>,
     acked: Acked,
 ) {
@@ -324,7 +334,7 @@ async fn node_task(
             acked: acked.clone(),
         };
         let outcome = {
-            let drive = pump.drive(conn, &mut session, &events_tx);
+            let drive = pump.drive(*conn, &mut session, &events_tx);
             tokio::pin!(drive);
             tokio::select! {
                 r = &mut drive => match r {
@@ -461,10 +471,14 @@ impl Worker {
                     return Ok(());
                 };
                 let uplink = self.shared.uplink.clone();
+                let api_slots = self.shared.api_slots.clone();
                 let handle = self.handle.clone();
                 let node = self.node.clone();
                 tokio::spawn(async move {
-                    let reply = uplink.handle(&node, &message).await;
+                    let reply = {
+                        let _slot = api_slots.acquire().await;
+                        uplink.handle(&node, &message).await
+                    };
                     if let Some(token) = token {
                         let _ = handle
                             .exec(move |s, now| s.complete_uplink(now, token, reply))

@@ -5,7 +5,9 @@
 //! ConfigMaps and Secrets those pods reference (volumes, projected volumes, `env`, `envFrom`,
 //! `imagePullSecrets`) and no others, every Service and EndpointSlice (the mesh resolves them
 //! locally), and the Devices bound to it (`spec.nodeName`). Each change wakes exactly the nodes
-//! whose share it touches.
+//! whose share it touches, and reading a share costs its own size (pods, devices and references
+//! are indexed by node), not the size of the cluster: a change to one node's pod costs the other
+//! 9,999 nodes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -187,6 +189,8 @@ struct Data {
     bound: HashMap<(Kind, String), BTreeSet<NsName>>,
     /// (kind, namespace, name) of a ConfigMap or Secret → node → number of its pods using it.
     refs: HashMap<(Kind, String, String), HashMap<String, usize>>,
+    /// The same counts by node first, so that a node's share is read without a scan of all.
+    node_refs: HashMap<String, HashMap<(Kind, String, String), usize>>,
 }
 
 /// The shared index. See the module docs.
@@ -357,10 +361,8 @@ impl Index {
                 }
             }
         }
-        for ((kind, ns, name), nodes) in &data.refs {
-            if nodes.contains_key(node)
-                && let Some(obj) = objects(*kind).and_then(|m| m.get(&(ns.clone(), name.clone())))
-            {
+        for (kind, ns, name) in data.node_refs.get(node).into_iter().flat_map(|r| r.keys()) {
+            if let Some(obj) = objects(*kind).and_then(|m| m.get(&(ns.clone(), name.clone()))) {
                 put(*kind, obj);
             }
         }
@@ -417,11 +419,18 @@ impl Data {
                     touched.insert(node.to_owned());
                     if kind == Kind::Pod {
                         for (rk, name) in pod_references(obj) {
+                            let rkey = (rk, key.0.clone(), name);
                             *self
                                 .refs
-                                .entry((rk, key.0.clone(), name))
+                                .entry(rkey.clone())
                                 .or_default()
                                 .entry(node.to_owned())
+                                .or_default() += 1;
+                            *self
+                                .node_refs
+                                .entry(node.to_owned())
+                                .or_default()
+                                .entry(rkey)
                                 .or_default() += 1;
                         }
                     }
@@ -470,6 +479,17 @@ impl Data {
                                     self.refs.remove(&rkey);
                                 }
                             }
+                            if let Some(refs) = self.node_refs.get_mut(node) {
+                                if let Some(n) = refs.get_mut(&rkey) {
+                                    *n -= 1;
+                                    if *n == 0 {
+                                        refs.remove(&rkey);
+                                    }
+                                }
+                                if refs.is_empty() {
+                                    self.node_refs.remove(node);
+                                }
+                            }
                         }
                     }
                 }
@@ -478,5 +498,51 @@ impl Data {
             // The others touch the same nodes on removal as on insertion.
             _ => self.link(kind, key, old, touched),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, node: &str, config: &str) -> Value {
+        json!({"metadata": {"namespace": "ns", "name": name, "resourceVersion": "1"},
+            "spec": {"nodeName": node, "volumes": [{"name": "v", "configMap": {"name": config}}]}})
+    }
+
+    fn keys(index: &Index, node: &str) -> Vec<String> {
+        index.desired(node).into_keys().collect()
+    }
+
+    #[test]
+    fn a_share_holds_only_the_configmaps_of_its_own_pods_while_they_use_them() {
+        let index = Index::new();
+        for c in ["a", "b"] {
+            index.apply(
+                Kind::ConfigMap,
+                json!({"metadata": {"namespace": "ns", "name": c, "resourceVersion": "1"}}),
+            );
+        }
+        index.apply(Kind::Pod, pod("p1", "n1", "a"));
+        index.apply(Kind::Pod, pod("p2", "n1", "a"));
+        index.apply(Kind::Pod, pod("p3", "n2", "b"));
+        assert_eq!(
+            keys(&index, "n1"),
+            ["ns/configmap/a", "ns/pod/p1", "ns/pod/p2"]
+        );
+        assert_eq!(keys(&index, "n2"), ["ns/configmap/b", "ns/pod/p3"]);
+        index.delete(Kind::Pod, &pod("p1", "n1", "a"));
+        assert_eq!(keys(&index, "n1"), ["ns/configmap/a", "ns/pod/p2"]);
+        // p2 now uses b: a leaves n1's share, b joins it.
+        index.apply(Kind::Pod, pod("p2", "n1", "b"));
+        assert_eq!(keys(&index, "n1"), ["ns/configmap/b", "ns/pod/p2"]);
+        index.delete(Kind::Pod, &pod("p2", "n1", "b"));
+        assert!(keys(&index, "n1").is_empty());
+        assert!(!index.data.read().unwrap().node_refs.contains_key("n1"));
+        assert!(index.referenced_by("n2", Kind::ConfigMap, "ns", "b"));
+        assert!(!index.referenced_by("n1", Kind::ConfigMap, "ns", "b"));
     }
 }

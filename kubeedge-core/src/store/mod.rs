@@ -57,6 +57,10 @@ pub struct Config {
     pub event_window: u64,
     /// Events buffered per live watcher before it refills from the log. Default 1,024.
     pub watch_buffer: usize,
+    /// Bytes of database pages kept in memory (redb's cache). Reads beyond it come from the
+    /// file, i.e. usually from the kernel's page cache, which the process's RSS does not count.
+    /// Default 16 MiB (redb's own default is 1 GiB, which a store of any size fills over time).
+    pub cache_bytes: usize,
 }
 
 impl Default for Config {
@@ -64,6 +68,7 @@ impl Default for Config {
         Config {
             event_window: 10_000,
             watch_buffer: 1_024,
+            cache_bytes: 16 << 20,
         }
     }
 }
@@ -306,10 +311,13 @@ pub fn rfc3339(t: SystemTime) -> String {
 impl Store {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, config: Config) -> Result<Store, Error> {
-        let db = Database::create(path).map_err(|source| Error::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create(path)
+            .map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })?;
         let txn = db.begin_write()?;
         {
             txn.open_table(OBJECTS)?;

@@ -85,8 +85,8 @@ pub enum Event {
     Uplink {
         /// Ticket for the answer.
         token: Option<UplinkToken>,
-        /// The message.
-        message: Message,
+        /// The message (boxed: events wait in channels that allocate room for many at once).
+        message: Box<Message>,
     },
     /// [`Session::enqueue`] refused a change earlier and has room again.
     Writable,
@@ -98,7 +98,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UplinkToken {
     generation: u64,
-    request: Message,
+    request: Box<Message>,
     key: String,
     seq: Option<u64>,
 }
@@ -377,7 +377,7 @@ impl Session {
                     }
                     None => self.events.push_back(Event::Uplink {
                         token: None,
-                        message,
+                        message: Box::new(message),
                     }),
                 }
                 Ok(())
@@ -440,13 +440,13 @@ impl Session {
         }
         let token = UplinkToken {
             generation: self.generation,
-            request: message.clone(),
+            request: Box::new(message.clone()),
             key,
             seq,
         };
         self.events.push_back(Event::Uplink {
             token: Some(token),
-            message,
+            message: Box::new(message),
         });
     }
 

@@ -1,0 +1,88 @@
+//! cloudcore as a child process of the harness.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use kubeedge_core::pki::Ca;
+
+use super::Error;
+use super::proc::{self, Daemon};
+
+/// A running cloudcore (embedded control plane), killed on drop.
+pub struct CloudCore {
+    daemon: Daemon,
+    /// Its admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// cloudhub's WebSocket port.
+    pub hub_port: u16,
+    /// cloudhub's HTTPS port.
+    pub https_port: u16,
+}
+
+fn port(addr: Option<&str>) -> Option<u16> {
+    addr?.rsplit(':').next()?.parse().ok()
+}
+
+impl CloudCore {
+    /// Starts `bin` on loopback with room for `nodes` nodes and `window` messages in flight per node.
+    pub fn start(bin: &Path, nodes: usize, window: usize) -> Result<CloudCore, Error> {
+        let dir = proc::scratch("cloud");
+        let mut command = Command::new(bin);
+        command
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--api-port", "0", "--bind-address", "127.0.0.1"])
+            .args(["--hub-port", "0", "--https-port", "0"])
+            .args(["--node-limit", &(nodes + 16).to_string()])
+            .args(["--window", &window.to_string()]);
+        let daemon = Daemon::start(command, dir, "cloudcore ready")?;
+        let line = &daemon.ready;
+        let kubeconfig = PathBuf::from(proc::field(line, "kubeconfig").ok_or("no kubeconfig")?);
+        let hub_port = port(proc::field(line, "hub")).ok_or("no hub address")?;
+        let https_port = port(proc::field(line, "https")).ok_or("no https address")?;
+        Ok(CloudCore {
+            daemon,
+            kubeconfig,
+            hub_port,
+            https_port,
+        })
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
+    /// Resident memory, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        proc::rss_kib(self.pid())
+    }
+
+    /// CPU time so far, seconds.
+    pub fn cpu_secs(&self) -> f64 {
+        proc::cpu_secs(self.pid())
+    }
+
+    /// Its CA (the one `keadm gettoken` and the certificate server use).
+    pub fn ca(&self) -> Result<Ca, Error> {
+        Ok(Ca::load_or_create(
+            &self.daemon.dir.join("ca"),
+            SystemTime::now(),
+        )?)
+    }
+
+    /// A client of its embedded API as the admin.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// cloudhub's WebSocket URL.
+    pub fn hub_url(&self) -> String {
+        format!("wss://127.0.0.1:{}", self.hub_port)
+    }
+}

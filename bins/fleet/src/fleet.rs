@@ -1,0 +1,404 @@
+//! The fleet scenarios for one fleet size: connect and register, fan-out, steady state,
+//! reconnect storm.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::Error;
+use super::cloud::CloudCore;
+use super::sim::{self, Behaviour, Report};
+
+/// Settings of one run.
+pub struct Settings {
+    /// Simulated nodes.
+    pub nodes: usize,
+    /// Pods per node in the fan-out.
+    pub pods_per_node: usize,
+    /// Length of the steady-state window.
+    pub steady: Duration,
+    /// Dials at once.
+    pub concurrency: usize,
+    /// Limit for each scenario.
+    pub limit: Duration,
+}
+
+/// p50 and p99.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spread {
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+impl Spread {
+    fn of(mut v: Vec<Duration>) -> Spread {
+        v.sort();
+        Spread {
+            p50: percentile(&v, 0.5),
+            p99: percentile(&v, 0.99),
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The results of one fleet size.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    /// Nodes.
+    pub nodes: usize,
+    /// cloudcore RSS before any node, KiB.
+    pub idle_rss: u64,
+    /// Time until all registered.
+    pub connect_time: Duration,
+    /// Per-node registration time.
+    pub connect: Spread,
+    /// cloudcore RSS with all connected, KiB.
+    pub connected_rss: u64,
+    /// cloudcore CPU seconds during connect.
+    pub connect_cpu: f64,
+    /// Pods created.
+    pub pods: usize,
+    /// Time until every pod was at its edge.
+    pub fanout_time: Duration,
+    /// Per-pod latency, create request to edge.
+    pub fanout: Spread,
+    /// cloudcore RSS after the fan-out, KiB.
+    pub fanout_rss: u64,
+    /// cloudcore CPU seconds during the fan-out.
+    pub fanout_cpu: f64,
+    /// Steady window length, seconds.
+    pub steady_secs: f64,
+    /// cloudcore CPU in the steady window, % of one core.
+    pub steady_cpu_pct: f64,
+    /// Highest cloudcore RSS in the steady window, KiB.
+    pub steady_rss: u64,
+    /// Time until every node held its changed pod again after the storm.
+    pub storm_time: Duration,
+    /// Per-node resync time.
+    pub storm: Spread,
+    /// Objects sent again per node: median, max.
+    pub resent: (usize, usize),
+    /// Message bytes sent again per node, mean.
+    pub resent_bytes: f64,
+    /// cloudcore CPU seconds during the storm.
+    pub storm_cpu: f64,
+}
+
+impl Row {
+    /// RSS per node, KiB, against the idle process.
+    pub fn per_node(&self, rss: u64) -> f64 {
+        rss.saturating_sub(self.idle_rss) as f64 / self.nodes.max(1) as f64
+    }
+}
+
+/// Runs the four scenarios against a fresh cloudcore.
+pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
+    let n = s.nodes;
+    let cloud = CloudCore::start(bin, n, 32)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut row = Row {
+        nodes: n,
+        idle_rss: cloud.rss_kib(),
+        pods: n * s.pods_per_node,
+        ..Row::default()
+    };
+    eprintln!("fleet {n}: cloudcore pid {} idle", cloud.pid());
+    let t = Instant::now();
+    let names = (0..n).map(|i| format!("sim-{i:06}")).collect();
+    let edges = sim::edges(Arc::new(cloud.ca()?), names).await?;
+    eprintln!(
+        "fleet {n}: {n} node certificates issued in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let pods: Api<Pod> = Api::namespaced(cloud.client().await?, "default");
+
+    // --- 1. connect and register ---
+    let (reports_tx, mut reports) = mpsc::unbounded_channel();
+    let (storm_tx, storms) = watch::channel(0u64);
+    let behaviour = Behaviour {
+        url: cloud.hub_url(),
+        reports: reports_tx,
+        storms,
+        dials: Arc::new(Semaphore::new(s.concurrency)),
+        commit: Duration::ZERO,
+    };
+    let cpu0 = cloud.cpu_secs();
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, e) in edges.iter().enumerate() {
+        tasks.spawn(sim::run_edge(i, e.clone(), behaviour.clone()));
+    }
+    drop(behaviour);
+    let mut registered = Vec::with_capacity(n);
+    let mut applied: HashMap<String, Option<u64>> = HashMap::new();
+    let deadline = start + s.limit;
+    while registered.len() < n {
+        match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
+            Ok(Some(Report::Registered { at })) => registered.push(at - start),
+            Ok(Some(Report::Applied { key, version, .. })) => {
+                applied.insert(key, version);
+            }
+            _ => {
+                return Err(
+                    format!("only {} of {n} nodes registered in time", registered.len()).into(),
+                );
+            }
+        }
+    }
+    row.connect_time = start.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    row.connected_rss = cloud.rss_kib();
+    row.connect_cpu = cloud.cpu_secs() - cpu0;
+    row.connect = Spread::of(registered);
+    eprintln!(
+        "fleet {n}: all registered in {:.1} s",
+        row.connect_time.as_secs_f64()
+    );
+
+    // --- 2. fan-out ---
+    let total = row.pods;
+    let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let api_slots = Arc::new(Semaphore::new(s.concurrency.min(64)));
+    let cpu1 = cloud.cpu_secs();
+    let start = Instant::now();
+    let mut creates = tokio::task::JoinSet::new();
+    for (i, e) in edges.iter().enumerate() {
+        for j in 0..s.pods_per_node {
+            let name = format!("p-{i:06}-{j:03}");
+            let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"nodeName": e.name, "containers": [{"name": "c", "image": "busybox"}]}}))?;
+            let (pods, created, slots) = (pods.clone(), created.clone(), api_slots.clone());
+            creates.spawn(async move {
+                let _permit = slots.acquire().await;
+                if let Ok(mut c) = created.lock() {
+                    c.insert(format!("default/pod/{name}"), Instant::now());
+                }
+                pods.create(&PostParams::default(), &pod).await.map(|_| ())
+            });
+        }
+    }
+    let mut arrived = 0usize;
+    let mut latencies = Vec::with_capacity(total);
+    let deadline = start + s.limit;
+    while arrived < total {
+        while let Some(done) = creates.try_join_next() {
+            done??;
+        }
+        match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
+            Ok(Some(Report::Applied {
+                key, version, at, ..
+            })) => {
+                if key.starts_with("default/pod/p-") && !applied.contains_key(&key) {
+                    arrived += 1;
+                    if let Some(t0) = created.lock().ok().and_then(|c| c.get(&key).copied()) {
+                        latencies.push(at.saturating_duration_since(t0));
+                    }
+                }
+                applied.insert(key, version);
+            }
+            Ok(Some(_)) => {}
+            _ => {
+                return Err(
+                    format!("only {arrived} of {total} pods reached their edges in time").into(),
+                );
+            }
+        }
+    }
+    while let Some(done) = creates.join_next().await {
+        done??;
+    }
+    row.fanout_time = start.elapsed();
+    row.fanout_cpu = cloud.cpu_secs() - cpu1;
+    row.fanout_rss = cloud.rss_kib();
+    row.fanout = Spread::of(latencies);
+    eprintln!(
+        "fleet {n}: {total} pods at their edges in {:.1} s",
+        row.fanout_time.as_secs_f64()
+    );
+
+    // --- 3. steady state ---
+    let cpu2 = cloud.cpu_secs();
+    let start = Instant::now();
+    while start.elapsed() < s.steady {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        row.steady_rss = row.steady_rss.max(cloud.rss_kib());
+        while reports.try_recv().is_ok() {}
+    }
+    row.steady_secs = start.elapsed().as_secs_f64();
+    row.steady_cpu_pct = 100.0 * (cloud.cpu_secs() - cpu2) / row.steady_secs;
+
+    // --- 4. reconnect storm ---
+    let cpu3 = cloud.cpu_secs();
+    let start = Instant::now();
+    storm_tx.send(1)?;
+    let mut patches = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let name = format!("p-{i:06}-000");
+        let (pods, slots) = (pods.clone(), api_slots.clone());
+        patches.spawn(async move {
+            let _permit = slots.acquire().await;
+            pods.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"storm": "1"}}})),
+            )
+            .await
+            .map(|_| ())
+        });
+    }
+    let mut resent = vec![0usize; n];
+    let mut resent_bytes = vec![0usize; n];
+    let mut got_change = vec![false; n];
+    let mut remaining = n;
+    let mut resync_times = Vec::with_capacity(n);
+    let deadline = start + s.limit;
+    while remaining > 0 {
+        while let Some(done) = patches.try_join_next() {
+            done??;
+        }
+        match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
+            Ok(Some(Report::Applied {
+                node,
+                key,
+                version,
+                bytes,
+                at,
+            })) => {
+                resent[node] += 1;
+                resent_bytes[node] += bytes;
+                let before = applied.get(&key).copied().flatten();
+                if key == format!("default/pod/p-{node:06}-000")
+                    && version > before
+                    && !got_change[node]
+                {
+                    got_change[node] = true;
+                    remaining -= 1;
+                    resync_times.push(at - start);
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => return Err(format!("{remaining} of {n} nodes did not resync in time").into()),
+        }
+    }
+    row.storm_time = start.elapsed();
+    row.storm_cpu = cloud.cpu_secs() - cpu3;
+    row.storm = Spread::of(resync_times);
+    resent.sort_unstable();
+    row.resent = (resent[n / 2], resent[n - 1]);
+    row.resent_bytes = resent_bytes.iter().sum::<usize>() as f64 / n as f64;
+    eprintln!(
+        "fleet {n}: storm resynced in {:.1} s",
+        row.storm_time.as_secs_f64()
+    );
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    drop(cloud);
+    Ok(row)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+/// The four tables, one row per fleet size.
+pub fn print(rows: &[Row], pods_per_node: usize) {
+    let Some(first) = rows.first() else {
+        return;
+    };
+    println!("cloudcore idle, no nodes: RSS {} MiB", mib(first.idle_rss));
+    println!();
+    println!("## 1. connect and register");
+    println!();
+    println!(
+        "| nodes | all registered (s) | per node p50 (ms) | p99 (ms) | cloudcore RSS (MiB) | RSS per node (KiB) | cloudcore CPU (s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.2} | {} | {} | {} | {:.1} | {:.2} |",
+            r.nodes,
+            r.connect_time.as_secs_f64(),
+            ms(r.connect.p50),
+            ms(r.connect.p99),
+            mib(r.connected_rss),
+            r.per_node(r.connected_rss),
+            r.connect_cpu
+        );
+    }
+    println!();
+    println!("## 2. fan-out: {pods_per_node} pods per node through the API");
+    println!();
+    println!(
+        "| nodes | pods | all at their edges (s) | pods/s | latency p50 (ms) | p99 (ms) | cloudcore RSS (MiB) | cloudcore CPU (s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} | {} | {} | {:.2} |",
+            r.nodes,
+            r.pods,
+            r.fanout_time.as_secs_f64(),
+            r.pods as f64 / r.fanout_time.as_secs_f64(),
+            ms(r.fanout.p50),
+            ms(r.fanout.p99),
+            mib(r.fanout_rss),
+            r.fanout_cpu
+        );
+    }
+    println!();
+    println!("## 3. steady state: keepalives only");
+    println!();
+    println!(
+        "| nodes | window (s) | cloudcore CPU (% of one core) | RSS (MiB) | RSS per node (KiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.2} | {} | {:.1} |",
+            r.nodes,
+            r.steady_secs,
+            r.steady_cpu_pct,
+            mib(r.steady_rss),
+            r.per_node(r.steady_rss)
+        );
+    }
+    println!();
+    println!("## 4. reconnect storm: every connection dropped at once, one pod per node changed");
+    println!();
+    println!(
+        "| nodes | all resynced (s) | per node p50 (ms) | p99 (ms) | objects sent again per node (median / max) | message bytes per node (mean) | cloudcore CPU (s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.2} | {} | {} | {} / {} | {:.0} | {:.2} |",
+            r.nodes,
+            r.storm_time.as_secs_f64(),
+            ms(r.storm.p50),
+            ms(r.storm.p99),
+            r.resent.0,
+            r.resent.1,
+            r.resent_bytes,
+            r.storm_cpu
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Simulated edge nodes: each a real mutual-TLS WebSocket to cloudhub speaking the real sync
+//! protocol, with an in-memory store.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use kubeedge_core::message::{Message, Operation, Route, names};
+use kubeedge_core::pki::Ca;
+use kubeedge_core::sync::edge;
+use kubeedge_core::transport::{driver, tls, ws};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use super::Error;
+
+/// What the simulated edges tell the harness.
+pub enum Report {
+    /// The node's registration (its Node uplink) was answered.
+    Registered {
+        /// When.
+        at: Instant,
+    },
+    /// An object change reached the edge.
+    Applied {
+        /// Index of the node.
+        node: usize,
+        /// Edge key of the object.
+        key: String,
+        /// Its version.
+        version: Option<u64>,
+        /// Size of the message as JSON.
+        bytes: usize,
+        /// When.
+        at: Instant,
+    },
+}
+
+/// One simulated edge's identity and store.
+pub struct Edge {
+    /// Node name.
+    pub name: String,
+    ip: IpAddr,
+    tls: Arc<rustls::ClientConfig>,
+    inventory: Mutex<BTreeMap<String, Option<u64>>>,
+}
+
+/// How the simulated edges behave.
+#[derive(Clone)]
+pub struct Behaviour {
+    /// cloudhub's URL.
+    pub url: String,
+    /// Where reports go.
+    pub reports: mpsc::UnboundedSender<Report>,
+    /// A change drops every connection (they dial again with their inventory).
+    pub storms: watch::Receiver<u64>,
+    /// Dials at once.
+    pub dials: Arc<Semaphore>,
+    /// Time a commit of the store takes: zero acks each object at once; otherwise everything that
+    /// arrived while a commit ran is acked together after the next one (group commit).
+    pub commit: Duration,
+}
+
+/// The source address of node `i`: 127.x.y.z, avoiding .0 and .255 in the last octet.
+pub fn source_ip(i: usize) -> IpAddr {
+    let n = i as u32;
+    let z = (n % 250) + 2;
+    let y = (n / 250) % 250 + 1;
+    let x = (n / 62_500) % 250 + 1;
+    IpAddr::V4(Ipv4Addr::new(127, x as u8, y as u8, z as u8))
+}
+
+/// Identities for nodes `names`, signed with `ca` (as `keadm join` would get them), on blocking
+/// threads.
+pub async fn edges(ca: Arc<Ca>, names: Vec<String>) -> Result<Vec<Arc<Edge>>, Error> {
+    let mut out = Vec::with_capacity(names.len());
+    let chunks: Vec<Vec<(usize, String)>> = names
+        .into_iter()
+        .enumerate()
+        .collect::<Vec<_>>()
+        .chunks(256)
+        .map(|c| c.to_vec())
+        .collect();
+    for chunk in chunks {
+        let ca = ca.clone();
+        let made = tokio::task::spawn_blocking(move || -> Result<Vec<Edge>, String> {
+            chunk
+                .into_iter()
+                .map(|(i, name)| {
+                    let id = ca
+                        .issue_node(&name, Duration::from_secs(86_400), SystemTime::now())
+                        .map_err(|e| e.to_string())?;
+                    let tls = tls::client_config(&ca.cert(), id.chain(), id.private_key())
+                        .map_err(|e| e.to_string())?;
+                    Ok(Edge {
+                        name,
+                        ip: source_ip(i),
+                        tls,
+                        inventory: Mutex::default(),
+                    })
+                })
+                .collect()
+        })
+        .await??;
+        out.extend(made.into_iter().map(Arc::new));
+    }
+    Ok(out)
+}
+
+fn registration(name: &str) -> Message {
+    Message::new(
+        "",
+        0,
+        Route::new("edged", names::RESOURCE_GROUP, Operation::Insert, format!("null/node/{name}")),
+    )
+    .with_resource_version("1")
+    .with_content(json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"node-role.kubernetes.io/edge": "", "node-role.kubernetes.io/agent": ""}},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}))
+}
+
+/// One simulated edge, forever: dial, sync, ack; a storm drops the connection and it dials again
+/// with its inventory.
+pub async fn run_edge(idx: usize, edge: Arc<Edge>, mut b: Behaviour) {
+    let mut registered = false;
+    loop {
+        let mut config = ws::ClientConfig::new(b.url.clone(), edge.name.clone(), edge.tls.clone());
+        config.local_ip = Some(edge.ip);
+        let conn = {
+            let _permit = b.dials.acquire().await;
+            ws::connect(&config).await
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{}: {}", edge.name, kubeedge_core::error_chain(&e));
+                tokio::time::sleep(Duration::from_millis(500 + (idx % 500) as u64)).await;
+                continue;
+            }
+        };
+        let inventory: Vec<(String, Option<u64>)> = edge
+            .inventory
+            .lock()
+            .map(|i| i.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        let mut session = edge::Session::new(
+            edge::Config::default(),
+            inventory,
+            driver::random_seed(),
+            driver::wall_clock(),
+            driver::now(),
+        );
+        let (handle, mut pump) = driver::channel::<edge::Session>(64);
+        let (events_tx, events) = mpsc::channel(256);
+        let app = tokio::spawn(app(
+            idx,
+            edge.clone(),
+            handle,
+            events,
+            b.reports.clone(),
+            b.commit,
+            !registered,
+        ));
+        let dropped = tokio::select! {
+            _ = pump.drive(conn, &mut session, &events_tx) => false,
+            _ = b.storms.changed() => true,
+        };
+        drop(events_tx);
+        drop(pump);
+        if let Ok(r) = app.await {
+            registered |= r;
+        }
+        if !dropped {
+            tokio::time::sleep(Duration::from_millis(200 + (idx % 300) as u64)).await;
+        }
+    }
+}
+
+/// The edge's application side for one connection: stores, acks (at once or in group commits),
+/// reports. Returns whether the node's registration was answered.
+async fn app(
+    idx: usize,
+    edge: Arc<Edge>,
+    handle: driver::Handle<edge::Session>,
+    mut events: mpsc::Receiver<edge::Event>,
+    reports: mpsc::UnboundedSender<Report>,
+    commit: Duration,
+    register: bool,
+) -> bool {
+    if register {
+        let m = registration(&edge.name);
+        let _ = handle
+            .exec(move |s, _| {
+                let _ = s.enqueue_uplink(m);
+            })
+            .await;
+    }
+    let (acks, mut to_commit) = mpsc::unbounded_channel::<edge::ApplyToken>();
+    let committer = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            while let Some(first) = to_commit.recv().await {
+                tokio::time::sleep(commit).await;
+                let mut batch = vec![first];
+                while let Ok(t) = to_commit.try_recv() {
+                    batch.push(t);
+                }
+                if handle
+                    .exec(move |s, now| s.persisted(now, batch))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    let mut was_registered = false;
+    while let Some(ev) = events.recv().await {
+        match ev {
+            edge::Event::Apply {
+                token,
+                key,
+                version,
+                deleted,
+                message,
+            } => {
+                let bytes = message.to_json().len();
+                if let Ok(mut inv) = edge.inventory.lock() {
+                    if deleted {
+                        inv.remove(&key);
+                    } else {
+                        inv.insert(key.clone(), version);
+                    }
+                }
+                let _ = reports.send(Report::Applied {
+                    node: idx,
+                    key,
+                    version,
+                    bytes,
+                    at: Instant::now(),
+                });
+                if commit.is_zero() {
+                    let _ = handle.exec(move |s, now| s.persisted(now, [token])).await;
+                } else {
+                    let _ = acks.send(token);
+                }
+            }
+            edge::Event::UplinkAcked { key, .. } if key.contains("/node/") && !was_registered => {
+                was_registered = true;
+                let _ = reports.send(Report::Registered { at: Instant::now() });
+            }
+            _ => {}
+        }
+    }
+    committer.abort();
+    was_registered
+}
