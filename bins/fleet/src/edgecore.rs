@@ -23,6 +23,8 @@ pub struct Sample {
     pub rss_max: u64,
     /// CPU, % of one core.
     pub cpu_pct: f64,
+    /// Of the RSS at the end: anonymous (heap, stacks) and file-backed (the binary's code) KiB.
+    pub anon_file: (u64, u64),
 }
 
 /// The scenario's results.
@@ -57,6 +59,7 @@ async fn sample(pid: u32, pods: usize, window: Duration) -> Sample {
         rss_mean: sum / count.max(1),
         rss_max: max,
         cpu_pct: 100.0 * (proc::cpu_secs(pid) - cpu0) / start.elapsed().as_secs_f64(),
+        anon_file: (proc::rss_anon_kib(pid), proc::rss_file_kib(pid)),
     }
 }
 
@@ -213,14 +216,18 @@ pub fn print(r: &Report) {
         r.window.as_secs()
     );
     println!();
-    println!("| pods running | RSS mean (MiB) | RSS max (MiB) | CPU (% of one core) |");
-    println!("|---:|---:|---:|---:|");
+    println!(
+        "| pods running | RSS mean (MiB) | RSS max (MiB) | of it anonymous / file-backed (MiB) | CPU (% of one core) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
     for s in &r.samples {
         println!(
-            "| {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} / {} | {:.2} |",
             s.pods,
             mib(s.rss_mean),
             mib(s.rss_max),
+            mib(s.anon_file.0),
+            mib(s.anon_file.1),
             s.cpu_pct
         );
     }

@@ -16,6 +16,16 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmHWM:")
 }
 
+/// Anonymous resident memory of `pid` (heap, stacks), KiB.
+pub fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+/// File-backed resident memory of `pid` (mapped code and data of its binary and libraries), KiB.
+pub fn rss_file_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssFile:")
+}
+
 fn status_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
