@@ -59,6 +59,9 @@ struct Cli {
     /// Seconds a node may be disconnected before it turns Ready=Unknown.
     #[arg(long, default_value_t = 40)]
     node_grace_seconds: u64,
+    /// Uplink requests of all nodes handled at once (each may hold a connection to the API).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    api_concurrency: u16,
     /// Messages in flight to one edge, unacked, at once (1 behaves like upstream cloudhub).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     window: u16,
@@ -74,6 +77,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.dns = cli.dns;
     config.hub.node_limit = cli.node_limit;
     config.hub.session.outbox.window = usize::from(cli.window);
+    config.hub.api_concurrency = usize::from(cli.api_concurrency);
     config.node_grace = Duration::from_secs(cli.node_grace_seconds);
     let kubeconfig = config.kubeconfig.clone();
     let core = CloudCore::start(config).await?;

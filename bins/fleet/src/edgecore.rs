@@ -74,9 +74,12 @@ fn kill_recorded(data: &Path) {
             continue;
         };
         for c in containers.flatten() {
-            let pid = std::fs::read(c.path())
+            let record = std::fs::read(c.path())
                 .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            // A container with a recorded exit is gone; its PID may be another process's now.
+            let pid = record
+                .filter(|v| v["exit"].is_null())
                 .and_then(|v| v["pid"].as_i64())
                 .and_then(|p| i32::try_from(p).ok())
                 .and_then(rustix::process::Pid::from_raw);

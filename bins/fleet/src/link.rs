@@ -20,7 +20,8 @@ pub struct Row {
     pub window: usize,
     /// Objects synced.
     pub objects: usize,
-    /// Time from the dial until the last object was at the edge.
+    /// Time from the dial until the last object was at the edge (its ack follows within one
+    /// commit, and the window only refills on acks).
     pub time: Duration,
     /// cloudcore CPU seconds meanwhile.
     pub cpu: f64,
@@ -114,7 +115,7 @@ pub fn print(rows: &[Row], commit: Duration) {
     );
     println!();
     println!(
-        "| window | objects | all acked (s) | objects/s | vs window {} | cloudcore CPU (s) |",
+        "| window | objects | all at the edge (s) | objects/s | vs window {} | cloudcore CPU (s) |",
         base.window
     );
     println!("|---:|---:|---:|---:|---:|---:|");

@@ -56,9 +56,9 @@ struct Cli {
     /// Length of the steady-state window, seconds.
     #[arg(long, default_value_t = 10)]
     steady_secs: u64,
-    /// Concurrent dials and API requests.
-    #[arg(long, default_value_t = 256)]
-    concurrency: usize,
+    /// Concurrent dials (API requests: at most 64 of them).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// The cloudcore binary. Default: next to this one.
     #[arg(long)]
     cloudcore: Option<PathBuf>,
@@ -100,7 +100,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 nodes,
                 pods_per_node: cli.pods_per_node,
                 steady: Duration::from_secs(cli.steady_secs),
-                concurrency: cli.concurrency,
+                concurrency: usize::from(cli.concurrency),
                 limit,
             };
             match fleet::run(&cloudcore, &settings).await {

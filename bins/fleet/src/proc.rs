@@ -84,6 +84,7 @@ impl Daemon {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    let _ = std::fs::remove_dir_all(&dir);
                     return Err(
                         format!("{:?} ended before it was ready", command.get_program()).into(),
                     );
@@ -105,6 +106,10 @@ impl Daemon {
     /// Stops it: SIGTERM, SIGKILL after 5 s; waits for it (its scratch directory stays until
     /// drop).
     pub fn kill(&mut self) {
+        // Already reaped: its PID may belong to another process by now.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         if let Some(pid) = i32::try_from(self.child.id())
             .ok()
             .and_then(rustix::process::Pid::from_raw)

@@ -57,8 +57,9 @@ pub struct Behaviour {
     pub storms: watch::Receiver<u64>,
     /// Dials at once.
     pub dials: Arc<Semaphore>,
-    /// Time a commit of the store takes: zero acks each object at once; otherwise everything that
-    /// arrived while a commit ran is acked together after the next one (group commit).
+    /// Time a commit of the store takes: zero acks each object at once; otherwise a commit takes
+    /// everything that arrived before it started and acks it when done, and what arrived while it
+    /// ran goes into the next one (group commit).
     pub commit: Duration,
 }
 
@@ -201,11 +202,13 @@ async fn app(
         let handle = handle.clone();
         tokio::spawn(async move {
             while let Some(first) = to_commit.recv().await {
-                tokio::time::sleep(commit).await;
+                // A commit takes what arrived before it started; what arrives while it runs
+                // waits for the next one.
                 let mut batch = vec![first];
                 while let Ok(t) = to_commit.try_recv() {
                     batch.push(t);
                 }
+                tokio::time::sleep(commit).await;
                 if handle
                     .exec(move |s, now| s.persisted(now, batch))
                     .await

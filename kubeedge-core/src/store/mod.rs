@@ -59,7 +59,8 @@ pub struct Config {
     pub watch_buffer: usize,
     /// Bytes of database pages kept in memory (redb's cache). Reads beyond it come from the
     /// file, i.e. usually from the kernel's page cache, which the process's RSS does not count.
-    /// Default 16 MiB (redb's own default is 1 GiB, which a store of any size fills over time).
+    /// Default 16 MiB (redb's own default is 1 GiB: a store that large keeps every page it has
+    /// read or written in memory, up to that much).
     pub cache_bytes: usize,
 }
 
