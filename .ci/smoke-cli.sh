@@ -17,14 +17,18 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# wait_ready PID NAME OUT ERR: until NAME's ready line is in OUT (10 s); its stderr if it dies.
+wait_ready() {
+  for _ in $(seq 1 100); do
+    grep -q "^$2 ready" "$3" && return 0
+    kill -0 "$1" 2>/dev/null || { cat "$4" >&2; exit 1; }
+    sleep 0.1
+  done
+}
 "$bin/cloudcore" --data-dir "$work/d" --api-port 0 --bind-address 127.0.0.1 --hub-port 0 --https-port 0 \
   >"$work/out" 2>"$work/err" &
 pid=$!
-for _ in $(seq 1 100); do
-  grep -q '^cloudcore ready' "$work/out" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/err" >&2; exit 1; }
-  sleep 0.1
-done
+wait_ready "$pid" cloudcore "$work/out" "$work/err"
 grep '^cloudcore ready' "$work/out"
 test -f "$work/d/admin.kubeconfig"
 k() { env -u KUBECONFIG HOME="$work/home" timeout 30 kubectl --kubeconfig "$work/d/admin.kubeconfig" --cache-dir "$work/kcache" "$@"; }
@@ -43,11 +47,7 @@ grep -q 'edgecore --config' "$work/join"
 if grep -q "$token" "$work/e/edgecore.yaml"; then echo "the token was kept in edgecore.yaml" >&2; exit 1; fi
 "$bin/edgecore" --config "$work/e/edgecore.yaml" --metaserver-port 0 >"$work/eout" 2>"$work/eerr" &
 epid=$!
-for _ in $(seq 1 100); do
-  grep -q '^edgecore ready' "$work/eout" && break
-  kill -0 "$epid" 2>/dev/null || { cat "$work/eerr" >&2; exit 1; }
-  sleep 0.1
-done
+wait_ready "$epid" edgecore "$work/eout" "$work/eerr"
 grep '^edgecore ready node=smoke-edge' "$work/eout"
 for _ in $(seq 1 100); do
   k get node smoke-edge -o name 2>/dev/null | grep -q node/smoke-edge && break

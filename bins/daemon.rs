@@ -1,21 +1,12 @@
 //! What the daemon binaries (cloudcore, edgecore, quickstart) share, compiled into each with
-//! `#[path]`: logging to stderr, the runtime, waiting for a signal, and error reporting.
+//! `#[path]`: the command-line rules (`cli.rs`), logging to stderr, the runtime, waiting for a
+//! signal, and error reporting.
 
 use std::future::Future;
 use std::process::ExitCode;
 
-/// Parses the command line; on a usage error prints it and gives exit code 64 (help and version
-/// print and give 0).
-pub fn parse<C: clap::Parser>() -> Result<C, ExitCode> {
-    C::try_parse().map_err(|e| {
-        let _ = e.print();
-        if e.use_stderr() {
-            ExitCode::from(64)
-        } else {
-            ExitCode::SUCCESS
-        }
-    })
-}
+#[path = "cli.rs"]
+pub mod cli;
 
 /// Logs to stderr (`RUST_LOG`, else `default_filter`), runs `main` on a multi-threaded runtime,
 /// and turns its outcome into the exit code: 0, or 1 with `<name>: <error chain>` on stderr.
@@ -40,13 +31,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{name}: {}", kubeedge_core::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    cli::outcome(name, runtime.block_on(main))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -9,7 +9,9 @@
 //! are indexed by node), not the size of the cluster: a change to one node's pod costs the other
 //! 9,999 nodes nothing.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
@@ -188,9 +190,9 @@ struct Data {
     /// Pods and devices by node.
     bound: HashMap<(Kind, String), BTreeSet<NsName>>,
     /// (kind, namespace, name) of a ConfigMap or Secret → node → number of its pods using it.
-    refs: HashMap<(Kind, String, String), HashMap<String, usize>>,
+    refs: Counts<(Kind, String, String), String>,
     /// The same counts by node first, so that a node's share is read without a scan of all.
-    node_refs: HashMap<String, HashMap<(Kind, String, String), usize>>,
+    node_refs: Counts<String, (Kind, String, String)>,
 }
 
 /// The shared index. See the module docs.
@@ -375,6 +377,36 @@ impl Index {
     }
 }
 
+/// Counts by two keys: `a` → `b` → count, no zero counts and no empty inner maps.
+type Counts<A, B> = HashMap<A, HashMap<B, usize>>;
+
+/// Adds one to `a` → `b`.
+fn count_up<A: Hash + Eq, B: Hash + Eq>(counts: &mut Counts<A, B>, a: A, b: B) {
+    *counts.entry(a).or_default().entry(b).or_default() += 1;
+}
+
+/// Takes one from `a` → `b`, dropping what reaches zero.
+fn count_down<A, B, QA, QB>(counts: &mut Counts<A, B>, a: &QA, b: &QB)
+where
+    A: Hash + Eq + Borrow<QA>,
+    B: Hash + Eq + Borrow<QB>,
+    QA: Hash + Eq + ?Sized,
+    QB: Hash + Eq + ?Sized,
+{
+    let Some(inner) = counts.get_mut(a) else {
+        return;
+    };
+    if let Some(n) = inner.get_mut(b) {
+        *n -= 1;
+        if *n == 0 {
+            inner.remove(b);
+        }
+    }
+    if inner.is_empty() {
+        counts.remove(a);
+    }
+}
+
 impl Data {
     /// Inserts; records touched nodes; returns true when every node is touched.
     fn insert(&mut self, kind: Kind, obj: Object, touched: &mut BTreeSet<String>) -> bool {
@@ -420,18 +452,8 @@ impl Data {
                     if kind == Kind::Pod {
                         for (rk, name) in pod_references(obj) {
                             let rkey = (rk, key.0.clone(), name);
-                            *self
-                                .refs
-                                .entry(rkey.clone())
-                                .or_default()
-                                .entry(node.to_owned())
-                                .or_default() += 1;
-                            *self
-                                .node_refs
-                                .entry(node.to_owned())
-                                .or_default()
-                                .entry(rkey)
-                                .or_default() += 1;
+                            count_up(&mut self.refs, rkey.clone(), node.to_owned());
+                            count_up(&mut self.node_refs, node.to_owned(), rkey);
                         }
                     }
                 }
@@ -468,28 +490,8 @@ impl Data {
                     if kind == Kind::Pod {
                         for (rk, name) in pod_references(old) {
                             let rkey = (rk, key.0.clone(), name);
-                            if let Some(nodes) = self.refs.get_mut(&rkey) {
-                                if let Some(n) = nodes.get_mut(node) {
-                                    *n -= 1;
-                                    if *n == 0 {
-                                        nodes.remove(node);
-                                    }
-                                }
-                                if nodes.is_empty() {
-                                    self.refs.remove(&rkey);
-                                }
-                            }
-                            if let Some(refs) = self.node_refs.get_mut(node) {
-                                if let Some(n) = refs.get_mut(&rkey) {
-                                    *n -= 1;
-                                    if *n == 0 {
-                                        refs.remove(&rkey);
-                                    }
-                                }
-                                if refs.is_empty() {
-                                    self.node_refs.remove(node);
-                                }
-                            }
+                            count_down(&mut self.refs, &rkey, node);
+                            count_down(&mut self.node_refs, node, &rkey);
                         }
                     }
                 }

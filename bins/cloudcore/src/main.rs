@@ -98,7 +98,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match daemon::parse::<Cli>() {
+    match daemon::cli::parse::<Cli>() {
         Ok(cli) => daemon::run("cloudcore", "info", run(cli)),
         Err(code) => code,
     }

@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> ExitCode {
-    match daemon::parse::<Cli>() {
+    match daemon::cli::parse::<Cli>() {
         Ok(cli) if cli.config.is_none() => {
             let missing: Vec<&str> = [
                 ("--data-dir", cli.data_dir.is_none()),

@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
-use super::Error;
 use super::cloud::CloudCore;
 use super::proc::{self, Daemon};
+use super::{Error, mib, table};
 
 /// RSS and CPU of edgecore over a window.
 pub struct Sample {
@@ -207,44 +207,47 @@ async fn measure(
     })
 }
 
-fn mib(kib: u64) -> String {
-    format!("{:.1}", kib as f64 / 1024.0)
-}
-
 /// The tables.
 pub fn print(r: &Report) {
-    println!();
-    println!(
-        "## 6. edgecore footprint (process runtime, {} s windows)",
-        r.window.as_secs()
+    table(
+        Some(&format!(
+            "6. edgecore footprint (process runtime, {} s windows)",
+            r.window.as_secs()
+        )),
+        &[
+            "pods running",
+            "RSS mean (MiB)",
+            "RSS max (MiB)",
+            "of it anonymous / file-backed (MiB)",
+            "CPU (% of one core)",
+        ],
+        0,
+        r.samples.iter().map(|s| {
+            vec![
+                s.pods.to_string(),
+                mib(s.rss_mean),
+                mib(s.rss_max),
+                format!("{} / {}", mib(s.anon_file.0), mib(s.anon_file.1)),
+                format!("{:.2}", s.cpu_pct),
+            ]
+        }),
     );
-    println!();
-    println!(
-        "| pods running | RSS mean (MiB) | RSS max (MiB) | of it anonymous / file-backed (MiB) | CPU (% of one core) |"
-    );
-    println!("|---:|---:|---:|---:|---:|");
-    for s in &r.samples {
-        println!(
-            "| {} | {} | {} | {} / {} | {:.2} |",
-            s.pods,
-            mib(s.rss_mean),
-            mib(s.rss_max),
-            mib(s.anon_file.0),
-            mib(s.anon_file.1),
-            s.cpu_pct
-        );
-    }
     println!();
     println!(
         "All pods Running (API) {:.1} s after the first create; edgecore peak RSS {} MiB.",
         r.pods_running_in.as_secs_f64(),
         mib(r.peak_rss)
     );
-    println!();
-    println!("| binary | size (MiB) | stripped (MiB) |");
-    println!("|---|---:|---:|");
-    for (name, size, stripped) in &r.binaries {
-        let s = stripped.map_or("-".to_owned(), |b| mib(b / 1024));
-        println!("| {name} | {} | {s} |", mib(size / 1024));
-    }
+    table(
+        None,
+        &["binary", "size (MiB)", "stripped (MiB)"],
+        1,
+        r.binaries.iter().map(|(name, size, stripped)| {
+            vec![
+                name.clone(),
+                mib(size / 1024),
+                stripped.map_or("-".to_owned(), |b| mib(b / 1024)),
+            ]
+        }),
+    );
 }

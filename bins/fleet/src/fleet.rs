@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::Semaphore;
 
-use super::Error;
 use super::cloud::CloudCore;
 use super::sim::{self, Behaviour, Report};
+use super::{Error, mib, ms, table};
 
 /// Settings of one run.
 pub struct Settings {
@@ -128,15 +128,8 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     let pods: Api<Pod> = Api::namespaced(cloud.client().await?, "default");
 
     // --- 1. connect and register ---
-    let (reports_tx, mut reports) = mpsc::unbounded_channel();
-    let (storm_tx, storms) = watch::channel(0u64);
-    let behaviour = Behaviour {
-        url: cloud.hub_url(),
-        reports: reports_tx,
-        storms,
-        dials: Arc::new(Semaphore::new(s.concurrency)),
-        commit: Duration::ZERO,
-    };
+    let (behaviour, mut reports, storm_tx) =
+        Behaviour::new(cloud.hub_url(), s.concurrency, Duration::ZERO);
     let cpu0 = cloud.cpu_secs();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -311,94 +304,106 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     Ok(row)
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
-}
-
-fn mib(kib: u64) -> String {
-    format!("{:.1}", kib as f64 / 1024.0)
-}
-
 /// The four tables, one row per fleet size.
 pub fn print(rows: &[Row], pods_per_node: usize) {
     let Some(first) = rows.first() else {
         return;
     };
     println!("cloudcore idle, no nodes: RSS {} MiB", mib(first.idle_rss));
-    println!();
-    println!("## 1. connect and register");
-    println!();
-    println!(
-        "| nodes | all registered (s) | per node p50 (ms) | p99 (ms) | cloudcore RSS (MiB) | RSS per node (KiB) | cloudcore CPU (s) |"
+    table(
+        Some("1. connect and register"),
+        &[
+            "nodes",
+            "all registered (s)",
+            "per node p50 (ms)",
+            "p99 (ms)",
+            "cloudcore RSS (MiB)",
+            "RSS per node (KiB)",
+            "cloudcore CPU (s)",
+        ],
+        0,
+        rows.iter().map(|r| {
+            vec![
+                r.nodes.to_string(),
+                format!("{:.2}", r.connect_time.as_secs_f64()),
+                ms(r.connect.p50),
+                ms(r.connect.p99),
+                mib(r.connected_rss),
+                format!("{:.1}", r.per_node(r.connected_rss)),
+                format!("{:.2}", r.connect_cpu),
+            ]
+        }),
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {:.2} | {} | {} | {} | {:.1} | {:.2} |",
-            r.nodes,
-            r.connect_time.as_secs_f64(),
-            ms(r.connect.p50),
-            ms(r.connect.p99),
-            mib(r.connected_rss),
-            r.per_node(r.connected_rss),
-            r.connect_cpu
-        );
-    }
-    println!();
-    println!("## 2. fan-out: {pods_per_node} pods per node through the API");
-    println!();
-    println!(
-        "| nodes | pods | all at their edges (s) | pods/s | latency p50 (ms) | p99 (ms) | cloudcore RSS (MiB) | cloudcore CPU (s) |"
+    table(
+        Some(&format!(
+            "2. fan-out: {pods_per_node} pods per node through the API"
+        )),
+        &[
+            "nodes",
+            "pods",
+            "all at their edges (s)",
+            "pods/s",
+            "latency p50 (ms)",
+            "p99 (ms)",
+            "cloudcore RSS (MiB)",
+            "cloudcore CPU (s)",
+        ],
+        0,
+        rows.iter().map(|r| {
+            vec![
+                r.nodes.to_string(),
+                r.pods.to_string(),
+                format!("{:.2}", r.fanout_time.as_secs_f64()),
+                format!("{:.0}", r.pods as f64 / r.fanout_time.as_secs_f64()),
+                ms(r.fanout.p50),
+                ms(r.fanout.p99),
+                mib(r.fanout_rss),
+                format!("{:.2}", r.fanout_cpu),
+            ]
+        }),
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.2} | {:.0} | {} | {} | {} | {:.2} |",
-            r.nodes,
-            r.pods,
-            r.fanout_time.as_secs_f64(),
-            r.pods as f64 / r.fanout_time.as_secs_f64(),
-            ms(r.fanout.p50),
-            ms(r.fanout.p99),
-            mib(r.fanout_rss),
-            r.fanout_cpu
-        );
-    }
-    println!();
-    println!("## 3. steady state: keepalives only");
-    println!();
-    println!(
-        "| nodes | window (s) | cloudcore CPU (% of one core) | RSS (MiB) | RSS per node (KiB) |"
+    table(
+        Some("3. steady state: keepalives only"),
+        &[
+            "nodes",
+            "window (s)",
+            "cloudcore CPU (% of one core)",
+            "RSS (MiB)",
+            "RSS per node (KiB)",
+        ],
+        0,
+        rows.iter().map(|r| {
+            vec![
+                r.nodes.to_string(),
+                format!("{:.0}", r.steady_secs),
+                format!("{:.2}", r.steady_cpu_pct),
+                mib(r.steady_rss),
+                format!("{:.1}", r.per_node(r.steady_rss)),
+            ]
+        }),
     );
-    println!("|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {:.0} | {:.2} | {} | {:.1} |",
-            r.nodes,
-            r.steady_secs,
-            r.steady_cpu_pct,
-            mib(r.steady_rss),
-            r.per_node(r.steady_rss)
-        );
-    }
-    println!();
-    println!("## 4. reconnect storm: every connection dropped at once, one pod per node changed");
-    println!();
-    println!(
-        "| nodes | all resynced (s) | per node p50 (ms) | p99 (ms) | objects sent again per node (median / max) | message bytes per node (mean) | cloudcore CPU (s) |"
+    table(
+        Some("4. reconnect storm: every connection dropped at once, one pod per node changed"),
+        &[
+            "nodes",
+            "all resynced (s)",
+            "per node p50 (ms)",
+            "p99 (ms)",
+            "objects sent again per node (median / max)",
+            "message bytes per node (mean)",
+            "cloudcore CPU (s)",
+        ],
+        0,
+        rows.iter().map(|r| {
+            vec![
+                r.nodes.to_string(),
+                format!("{:.2}", r.storm_time.as_secs_f64()),
+                ms(r.storm.p50),
+                ms(r.storm.p99),
+                format!("{} / {}", r.resent.0, r.resent.1),
+                format!("{:.0}", r.resent_bytes),
+                format!("{:.2}", r.storm_cpu),
+            ]
+        }),
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {:.2} | {} | {} | {} / {} | {:.0} | {:.2} |",
-            r.nodes,
-            r.storm_time.as_secs_f64(),
-            ms(r.storm.p50),
-            ms(r.storm.p99),
-            r.resent.0,
-            r.resent.1,
-            r.resent_bytes,
-            r.storm_cpu
-        );
-    }
 }

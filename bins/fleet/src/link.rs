@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::Semaphore;
 
-use super::Error;
 use super::cloud::CloudCore;
 use super::sim::{self, Behaviour, Report};
+use super::{Error, table};
 
 /// The result for one window.
 pub struct Row {
@@ -56,15 +56,7 @@ pub async fn run(
     }
     // Let the cloud's watch catch up with the API.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (reports_tx, mut reports) = mpsc::unbounded_channel();
-    let (_storm_tx, storms) = watch::channel(0u64);
-    let behaviour = Behaviour {
-        url: cloud.hub_url(),
-        reports: reports_tx,
-        storms,
-        dials: Arc::new(Semaphore::new(1)),
-        commit,
-    };
+    let (behaviour, mut reports, _storm) = Behaviour::new(cloud.hub_url(), 1, commit);
     let cpu0 = cloud.cpu_secs();
     let start = Instant::now();
     let edge = tokio::spawn(sim::run_edge(0, edges[0].clone(), behaviour));
@@ -108,26 +100,30 @@ pub fn print(rows: &[Row], commit: Duration) {
         return;
     };
     let rate = |r: &Row| r.objects as f64 / r.time.as_secs_f64();
-    println!();
-    println!(
-        "## 5. one connection, cloud → edge with acks (edge commit {} ms, acks grouped per commit)",
-        commit.as_millis()
+    let vs = format!("vs window {}", base.window);
+    table(
+        Some(&format!(
+            "5. one connection, cloud → edge with acks (edge commit {} ms, acks grouped per commit)",
+            commit.as_millis()
+        )),
+        &[
+            "window",
+            "objects",
+            "all at the edge (s)",
+            "objects/s",
+            &vs,
+            "cloudcore CPU (s)",
+        ],
+        0,
+        rows.iter().map(|r| {
+            vec![
+                r.window.to_string(),
+                r.objects.to_string(),
+                format!("{:.2}", r.time.as_secs_f64()),
+                format!("{:.0}", rate(r)),
+                format!("{:.1}×", rate(r) / rate(base)),
+                format!("{:.2}", r.cpu),
+            ]
+        }),
     );
-    println!();
-    println!(
-        "| window | objects | all at the edge (s) | objects/s | vs window {} | cloudcore CPU (s) |",
-        base.window
-    );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.2} | {:.0} | {:.1}× | {:.2} |",
-            r.window,
-            r.objects,
-            r.time.as_secs_f64(),
-            rate(r),
-            rate(r) / rate(base),
-            r.cpu
-        );
-    }
 }

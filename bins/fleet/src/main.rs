@@ -24,6 +24,8 @@
 //! `cargo build --release -p fleet -p cloudcore -p edgecore && target/release/fleet`.
 //! Exit codes: 0, 1 when a scenario does not complete in time, 64 bad usage.
 
+#[path = "../../cli.rs"]
+mod cli;
 mod cloud;
 mod edgecore;
 mod fleet;
@@ -86,6 +88,39 @@ struct Cli {
     /// Sampling window of the edgecore footprint, seconds.
     #[arg(long, default_value_t = 20)]
     edgecore_secs: u64,
+}
+
+/// Prints a markdown table after a blank line, under `## title` if given; the first `left`
+/// columns are left-aligned, the others right-aligned.
+fn table(
+    title: Option<&str>,
+    head: &[&str],
+    left: usize,
+    rows: impl IntoIterator<Item = Vec<String>>,
+) {
+    println!();
+    if let Some(t) = title {
+        println!("## {t}");
+        println!();
+    }
+    println!("| {} |", head.join(" | "));
+    let align: Vec<&str> = (0..head.len())
+        .map(|i| if i < left { "---" } else { "---:" })
+        .collect();
+    println!("|{}|", align.join("|"));
+    for row in rows {
+        println!("| {} |", row.join(" | "));
+    }
+}
+
+/// Milliseconds, one decimal.
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// KiB as MiB, one decimal.
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
@@ -152,16 +187,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match cli::parse::<Cli>() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -173,11 +201,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fleet: {}", kubeedge_core::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
-    }
+    // Send + Sync were for the tasks; the report needs neither.
+    let result = rt
+        .block_on(run(cli))
+        .map_err(|e| -> Box<dyn std::error::Error> { e });
+    cli::outcome("fleet", result)
 }

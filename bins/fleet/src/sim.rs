@@ -63,6 +63,31 @@ pub struct Behaviour {
     pub commit: Duration,
 }
 
+impl Behaviour {
+    /// Edges dialing `url`, `dials` at once, with store commits of `commit`; beside it, the
+    /// receiver of their reports and the sender whose every change starts a reconnect storm.
+    pub fn new(
+        url: String,
+        dials: usize,
+        commit: Duration,
+    ) -> (
+        Behaviour,
+        mpsc::UnboundedReceiver<Report>,
+        watch::Sender<u64>,
+    ) {
+        let (reports, received) = mpsc::unbounded_channel();
+        let (storm, storms) = watch::channel(0);
+        let behaviour = Behaviour {
+            url,
+            reports,
+            storms,
+            dials: Arc::new(Semaphore::new(dials)),
+            commit,
+        };
+        (behaviour, received, storm)
+    }
+}
+
 /// The source address of node `i`: 127.x.y.z, avoiding .0 and .255 in the last octet.
 pub fn source_ip(i: usize) -> IpAddr {
     let n = i as u32;
@@ -198,7 +223,8 @@ async fn app(
             .await;
     }
     let (acks, mut to_commit) = mpsc::unbounded_channel::<edge::ApplyToken>();
-    let committer = {
+    // Only with a commit time: at zero every object is acked as it arrives.
+    let committer = (!commit.is_zero()).then(|| {
         let handle = handle.clone();
         tokio::spawn(async move {
             while let Some(first) = to_commit.recv().await {
@@ -218,7 +244,7 @@ async fn app(
                 }
             }
         })
-    };
+    });
     let mut was_registered = false;
     while let Some(ev) = events.recv().await {
         match ev {
@@ -257,6 +283,8 @@ async fn app(
             _ => {}
         }
     }
-    committer.abort();
+    if let Some(c) = committer {
+        c.abort();
+    }
     was_registered
 }

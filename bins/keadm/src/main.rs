@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
+#[path = "../../cli.rs"]
+mod cli;
+
 use clap::{Parser, Subcommand};
 use kubeedge_core::pki::{self, Ca};
 
@@ -51,38 +54,7 @@ enum Command {
         valid_for_hours: u64,
     },
     /// Join this machine to a cloud as an edge node.
-    Join {
-        /// cloudhub's address, HOST:PORT.
-        #[arg(long = "cloudcore-ipport")]
-        cloudcore: String,
-        /// The certificate server's port on the same host.
-        #[arg(long, default_value_t = 10002)]
-        certport: u16,
-        /// Join token from `keadm gettoken` (not needed if the node has a certificate).
-        #[arg(long)]
-        token: Option<String>,
-        /// The node's name. Default: this machine's host name.
-        #[arg(long = "edgenode-name")]
-        node: Option<String>,
-        /// The edge's data directory.
-        #[arg(long, default_value = "/var/lib/kubeedge-rs")]
-        data_dir: PathBuf,
-        /// Where to write the configuration file. Default: DATA_DIR/edgecore.yaml.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Where pods run: cri, process or none.
-        #[arg(long, default_value = "cri", value_parser = ["cri", "process", "none"])]
-        runtime: String,
-        /// The CRI runtime's socket.
-        #[arg(
-            long = "remote-runtime-endpoint",
-            default_value = "unix:///run/containerd/containerd.sock"
-        )]
-        cri_endpoint: String,
-        /// The address this node reports.
-        #[arg(long)]
-        node_ip: Option<String>,
-    },
+    Join(JoinArgs),
     /// Check a join token against this CA.
     Checktoken {
         /// cloudcore's data directory.
@@ -91,6 +63,41 @@ enum Command {
         /// The token.
         token: String,
     },
+}
+
+/// `keadm join`'s arguments.
+#[derive(clap::Args)]
+struct JoinArgs {
+    /// cloudhub's address, HOST:PORT.
+    #[arg(long = "cloudcore-ipport")]
+    cloudcore: String,
+    /// The certificate server's port on the same host.
+    #[arg(long, default_value_t = 10002)]
+    certport: u16,
+    /// Join token from `keadm gettoken` (not needed if the node has a certificate).
+    #[arg(long)]
+    token: Option<String>,
+    /// The node's name. Default: this machine's host name.
+    #[arg(long = "edgenode-name")]
+    node: Option<String>,
+    /// The edge's data directory.
+    #[arg(long, default_value = "/var/lib/kubeedge-rs")]
+    data_dir: PathBuf,
+    /// Where to write the configuration file. Default: DATA_DIR/edgecore.yaml.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where pods run: cri, process or none.
+    #[arg(long, default_value = "cri", value_parser = ["cri", "process", "none"])]
+    runtime: String,
+    /// The CRI runtime's socket.
+    #[arg(
+        long = "remote-runtime-endpoint",
+        default_value = "unix:///run/containerd/containerd.sock"
+    )]
+    cri_endpoint: String,
+    /// The address this node reports.
+    #[arg(long)]
+    node_ip: Option<String>,
 }
 
 fn ca_dir(data_dir: &Path) -> PathBuf {
@@ -133,27 +140,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ca.token(Duration::from_secs(valid_for_hours * 3600), now)
             );
         }
-        Command::Join {
-            cloudcore,
-            certport,
-            token,
-            node,
-            data_dir,
-            config,
-            runtime,
-            cri_endpoint,
-            node_ip,
-        } => join(
-            cloudcore,
-            certport,
-            token,
-            node,
-            data_dir,
-            config,
-            runtime,
-            cri_endpoint,
-            node_ip,
-        )?,
+        Command::Join(args) => join(args)?,
         Command::Checktoken { data_dir, token } => {
             let ca = Ca::load_or_create(&ca_dir(&data_dir), now)?;
             ca.verify_token(&token, now)?;
@@ -163,19 +150,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn join(
-    cloudcore: String,
-    certport: u16,
-    token: Option<String>,
-    node: Option<String>,
-    data_dir: PathBuf,
-    config: Option<PathBuf>,
-    runtime: String,
-    cri_endpoint: String,
-    node_ip: Option<String>,
-) -> Result<(), Box<dyn std::error::Error>> {
+fn join(args: JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
     use kubeedge_edge::config_file::EdgeCoreFile;
+    let JoinArgs {
+        cloudcore,
+        certport,
+        token,
+        node,
+        data_dir,
+        config,
+        runtime,
+        cri_endpoint,
+        node_ip,
+    } = args;
     use kubeedge_edge::join::Progress;
     let host = cloudcore
         .rsplit_once(':')
@@ -211,22 +198,8 @@ fn join(
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("keadm: {}", kubeedge_core::error_chain(e.as_ref()));
-            ExitCode::FAILURE
-        }
+    match cli::parse::<Cli>() {
+        Ok(c) => cli::outcome("keadm", run(c)),
+        Err(code) => code,
     }
 }
