@@ -73,7 +73,7 @@ pub async fn watch_kind(client: Client, index: Arc<Index>, kind: Kind) {
             Err(e) => {
                 // Devices are served only once their CRD is installed: say so once, quietly.
                 if !failing {
-                    if kind == Kind::Device {
+                    if matches!(kind, Kind::Device | Kind::DeviceModel) {
                         tracing::info!(error = %e, "devices are not served (yet); retrying");
                     } else {
                         tracing::warn!(?kind, error = %e, "watch failed; retrying");

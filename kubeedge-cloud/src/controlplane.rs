@@ -3,7 +3,8 @@
 //! setups with no cluster.
 //!
 //! Files under the data directory `D`:
-//! * `D/controlplane.redb`: every object (survives restarts; resourceVersions stay monotonic);
+//! * `D/controlplane.redb`: every object (survives restarts; resourceVersions stay monotonic),
+//!   with the `devices.kubeedge.io` CRDs (Device, DeviceModel) installed at the first start;
 //! * `D/certs/apiserver.{crt,key}`: the serving certificate (127.0.0.1, `localhost`, the bind
 //!   address), issued by the KubeEdge CA at every start;
 //! * `D/certs/admin.{crt,key}` and `D/admin.kubeconfig`: the administrator (`CN=kubernetes-admin`,
@@ -49,6 +50,8 @@ impl ControlPlane {
             store::Config::default(),
         )?;
         let api = Api::new(store)?;
+        // Devices and their models are served from the start, as upstream installs their CRDs.
+        api.install_crds(&kubeedge_core::api::devices::crds())?;
         let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         if !bind.ip().is_unspecified() && !ips.contains(&bind.ip()) {
             ips.push(bind.ip());

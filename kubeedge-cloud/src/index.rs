@@ -4,7 +4,7 @@
 //! A node's share ([`Index::desired`]): its own Node, the pods bound to it (`spec.nodeName`), the
 //! ConfigMaps and Secrets those pods reference (volumes, projected volumes, `env`, `envFrom`,
 //! `imagePullSecrets`) and no others, every Service and EndpointSlice (the mesh resolves them
-//! locally), and the Devices bound to it (`spec.nodeName`). Each change wakes exactly the nodes
+//! locally), the Devices bound to it (`spec.nodeName`) and the DeviceModels they use. Each change wakes exactly the nodes
 //! whose share it touches, and reading a share costs its own size (pods, devices and references
 //! are indexed by node), not the size of the cluster: a change to one node's pod costs the other
 //! 9,999 nodes nothing.
@@ -37,11 +37,13 @@ pub enum Kind {
     EndpointSlice,
     /// devices.kubeedge.io/v1beta1 Device.
     Device,
+    /// devices.kubeedge.io/v1beta1 DeviceModel (sent to the nodes whose devices use it).
+    DeviceModel,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Node,
         Kind::Pod,
         Kind::ConfigMap,
@@ -49,6 +51,7 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Device,
+        Kind::DeviceModel,
     ];
 
     /// The resource type in upstream resource strings (`<ns>/<type>/<name>`).
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice",
             Kind::Device => "device",
+            Kind::DeviceModel => "devicemodel",
         }
     }
 
@@ -74,6 +78,12 @@ impl Kind {
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
             Kind::Device => ("devices.kubeedge.io", "v1beta1", "Device", "devices"),
+            Kind::DeviceModel => (
+                "devices.kubeedge.io",
+                "v1beta1",
+                "DeviceModel",
+                "devicemodels",
+            ),
         }
     }
 
@@ -126,6 +136,22 @@ pub fn is_edge_node(node: &Value) -> bool {
 }
 
 /// The ConfigMaps and Secrets (by name, in the pod's namespace) a pod references.
+/// The objects a pod or device uses: a pod's ConfigMaps and Secrets ([`pod_references`]), a
+/// device's DeviceModel (`spec.deviceModelRef`), in the object's namespace.
+pub fn references(kind: Kind, obj: &Value) -> BTreeSet<(Kind, String)> {
+    match kind {
+        Kind::Pod => pod_references(obj),
+        Kind::Device => obj["spec"]["deviceModelRef"]["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .map(|n| (Kind::DeviceModel, n.to_owned()))
+            .into_iter()
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// The ConfigMaps and Secrets a pod uses (volumes, projected volumes, `env`, `envFrom`, ...).
 pub fn pod_references(pod: &Value) -> BTreeSet<(Kind, String)> {
     let mut out = BTreeSet::new();
     let mut add = |kind: Kind, name: &Value| {
@@ -449,17 +475,15 @@ impl Data {
                         .or_default()
                         .insert(key.clone());
                     touched.insert(node.to_owned());
-                    if kind == Kind::Pod {
-                        for (rk, name) in pod_references(obj) {
-                            let rkey = (rk, key.0.clone(), name);
-                            count_up(&mut self.refs, rkey.clone(), node.to_owned());
-                            count_up(&mut self.node_refs, node.to_owned(), rkey);
-                        }
+                    for (rk, name) in references(kind, obj) {
+                        let rkey = (rk, key.0.clone(), name);
+                        count_up(&mut self.refs, rkey.clone(), node.to_owned());
+                        count_up(&mut self.node_refs, node.to_owned(), rkey);
                     }
                 }
                 false
             }
-            Kind::ConfigMap | Kind::Secret => {
+            Kind::ConfigMap | Kind::Secret | Kind::DeviceModel => {
                 if let Some(nodes) = self.refs.get(&(kind, key.0.clone(), key.1.clone())) {
                     touched.extend(nodes.keys().cloned());
                 }
@@ -487,12 +511,10 @@ impl Data {
                         }
                     }
                     touched.insert(node.to_owned());
-                    if kind == Kind::Pod {
-                        for (rk, name) in pod_references(old) {
-                            let rkey = (rk, key.0.clone(), name);
-                            count_down(&mut self.refs, &rkey, node);
-                            count_down(&mut self.node_refs, node, &rkey);
-                        }
+                    for (rk, name) in references(kind, old) {
+                        let rkey = (rk, key.0.clone(), name);
+                        count_down(&mut self.refs, &rkey, node);
+                        count_down(&mut self.node_refs, node, &rkey);
                     }
                 }
                 false

@@ -1,5 +1,5 @@
 //! What edges send up (node registration and status, pod status, leases, events, pod deletions,
-//! queries), applied to the API server under **node authorization**: a node may read only what is
+//! queries, device twin and state reports), applied to the API server under **node authorization**: a node may read only what is
 //! bound to it and write only its own Node, its own pods' status, its own Lease and events about
 //! its own objects.
 //!
@@ -15,6 +15,8 @@ use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
     PostParams, Preconditions,
 };
+use kubeedge_core::api::devices::{Twin, TwinProperty};
+use kubeedge_core::api::twin::{DeviceTwinUpdate, TwinValue};
 use kubeedge_core::message::{Message, Operation, ResourceType, names};
 use kubeedge_core::resource::ObjectRef;
 use serde_json::{Value, json};
@@ -125,6 +127,47 @@ fn required<'a>(content: &'a Value, field: &str) -> Result<&'a Value, UplinkErro
     }
 }
 
+/// `status.twins` after a twin report: `actual` becomes `reported`, `expected` becomes
+/// `observedDesired` (with the value's `timestamp` and the twin's `type` as metadata); twins of type
+/// `deleted` are dropped; twins not in the report stay.
+pub fn merge_twins(current: &Value, update: &DeviceTwinUpdate) -> Vec<Twin> {
+    let mut twins: Vec<Twin> = serde_json::from_value(current.clone()).unwrap_or_default();
+    let property = |v: &TwinValue, kind: &str| TwinProperty {
+        value: v.value.clone().unwrap_or_default(),
+        metadata: [
+            ("timestamp".to_owned(), v.timestamp().to_string()),
+            ("type".to_owned(), kind.to_owned()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty() && v != "0")
+        .collect(),
+    };
+    for (name, twin) in &update.twin {
+        twins.retain(|t| &t.property_name != name || twin.kind() != "deleted");
+        if twin.kind() == "deleted" {
+            continue;
+        }
+        let slot = match twins.iter_mut().position(|t| &t.property_name == name) {
+            Some(i) => &mut twins[i],
+            None => {
+                twins.push(Twin {
+                    property_name: name.clone(),
+                    ..Twin::default()
+                });
+                let last = twins.len() - 1;
+                &mut twins[last]
+            }
+        };
+        if let Some(actual) = &twin.actual {
+            slot.reported = Some(property(actual, twin.kind()));
+        }
+        if let Some(expected) = &twin.expected {
+            slot.observed_desired = Some(property(expected, twin.kind()));
+        }
+    }
+    twins
+}
+
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.is_not_found())
 }
@@ -166,6 +209,9 @@ impl Uplink {
         if matches!(op, Operation::Response | Operation::Error) {
             // An answer to something we sent outside reliable sync: nothing to do.
             return Ok(None);
+        }
+        if let Some(rest) = msg.route.resource.strip_prefix("device/") {
+            return self.device_report(node, rest, &msg.content).await.map(Some);
         }
         let target: ObjectRef = msg
             .route
@@ -294,6 +340,62 @@ impl Uplink {
                 "{op} on {kind} from an edge"
             ))),
         }
+    }
+
+    /// A device's twin report (`device/<ns>/<name>/twin/edge_updated`) or state report
+    /// (`device/<ns>/<name>/state/update`) into the Device's status; answers `OK`.
+    async fn device_report(
+        &self,
+        node: &str,
+        resource: &str,
+        content: &Value,
+    ) -> Result<Value, UplinkError> {
+        let mut parts = resource.splitn(3, '/');
+        let (Some(ns), Some(name), Some(what)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(UplinkError::BadRequest(format!(
+                "device resource {resource:?} is not <namespace>/<name>/<action>"
+            )));
+        };
+        let device = match self.index.get(Kind::Device, ns, name) {
+            Some(d) if bound_node(&d) == Some(node) => d,
+            _ => {
+                return Err(UplinkError::Forbidden(format!(
+                    "device {ns}/{name} is not bound to node {node:?}"
+                )));
+            }
+        };
+        let body = patch_body(content)?;
+        let status = match what {
+            "twin/edge_updated" => {
+                let update: DeviceTwinUpdate = serde_json::from_value(body)
+                    .map_err(|e| UplinkError::BadRequest(format!("twin report: {e}")))?;
+                json!({"twins": merge_twins(&device["status"]["twins"], &update)})
+            }
+            "state/update" => {
+                let state = body["device"]["state"]
+                    .as_str()
+                    .or_else(|| body["state"].as_str())
+                    .ok_or_else(|| {
+                        UplinkError::BadRequest("state report without a state".into())
+                    })?;
+                let mut status = json!({"state": state});
+                if let Some(t) = body["device"]["lastOnlineTime"].as_str() {
+                    status["lastOnlineTime"] = json!(t);
+                }
+                status
+            }
+            other => {
+                return Err(UplinkError::Unsupported(format!("device report {other:?}")));
+            }
+        };
+        api_in(&self.client, Kind::Device, ns)
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": status})),
+            )
+            .await?;
+        Ok(Value::String(names::ACK_CONTENT.into()))
     }
 
     fn own_node(&self, node: &str, name: &str) -> Result<(), UplinkError> {

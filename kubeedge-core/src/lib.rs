@@ -6,6 +6,8 @@
 //!
 //! What it is:
 //!
+//! * [`api`]: `devices.kubeedge.io/v1beta1` Device and DeviceModel, and the device twin's MQTT
+//!   payloads, serde-exact to upstream.
 //! * [`message`]: the beehive message (`header` / `route` / `content`), serde-exact to upstream, with
 //!   typed [`message::Operation`] and [`message::ResourceType`] enums.
 //! * [`resource`]: the resource-string grammar (`<ns>/<type>/<name>`, `node/<id>/...`).
@@ -36,6 +38,7 @@
 //! assert_eq!(Message::from_json(&bytes, 1 << 20).unwrap(), msg);
 //! ```
 
+pub mod api;
 #[cfg(feature = "kubeapi")]
 pub mod kubeapi;
 pub mod message;

@@ -1,11 +1,63 @@
 //! # kubeedge-device
 //!
-//! Devices as Kubernetes objects, for kubeedge-rs.
+//! Devices as Kubernetes objects, for kubeedge-rs: what runs beside edgecore, and the mappers that
+//! talk to the devices.
 //!
-//! What it is (its scope, filled in by the device work): the device twin (desired vs reported
-//! state), the MQTT event bus with upstream's `$hw/events/...` topics, the DMI gRPC services between
-//! edgecore and mappers, and the mapper framework with Modbus, OPC-UA and BLE drivers.
+//! * [`twin`]: the device twin as pure data: desired (`expected`) against reported (`actual`)
+//!   values, the delta, upstream's update, result, document and error payloads.
+//! * [`eventbus`]: the MQTT connection (rumqttc) with upstream's `$hw/events/...` topics, to an
+//!   external broker such as mosquitto.
+//! * [`dmi`]: the Device Management Interface (upstream `v1beta1` gRPC over unix sockets).
+//! * [`devicetwin`]: edgecore's device module: Devices and DeviceModels from the metastore, twin
+//!   state persisted in it, MQTT requests from mappers and apps, `DeviceManagerService` for mappers,
+//!   reports up to the cloud.
+//! * [`mapper`]: the mapper framework: implement [`mapper::Driver`] (connect, read, write,
+//!   health) and [`mapper::Mapper`] does the rest (DMI registration, collect and report cycles,
+//!   desired values, MQTT and HTTP push, per-device errors); [`mapper::modbus`] is the Modbus
+//!   TCP/RTU driver.
 //!
-//! What it is not: no cloud or edge logic; it depends on [`kubeedge_core`] only.
-//!
-//! This release contains no public items yet: the crate marks its place in the workspace.
+//! What it is not: no cloud or edge logic of its own; it depends on [`kubeedge_core`] only, and
+//! reaches the cloud through a channel of messages that edgecore carries.
+
+pub mod devicetwin;
+pub mod dmi;
+pub mod eventbus;
+pub mod mapper;
+pub mod twin;
+
+/// Why a device component could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file or socket operation failed.
+    #[error("{step}")]
+    Io {
+        /// What was being done.
+        step: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metastore failed.
+    #[error("metastore")]
+    Store(#[from] kubeedge_core::store::Error),
+    /// A DMI call or connection failed.
+    #[error("DMI: {step}: {message}")]
+    Dmi {
+        /// What was being done.
+        step: String,
+        /// The cause.
+        message: String,
+    },
+    /// Settings or input are unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -80,6 +80,20 @@ impl Api {
         })
     }
 
+    /// Creates each CustomResourceDefinition in `crds` that is not stored yet (established at
+    /// once, as a CRD created through the API is); existing ones are left as they are.
+    pub fn install_crds(&self, crds: &[Value]) -> Result<(), store::Error> {
+        for crd in crds {
+            let mut crd = crd.clone();
+            accept_crd(&mut crd);
+            match self.store.create(registry::CRD_RESOURCE, None, crd) {
+                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends watch bookmarks every `interval` instead of [`BOOKMARK_INTERVAL`].
     pub fn with_bookmark_interval(mut self, interval: Duration) -> Api {
         self.bookmark_interval = interval.max(Duration::from_millis(10));
