@@ -379,8 +379,30 @@ impl Uplink {
                         UplinkError::BadRequest("state report without a state".into())
                     })?;
                 let mut status = json!({"state": state});
-                if let Some(t) = body["device"]["lastOnlineTime"].as_str() {
+                if let Some(t) = body["device"]["lastOnlineTime"]
+                    .as_str()
+                    .filter(|t| !t.is_empty())
+                {
                     status["lastOnlineTime"] = json!(t);
+                }
+                // A kubeedge-rs edge says why a device is not well (`reason`): kept as a
+                // Kubernetes-style Ready condition (an upstream edge sends no reason).
+                let good = matches!(state.to_ascii_lowercase().as_str(), "online" | "ok");
+                let reason = body["device"]["reason"].as_str().unwrap_or("");
+                if good || !reason.is_empty() {
+                    let mut cond = state
+                        .chars()
+                        .take(1)
+                        .flat_map(char::to_uppercase)
+                        .collect::<String>();
+                    cond.extend(state.chars().skip(1));
+                    status["conditions"] = json!([{
+                        "type": "Ready",
+                        "status": if good { "True" } else { "False" },
+                        "reason": if good { "DeviceOnline".to_owned() } else { format!("Device{cond}") },
+                        "message": reason,
+                        "lastTransitionTime": kubeedge_core::store::rfc3339(std::time::SystemTime::now()),
+                    }]);
                 }
                 status
             }

@@ -781,9 +781,18 @@ impl Actor {
             .get(&id)
             .map(|t| (t.state.clone(), t.reason.clone()));
         if let Some((state, old_reason)) = current {
-            if !reason.is_empty() && (old_reason != reason || state != "unhealthy") {
-                self.set_state(&id, "unhealthy", Some(reason)).await;
-            } else if reason.is_empty() && !old_reason.is_empty() && state == "unhealthy" {
+            if !reason.is_empty() {
+                // An unreachable device stays `offline` (its mapper says so); otherwise a property
+                // that cannot be read makes the device unhealthy.
+                let next = if state == "offline" {
+                    "offline"
+                } else {
+                    "unhealthy"
+                };
+                if old_reason != reason || state != next {
+                    self.set_state(&id, next, Some(reason)).await;
+                }
+            } else if !old_reason.is_empty() && matches!(state.as_str(), "unhealthy" | "offline") {
                 self.set_state(&id, "online", Some(String::new())).await;
             }
         }

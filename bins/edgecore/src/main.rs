@@ -12,7 +12,12 @@
 //! `edgecore --config F` takes its settings from a file in upstream's `edgecore.yaml` shape (see
 //! `kubeedge_edge::config_file`), as `keadm join` writes it; flags given beside it win.
 //!
-//! Once serving, it prints one line to stdout: `edgecore ready node=<N> metaserver=<addr>`. Logs go
+//! Devices: the device module serves DMI on `--dmi-dir`/`dmi.sock` (default: the data directory)
+//! for mappers, and with `--mqtt-broker tcp://HOST:PORT` speaks upstream's `$hw/events/...`
+//! topics on that broker.
+//!
+//! Once serving, it prints one line to stdout:
+//! `edgecore ready node=<N> metaserver=<addr> dmi=<socket>`. Logs go
 //! to stderr (`RUST_LOG`, default `info`).
 //!
 //! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
@@ -25,6 +30,7 @@ use std::process::ExitCode;
 mod daemon;
 
 use clap::Parser;
+use kubeedge_device::devicetwin::{self, DeviceTwinModule};
 use kubeedge_edge::config_file::EdgeCoreFile;
 use kubeedge_edge::{Config, EdgeCore};
 
@@ -67,6 +73,14 @@ struct Cli {
     /// The CRI runtime's socket. Default unix:///run/containerd/containerd.sock.
     #[arg(long)]
     cri_endpoint: Option<String>,
+    /// The MQTT broker of the device event bus (`tcp://127.0.0.1:1883`; upstream's
+    /// `eventBus.mqttServerExternal`). Without it, devices are served over DMI only.
+    #[arg(long)]
+    mqtt_broker: Option<String>,
+    /// Directory of the DMI socket `dmi.sock` mappers register on (upstream `/etc/kubeedge/`).
+    /// Default: the data directory.
+    #[arg(long)]
+    dmi_dir: Option<PathBuf>,
 }
 
 /// The file (if any) with the flags laid over it.
@@ -104,16 +118,44 @@ fn settings(cli: Cli) -> Result<Config, Box<dyn std::error::Error>> {
     Ok(file.to_config()?)
 }
 
+/// Starts the device module beside edgecore: its cloud-bound reports go through edgehub's durable
+/// queue.
+async fn start_devices(
+    edge: &EdgeCore,
+    node: &str,
+    dmi_dir: PathBuf,
+    mqtt: Option<String>,
+) -> Result<DeviceTwinModule, Box<dyn std::error::Error>> {
+    let mut config = devicetwin::Config::new(node, dmi_dir);
+    config.mqtt_url = mqtt;
+    let (uplink, mut reports) = tokio::sync::mpsc::channel(256);
+    let hub = edge.hub().clone();
+    tokio::spawn(async move {
+        while let Some(message) = reports.recv().await {
+            if let Err(e) = hub.report(message).await {
+                tracing::warn!(error = %kubeedge_edge::chain(&e), "cannot queue a device report");
+            }
+        }
+    });
+    Ok(DeviceTwinModule::start(config, edge.hub().store().store().clone(), uplink).await?)
+}
+
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let mqtt = cli.mqtt_broker.clone();
+    let dmi_dir = cli.dmi_dir.clone();
     let config = settings(cli)?;
     let node = config.node.clone();
+    let dmi_dir = dmi_dir.unwrap_or_else(|| config.data_dir.clone());
     let edge = EdgeCore::start(config).await?;
+    let devices = start_devices(&edge, &node, dmi_dir, mqtt).await?;
     println!(
-        "edgecore ready node={node} metaserver={}",
-        edge.metaserver_addr()
+        "edgecore ready node={node} metaserver={} dmi={}",
+        edge.metaserver_addr(),
+        devices.socket().display()
     );
     daemon::shutdown_signal().await;
     tracing::info!("stopping");
+    drop(devices);
     edge.stop().await;
     Ok(())
 }

@@ -247,6 +247,10 @@ pub struct DeviceStatus {
     /// Milliseconds between reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report_cycle: Option<i64>,
+    /// kubeedge-rs: a `Ready` condition saying why a device is not well (an unknown protocol, a
+    /// property that cannot be read, an unreachable device); upstream has no conditions here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Value>,
 }
 
 /// One entry of `status.twins`.

@@ -3,6 +3,7 @@
 
 mod common;
 mod crash;
+mod devices;
 mod join;
 mod pods;
 mod process;
