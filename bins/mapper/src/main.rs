@@ -28,7 +28,7 @@ struct Cli {
     /// The mapper's name. Default `<protocol>-mapper`.
     #[arg(long)]
     name: Option<String>,
-    /// The socket to serve DeviceMapperService on. Default /etc/kubeedge/<name>.sock.
+    /// The socket to serve DeviceMapperService on. Default `/etc/kubeedge/<name>.sock`.
     #[arg(long)]
     socket: Option<PathBuf>,
     /// edgecore's DMI socket.

@@ -697,6 +697,19 @@ struct Service<D: Driver> {
 
 type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
 
+impl<D: Driver> Service<D> {
+    /// Keeps a model edgecore handed over (created or updated alike).
+    fn put_model(
+        &self,
+        model: Option<v1beta1::DeviceModel>,
+    ) -> Result<v1beta1::DeviceModel, tonic::Status> {
+        let model = model.ok_or_else(|| tonic::Status::invalid_argument("model is missing"))?;
+        let m = dmi::model_from_dmi(&model);
+        lock(&self.shared.models).insert(format!("{}/{}", m.namespace(), m.name()), m);
+        Ok(model)
+    }
+}
+
 fn checked_device(d: Option<v1beta1::Device>) -> Result<Device, tonic::Status> {
     let d = d.ok_or_else(|| tonic::Status::invalid_argument("device is missing"))?;
     if d.name.is_empty() {
@@ -746,12 +759,7 @@ impl<D: Driver> v1beta1::device_mapper_service_server::DeviceMapperService for S
         &self,
         request: tonic::Request<v1beta1::CreateDeviceModelRequest>,
     ) -> Reply<v1beta1::CreateDeviceModelResponse> {
-        let model = request
-            .into_inner()
-            .model
-            .ok_or_else(|| tonic::Status::invalid_argument("model is missing"))?;
-        let m = dmi::model_from_dmi(&model);
-        lock(&self.shared.models).insert(format!("{}/{}", m.namespace(), m.name()), m);
+        let model = self.put_model(request.into_inner().model)?;
         Ok(tonic::Response::new(v1beta1::CreateDeviceModelResponse {
             device_model_name: model.name,
             device_model_namespace: model.namespace,
@@ -771,12 +779,7 @@ impl<D: Driver> v1beta1::device_mapper_service_server::DeviceMapperService for S
         &self,
         request: tonic::Request<v1beta1::UpdateDeviceModelRequest>,
     ) -> Reply<v1beta1::UpdateDeviceModelResponse> {
-        let model = request
-            .into_inner()
-            .model
-            .ok_or_else(|| tonic::Status::invalid_argument("model is missing"))?;
-        let m = dmi::model_from_dmi(&model);
-        lock(&self.shared.models).insert(format!("{}/{}", m.namespace(), m.name()), m);
+        self.put_model(request.into_inner().model)?;
         Ok(tonic::Response::new(v1beta1::UpdateDeviceModelResponse {}))
     }
 
