@@ -46,7 +46,11 @@ fn edgecore(dir: &TempDir, cloud: &CloudCore, token: Option<&str>) -> (Child, St
         .read_line(&mut line)
         .unwrap();
     assert!(line.starts_with("edgecore ready"), "{line:?}");
-    let addr = line.split("metaserver=").nth(1).unwrap().trim().to_owned();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metaserver="))
+        .unwrap()
+        .to_owned();
     (child, addr)
 }
 
