@@ -123,7 +123,8 @@ impl ControlPlane {
         &self.kubeconfig
     }
 
-    /// Stops serving: open requests get up to 5 s (watches are cut), then the store is closed.
+    /// Stops serving: open requests get up to 5 s (watches are cut), then the store is closed
+    /// (waiting up to 5 s more for the last connection to let go of it).
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -134,6 +135,13 @@ impl ControlPlane {
         {
             self.task.abort();
             let _ = (&mut self.task).await;
+        }
+        // The server's connection tasks may still be dropping their handles on the store: wait
+        // for the file to be closed, so a new control plane over the same directory can open it.
+        let store = self.api.store().clone();
+        drop(self);
+        if !store.close(Duration::from_secs(5)).await {
+            tracing::warn!("the control plane's store is still in use after stopping");
         }
     }
 }

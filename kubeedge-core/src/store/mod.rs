@@ -310,6 +310,23 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Store {
+    /// Lets go of this handle and waits, up to `limit`, until every other handle is gone too
+    /// (server connections and watchers still winding down), so that the file is closed and can
+    /// be opened again, in this process or another. `false` when other handles remained after
+    /// `limit`.
+    pub async fn close(self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        let inner = Arc::downgrade(&self.inner);
+        drop(self);
+        while inner.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, config: Config) -> Result<Store, Error> {
         let db = Database::builder()
