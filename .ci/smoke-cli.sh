@@ -2,16 +2,19 @@
 # The command-line contract of the binaries, as external checks use it: `cloudcore --data-dir D`
 # runs the embedded control plane and writes D/admin.kubeconfig; `keadm gettoken --data-dir D`
 # prints a join token for it; `keadm join` bootstraps an edge and writes its edgecore.yaml, and
-# `edgecore --config` starts from it and registers the node. Ports are picked by the OS (port 0);
-# the ready lines say which.
+# `edgecore --config` starts from it and registers the node; `mapper --protocol modbus` registers
+# with edgecore's DMI socket, and a Device bound to the node comes back with its state in the
+# cloud. Ports are picked by the OS (port 0); the ready lines say which.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked -q -p cloudcore -p keadm -p edgecore
+cargo build --locked -q -p cloudcore -p keadm -p edgecore -p mapper
 bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 pid=
 epid=
+mpid=
 cleanup() {
+  if [[ -n "$mpid" ]]; then kill "$mpid" 2>/dev/null || true; wait "$mpid" 2>/dev/null || true; fi
   if [[ -n "$epid" ]]; then kill "$epid" 2>/dev/null || true; wait "$epid" 2>/dev/null || true; fi
   if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   rm -rf "$work"
@@ -54,10 +57,28 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 k get node smoke-edge -o name | grep -qx node/smoke-edge
+dmi=$(sed -n 's/.* dmi=\([^ ]*\).*/\1/p' "$work/eout")
+"$bin/mapper" --protocol modbus --edgecore-socket "$dmi" --socket "$work/modbus.sock" \
+  >"$work/mout" 2>"$work/merr" &
+mpid=$!
+wait_ready "$mpid" mapper "$work/mout" "$work/merr"
+grep '^mapper ready protocol=modbus' "$work/mout"
+# A Modbus device on a port nobody listens on: the mapper gets it over DMI and reports it offline.
+dead=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+printf 'apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata:\n  name: meter\nspec:\n  protocol: modbus\n  properties:\n  - name: power\n    type: INT\n---\napiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata:\n  name: meter-1\nspec:\n  deviceModelRef:\n    name: meter\n  nodeName: smoke-edge\n  protocol:\n    protocolName: modbus\n    configData:\n      ip: 127.0.0.1\n      port: %s\n  properties:\n  - name: power\n    reportToCloud: true\n    visitors:\n      protocolName: modbus\n      configData:\n        register: HoldingRegister\n        offset: 0\n' "$dead" \
+  | k apply -f - >/dev/null
+for _ in $(seq 1 150); do
+  [[ "$(k get device meter-1 -o jsonpath='{.status.state}')" == offline ]] && break
+  sleep 0.2
+done
+test "$(k get device meter-1 -o jsonpath='{.status.state}')" = offline
+kill -TERM "$mpid"
+wait "$mpid"
+mpid=
 kill -TERM "$epid"
 wait "$epid"
 epid=
 kill -TERM "$pid"
 wait "$pid"
 pid=
-echo "cloudcore, keadm and edgecore: command-line contract holds"
+echo "cloudcore, keadm, edgecore and mapper: command-line contract holds"

@@ -4,7 +4,8 @@
 //! `DeviceMapperService` on `--socket` (default `/etc/kubeedge/<name>.sock`), registers with
 //! edgecore over DMI, and from then on reads and writes the devices edgecore hands it: every
 //! Device whose `spec.protocol.protocolName` is the protocol. It re-registers by itself when
-//! edgecore restarts. Protocols: `modbus` (TCP and RTU).
+//! edgecore restarts. Protocols: `modbus` (TCP and RTU), `opcua` (its certificates, when an
+//! endpoint is secured, under `--pki-dir`, default `/etc/kubeedge/<name>-pki`).
 //!
 //! Once serving, it prints one line to stdout: `mapper ready protocol=<P> socket=<path>`. Logs go
 //! to stderr (`RUST_LOG`, default `info`). Exit codes: 0 after a signal, 1 when it cannot start,
@@ -17,13 +18,13 @@ use std::process::ExitCode;
 mod daemon;
 
 use clap::Parser;
-use kubeedge_device::mapper::{Mapper, MapperConfig, modbus::Modbus};
+use kubeedge_device::mapper::{Driver, Mapper, MapperConfig, modbus::Modbus, opcua::OpcUa};
 
 #[derive(Parser)]
 #[command(name = "mapper", version, about = "kubeedge-rs mapper")]
 struct Cli {
     /// The protocol to serve.
-    #[arg(long, value_parser = ["modbus"])]
+    #[arg(long, value_parser = ["modbus", "opcua"])]
     protocol: String,
     /// The mapper's name. Default `<protocol>-mapper`.
     #[arg(long)]
@@ -34,6 +35,27 @@ struct Cli {
     /// edgecore's DMI socket.
     #[arg(long, default_value = "/etc/kubeedge/dmi.sock")]
     edgecore_socket: PathBuf,
+    /// OPC-UA: where the client keeps its key pair and the trusted and rejected server
+    /// certificates. Default `/etc/kubeedge/<name>-pki`.
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+}
+
+/// Serves `driver` until a signal.
+async fn serve<D: Driver>(
+    driver: D,
+    config: MapperConfig,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (protocol, socket) = (driver.protocol().to_owned(), config.socket.clone());
+    let mapper = Mapper::start(driver, config).await?;
+    println!(
+        "mapper ready protocol={protocol} socket={}",
+        socket.display()
+    );
+    daemon::shutdown_signal().await;
+    tracing::info!("stopping");
+    drop(mapper);
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -43,20 +65,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let socket = cli
         .socket
         .unwrap_or_else(|| PathBuf::from(format!("/etc/kubeedge/{name}.sock")));
-    let config = MapperConfig::new(name, socket.clone(), cli.edgecore_socket);
-    let mapper = match cli.protocol.as_str() {
-        "modbus" => Mapper::start(Modbus, config).await?,
-        other => return Err(format!("no driver for protocol {other:?}").into()),
-    };
-    println!(
-        "mapper ready protocol={} socket={}",
-        cli.protocol,
-        socket.display()
-    );
-    daemon::shutdown_signal().await;
-    tracing::info!("stopping");
-    drop(mapper);
-    Ok(())
+    let config = MapperConfig::new(name, socket, cli.edgecore_socket);
+    match cli.protocol.as_str() {
+        "modbus" => serve(Modbus, config).await,
+        "opcua" => {
+            let pki = cli
+                .pki_dir
+                .unwrap_or_else(|| PathBuf::from(format!("/etc/kubeedge/{}-pki", config.name)));
+            serve(OpcUa::new(pki), config).await
+        }
+        other => Err(format!("no driver for protocol {other:?}").into()),
+    }
 }
 
 fn main() -> ExitCode {

@@ -25,6 +25,8 @@
 //! ```
 
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 mod push;
 
 use std::collections::HashMap;

@@ -14,7 +14,7 @@ use tokio_modbus::client::{Reader, Writer};
 use crate::common::*;
 
 /// A child process killed (and reaped) when dropped.
-struct Peer(Child);
+pub(crate) struct Peer(pub(crate) Child);
 
 impl Drop for Peer {
     fn drop(&mut self) {
@@ -23,7 +23,7 @@ impl Drop for Peer {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -31,7 +31,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_port(port: u16, what: &str) {
+pub(crate) async fn wait_port(port: u16, what: &str) {
     eventually(20, what, async || {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -40,7 +40,7 @@ async fn wait_port(port: u16, what: &str) {
     .await;
 }
 
-fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("KUBEEDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
@@ -105,12 +105,12 @@ async fn modbus_client(port: u16) -> tokio_modbus::client::Context {
         .unwrap()
 }
 
-fn device_json(dir: &TempDir, name: &str) -> Value {
+pub(crate) fn device_json(dir: &TempDir, name: &str) -> Value {
     let out = kubectl(dir, &["get", "device", name, "-o", "json"]);
     serde_json::from_str(&out).unwrap()
 }
 
-fn reported(device: &Value, property: &str) -> Option<String> {
+pub(crate) fn reported(device: &Value, property: &str) -> Option<String> {
     device["status"]["twins"]
         .as_array()?
         .iter()
@@ -187,7 +187,7 @@ spec:
     .concat()
 }
 
-fn ready_message(device: &Value) -> String {
+pub(crate) fn ready_message(device: &Value) -> String {
     device["status"]["conditions"][0]["message"]
         .as_str()
         .unwrap_or("")

@@ -4,6 +4,7 @@
 mod common;
 mod crash;
 mod devices;
+mod devices_opcua;
 mod join;
 mod pods;
 mod process;
