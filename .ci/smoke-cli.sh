@@ -48,7 +48,7 @@ https=$(sed -n 's/.* https=[^ ]*:\([0-9]*\).*/\1/p' "$work/out")
 grep -q '^\[3/3\]' "$work/join"
 grep -q 'edgecore --config' "$work/join"
 if grep -q "$token" "$work/e/edgecore.yaml"; then echo "the token was kept in edgecore.yaml" >&2; exit 1; fi
-"$bin/edgecore" --config "$work/e/edgecore.yaml" --metaserver-port 0 >"$work/eout" 2>"$work/eerr" &
+"$bin/edgecore" --config "$work/e/edgecore.yaml" --metaserver-port 0 --mqtt-internal 127.0.0.1:0 >"$work/eout" 2>"$work/eerr" &
 epid=$!
 wait_ready "$epid" edgecore "$work/eout" "$work/eerr"
 grep '^edgecore ready node=smoke-edge' "$work/eout"

@@ -6,7 +6,7 @@
 //! * [`twin`]: the device twin as pure data: desired (`expected`) against reported (`actual`)
 //!   values, the delta, upstream's update, result, document and error payloads.
 //! * [`eventbus`]: the MQTT connection (rumqttc) with upstream's `$hw/events/...` topics, to an
-//!   external broker such as mosquitto.
+//!   external broker such as mosquitto or to the [`broker`] embedded in edgecore.
 //! * [`dmi`]: the Device Management Interface (upstream `v1beta1` gRPC over unix sockets).
 //! * [`devicetwin`]: edgecore's device module: Devices and DeviceModels from the metastore, twin
 //!   state persisted in it, MQTT requests from mappers and apps, `DeviceManagerService` for mappers,
@@ -19,6 +19,7 @@
 //! What it is not: no cloud or edge logic of its own; it depends on [`kubeedge_core`] only, and
 //! reaches the cloud through a channel of messages that edgecore carries.
 
+pub mod broker;
 pub mod devicetwin;
 pub mod dmi;
 pub mod eventbus;

@@ -13,11 +13,12 @@
 //! `kubeedge_edge::config_file`), as `keadm join` writes it; flags given beside it win.
 //!
 //! Devices: the device module serves DMI on `--dmi-dir`/`dmi.sock` (default: the data directory)
-//! for mappers, and with `--mqtt-broker tcp://HOST:PORT` speaks upstream's `$hw/events/...`
-//! topics on that broker.
+//! for mappers, and speaks upstream's `$hw/events/...` topics on the event bus: the embedded MQTT
+//! broker on `--mqtt-internal` (default `127.0.0.1:1884`, upstream's internal address), or with
+//! `--mqtt-broker tcp://HOST:PORT` an external one such as mosquitto.
 //!
 //! Once serving, it prints one line to stdout:
-//! `edgecore ready node=<N> metaserver=<addr> dmi=<socket>`. Logs go
+//! `edgecore ready node=<N> metaserver=<addr> dmi=<socket> mqtt=<url>`. Logs go
 //! to stderr (`RUST_LOG`, default `info`).
 //!
 //! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
@@ -30,6 +31,7 @@ use std::process::ExitCode;
 mod daemon;
 
 use clap::Parser;
+use kubeedge_device::broker::Broker;
 use kubeedge_device::devicetwin::{self, DeviceTwinModule};
 use kubeedge_edge::config_file::EdgeCoreFile;
 use kubeedge_edge::{Config, EdgeCore};
@@ -73,10 +75,14 @@ struct Cli {
     /// The CRI runtime's socket. Default unix:///run/containerd/containerd.sock.
     #[arg(long)]
     cri_endpoint: Option<String>,
-    /// The MQTT broker of the device event bus (`tcp://127.0.0.1:1883`; upstream's
-    /// `eventBus.mqttServerExternal`). Without it, devices are served over DMI only.
+    /// An external MQTT broker for the device event bus (`tcp://127.0.0.1:1883`; upstream's
+    /// `eventBus.mqttServerExternal`). Without it, edgecore runs its own on --mqtt-internal.
     #[arg(long)]
     mqtt_broker: Option<String>,
+    /// Where the embedded MQTT broker listens when no --mqtt-broker is given (upstream's
+    /// `eventBus.mqttServerInternal`). Default 127.0.0.1:1884.
+    #[arg(long, default_value = "127.0.0.1:1884")]
+    mqtt_internal: SocketAddr,
     /// Directory of the DMI socket `dmi.sock` mappers register on (upstream `/etc/kubeedge/`).
     /// Default: the data directory.
     #[arg(long)]
@@ -142,20 +148,30 @@ async fn start_devices(
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let mqtt = cli.mqtt_broker.clone();
+    let mqtt_internal = cli.mqtt_internal;
     let dmi_dir = cli.dmi_dir.clone();
     let config = settings(cli)?;
     let node = config.node.clone();
     let dmi_dir = dmi_dir.unwrap_or_else(|| config.data_dir.clone());
     let edge = EdgeCore::start(config).await?;
-    let devices = start_devices(&edge, &node, dmi_dir, mqtt).await?;
+    let (broker, mqtt) = match mqtt {
+        Some(url) => (None, url),
+        None => {
+            let broker = Broker::start(mqtt_internal).await?;
+            let url = broker.url();
+            (Some(broker), url)
+        }
+    };
+    let devices = start_devices(&edge, &node, dmi_dir, Some(mqtt.clone())).await?;
     println!(
-        "edgecore ready node={node} metaserver={} dmi={}",
+        "edgecore ready node={node} metaserver={} dmi={} mqtt={mqtt}",
         edge.metaserver_addr(),
         devices.socket().display()
     );
     daemon::shutdown_signal().await;
     tracing::info!("stopping");
     drop(devices);
+    drop(broker);
     edge.stop().await;
     Ok(())
 }

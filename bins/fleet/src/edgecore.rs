@@ -129,7 +129,7 @@ pub async fn run(
             &format!("https://127.0.0.1:{}", cloud.https_port),
         ])
         .args(["--token", &token])
-        .args(["--metaserver-port", "0"]);
+        .args(["--metaserver-port", "0", "--mqtt-internal", "127.0.0.1:0"]);
     let mut edge = Daemon::start(command, dir.clone(), "edgecore ready")?;
     let result = measure(&cloud, &edge, pods, window, limit).await;
     // Pods outlive edgecore by design: stop it, then what it left running.

@@ -7,6 +7,8 @@
 //!
 //! The edge joins the way a real one does: a join token from the cloud's CA, the CA fetched and
 //! checked against it, a CSR signed by the cloud's certificate server, then the mTLS WebSocket.
+//! Beside the edge run its device module (DMI socket for mappers) and the embedded MQTT broker of
+//! its event bus.
 //! Everything lives under `--data-dir` (default: a fresh directory under the system temp dir);
 //! ports are picked by the OS unless given. Once the node is Ready it prints how to use kubectl
 //! against the control plane and against the edge's metaserver.
@@ -23,6 +25,8 @@ mod daemon;
 use clap::Parser;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
+use kubeedge_device::broker::Broker;
+use kubeedge_device::devicetwin::{self, DeviceTwinModule};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +47,9 @@ struct Cli {
     /// The edge metaserver's port (0: any free port).
     #[arg(long, default_value_t = 0)]
     metaserver_port: u16,
+    /// The embedded MQTT broker's port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    mqtt_port: u16,
     /// Exit once the edge node is Ready (a self-check).
     #[arg(long)]
     check: bool,
@@ -72,6 +79,20 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     );
     edge.metaserver_addr = ([127, 0, 0, 1], cli.metaserver_port).into();
     let edge = kubeedge_edge::EdgeCore::start(edge).await?;
+    let broker = Broker::start(([127, 0, 0, 1], cli.mqtt_port).into()).await?;
+    let mut devices = devicetwin::Config::new(&cli.node_name, dir.join("edge"));
+    devices.mqtt_url = Some(broker.url());
+    let (uplink, mut reports) = tokio::sync::mpsc::channel(256);
+    let hub = edge.hub().clone();
+    let forwarder = tokio::spawn(async move {
+        while let Some(message) = reports.recv().await {
+            if let Err(e) = hub.report(message).await {
+                tracing::warn!(error = %kubeedge_edge::chain(&e), "cannot queue a device report");
+            }
+        }
+    });
+    let devices =
+        DeviceTwinModule::start(devices, edge.hub().store().store().clone(), uplink).await?;
 
     let nodes: Api<Node> = Api::all(cloud.client().clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -103,10 +124,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         edge.metaserver_addr()
     );
     println!(
+        "  devices:     cargo run -p mapper -- --protocol modbus --edgecore-socket {} --socket {}",
+        devices.socket().display(),
+        dir.join("edge/modbus.sock").display()
+    );
+    println!(
+        "  event bus:   mosquitto_sub -h 127.0.0.1 -p {} -t '$hw/events/#' -v",
+        broker.addr().port()
+    );
+    println!(
         "  join token:  cargo run -p keadm -- gettoken --data-dir {}",
         dir.join("cloud").display()
     );
+    let stop_devices = move || {
+        drop(devices);
+        drop(broker);
+        forwarder.abort();
+    };
     if cli.check {
+        stop_devices();
         edge.stop().await;
         cloud.stop().await;
         if fresh {
@@ -116,6 +152,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("Ctrl-C stops both.");
     tokio::signal::ctrl_c().await?;
+    stop_devices();
     edge.stop().await;
     cloud.stop().await;
     Ok(())

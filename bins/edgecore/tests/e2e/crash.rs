@@ -27,6 +27,8 @@ fn edgecore(dir: &TempDir, cloud: &CloudCore, token: Option<&str>) -> (Child, St
             "e1",
             "--runtime",
             "none",
+            "--mqtt-internal",
+            "127.0.0.1:0",
             "--metaserver-port",
             "0",
         ])
