@@ -14,7 +14,8 @@
 //! * [`mapper`]: the mapper framework: implement [`mapper::Driver`] (connect, read, write,
 //!   health) and [`mapper::Mapper`] does the rest (DMI registration, collect and report cycles,
 //!   desired values, MQTT and HTTP push, per-device errors); [`mapper::modbus`] is the Modbus
-//!   TCP/RTU driver, `mapper::opcua` (feature `opcua`) the OPC-UA one.
+//!   TCP/RTU driver, `mapper::opcua` (feature `opcua`) the OPC-UA one, `mapper::ble` (feature
+//!   `ble`) the Bluetooth Low Energy one.
 //!
 //! What it is not: no cloud or edge logic of its own; it depends on [`kubeedge_core`] only, and
 //! reaches the cloud through a channel of messages that edgecore carries.

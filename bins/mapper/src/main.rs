@@ -5,7 +5,8 @@
 //! edgecore over DMI, and from then on reads and writes the devices edgecore hands it: every
 //! Device whose `spec.protocol.protocolName` is the protocol. It re-registers by itself when
 //! edgecore restarts. Protocols: `modbus` (TCP and RTU), `opcua` (its certificates, when an
-//! endpoint is secured, under `--pki-dir`, default `/etc/kubeedge/<name>-pki`).
+//! endpoint is secured, under `--pki-dir`, default `/etc/kubeedge/<name>-pki`), `bluetooth` (BLE
+//! through BlueZ on the system D-Bus; `DBUS_SYSTEM_BUS_ADDRESS` picks another bus).
 //!
 //! Once serving, it prints one line to stdout: `mapper ready protocol=<P> socket=<path>`. Logs go
 //! to stderr (`RUST_LOG`, default `info`). Exit codes: 0 after a signal, 1 when it cannot start,
@@ -18,13 +19,15 @@ use std::process::ExitCode;
 mod daemon;
 
 use clap::Parser;
-use kubeedge_device::mapper::{Driver, Mapper, MapperConfig, modbus::Modbus, opcua::OpcUa};
+use kubeedge_device::mapper::{
+    Driver, Mapper, MapperConfig, ble::Ble, modbus::Modbus, opcua::OpcUa,
+};
 
 #[derive(Parser)]
 #[command(name = "mapper", version, about = "kubeedge-rs mapper")]
 struct Cli {
     /// The protocol to serve.
-    #[arg(long, value_parser = ["modbus", "opcua"])]
+    #[arg(long, value_parser = ["modbus", "opcua", "bluetooth"])]
     protocol: String,
     /// The mapper's name. Default `<protocol>-mapper`.
     #[arg(long)]
@@ -68,6 +71,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = MapperConfig::new(name, socket, cli.edgecore_socket);
     match cli.protocol.as_str() {
         "modbus" => serve(Modbus, config).await,
+        "bluetooth" => serve(Ble, config).await,
         "opcua" => {
             let pki = cli
                 .pki_dir

@@ -24,6 +24,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "ble")]
+pub mod ble;
 pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
