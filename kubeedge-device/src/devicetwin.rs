@@ -60,6 +60,9 @@ pub struct Config {
     /// The directory of the DMI socket ([`dmi::MANAGER_SOCKET`] inside it; upstream
     /// `/etc/kubeedge/`).
     pub dmi_dir: PathBuf,
+    /// The DMI socket's full path, when it is not `dmi.sock` in `dmi_dir` (upstream
+    /// `modules.deviceTwin.dmiSockPath`).
+    pub dmi_socket: Option<PathBuf>,
     /// How long a device may wait for a mapper of its protocol before it is reported `unknown`.
     /// Default 10 s.
     pub mapper_grace: Duration,
@@ -72,6 +75,7 @@ impl Config {
             node: node.into(),
             mqtt_url: None,
             dmi_dir: dmi_dir.into(),
+            dmi_socket: None,
             mapper_grace: Duration::from_secs(10),
         }
     }
@@ -131,7 +135,10 @@ impl DeviceTwinModule {
             }
             None => None,
         };
-        let socket = config.dmi_dir.join(dmi::MANAGER_SOCKET);
+        let socket = config
+            .dmi_socket
+            .clone()
+            .unwrap_or_else(|| config.dmi_dir.join(dmi::MANAGER_SOCKET));
         let listener = dmi::bind(&socket)?;
         let manager = Manager { tx: tx.clone() };
         tasks.push(tokio::spawn(async move {

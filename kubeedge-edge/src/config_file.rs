@@ -22,6 +22,12 @@
 //!   metaManager:
 //!     metaServer:
 //!       server: 127.0.0.1:10550
+//!   deviceTwin:
+//!     dmiSockPath: /etc/kubeedge/dmi.sock  # where mappers register (default: dataDir/dmi.sock)
+//!   eventBus:
+//!     mqttMode: 0                        # 0: the embedded broker (default), 2: an external one
+//!     mqttServerInternal: tcp://127.0.0.1:1884
+//!     mqttServerExternal: tcp://127.0.0.1:1883
 //! ```
 //!
 //! Every key is optional; other upstream keys are accepted and ignored. Certificates are kept under
@@ -75,6 +81,60 @@ pub struct Modules {
     /// `metaManager`.
     #[serde(default)]
     pub meta_manager: MetaManagerSection,
+    /// `deviceTwin`.
+    #[serde(default)]
+    pub device_twin: DeviceTwinSection,
+    /// `eventBus`.
+    #[serde(default)]
+    pub event_bus: EventBusSection,
+}
+
+/// `modules.deviceTwin`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct DeviceTwinSection {
+    /// The DMI socket mappers register on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmi_sock_path: Option<PathBuf>,
+}
+
+/// `modules.eventBus`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct EventBusSection {
+    /// 0: the embedded broker; 1 (upstream: both) is taken as 0; 2: the external broker.
+    #[serde(default, rename = "mqttMode", skip_serializing_if = "Option::is_none")]
+    pub mqtt_mode: Option<u8>,
+    /// The embedded broker's address, `tcp://HOST:PORT`.
+    #[serde(
+        default,
+        rename = "mqttServerInternal",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mqtt_server_internal: Option<String>,
+    /// The external broker, `tcp://HOST:PORT`.
+    #[serde(
+        default,
+        rename = "mqttServerExternal",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mqtt_server_external: Option<String>,
+}
+
+/// Upstream's internal broker address.
+pub const DEFAULT_MQTT_INTERNAL: &str = "tcp://127.0.0.1:1884";
+/// Upstream's external broker address.
+pub const DEFAULT_MQTT_EXTERNAL: &str = "tcp://127.0.0.1:1883";
+
+/// Which MQTT broker the device event bus uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventBusMode {
+    /// Run the embedded broker on this address.
+    Internal(SocketAddr),
+    /// Connect to this broker (`tcp://HOST:PORT`).
+    External(String),
 }
 
 /// `modules.edgeHub`.
@@ -285,6 +345,50 @@ impl EdgeCoreFile {
         Ok(config)
     }
 
+    /// The event bus the file asks for (`modules.eventBus`): the embedded broker unless
+    /// `mqttMode` is 2.
+    pub fn event_bus(&self) -> Result<EventBusMode, Error> {
+        let bus = &self.modules.event_bus;
+        match bus.mqtt_mode.unwrap_or(0) {
+            0 | 1 => {
+                let url = bus
+                    .mqtt_server_internal
+                    .as_deref()
+                    .unwrap_or(DEFAULT_MQTT_INTERNAL);
+                let addr = url
+                    .strip_prefix("tcp://")
+                    .unwrap_or(url)
+                    .trim_end_matches('/');
+                addr.parse::<SocketAddr>()
+                    .map(EventBusMode::Internal)
+                    .map_err(|e| {
+                        bad(
+                            "modules.eventBus.mqttServerInternal",
+                            format!("{url:?}: {e} (an IP address and port)"),
+                        )
+                    })
+            }
+            2 => Ok(EventBusMode::External(
+                bus.mqtt_server_external
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_MQTT_EXTERNAL.into()),
+            )),
+            other => Err(bad(
+                "modules.eventBus.mqttMode",
+                format!("{other} is not 0 (internal), 1 (both) or 2 (external)"),
+            )),
+        }
+    }
+
+    /// The DMI socket: `modules.deviceTwin.dmiSockPath`, or `dmi.sock` in the data directory.
+    pub fn dmi_socket(&self) -> Option<PathBuf> {
+        self.modules
+            .device_twin
+            .dmi_sock_path
+            .clone()
+            .or_else(|| self.data_dir.as_ref().map(|d| d.join("dmi.sock")))
+    }
+
     /// Lays `other`'s keys over this file's (what is set in `other` wins).
     pub fn merge(&mut self, other: &EdgeCoreFile) {
         fn over<T: Clone>(mine: &mut Option<T>, theirs: &Option<T>) {
@@ -311,6 +415,19 @@ impl EdgeCoreFile {
         over(
             &mut m.meta_manager.meta_server.server,
             &o.meta_manager.meta_server.server,
+        );
+        over(
+            &mut m.device_twin.dmi_sock_path,
+            &o.device_twin.dmi_sock_path,
+        );
+        over(&mut m.event_bus.mqtt_mode, &o.event_bus.mqtt_mode);
+        over(
+            &mut m.event_bus.mqtt_server_internal,
+            &o.event_bus.mqtt_server_internal,
+        );
+        over(
+            &mut m.event_bus.mqtt_server_external,
+            &o.event_bus.mqtt_server_external,
         );
     }
 }
@@ -340,6 +457,56 @@ mod tests {
                 .unwrap()
                 .modules,
             file.modules
+        );
+    }
+
+    #[test]
+    fn device_keys_pick_the_event_bus_and_the_dmi_socket() {
+        let parse = |text: &str| EdgeCoreFile::parse(text).unwrap();
+        let none = parse("dataDir: /d\n");
+        assert_eq!(
+            none.event_bus().unwrap(),
+            EventBusMode::Internal("127.0.0.1:1884".parse().unwrap())
+        );
+        assert_eq!(none.dmi_socket(), Some(PathBuf::from("/d/dmi.sock")));
+        let external = parse(
+            "modules:\n  deviceTwin:\n    dmiSockPath: /etc/kubeedge/dmi.sock\n  eventBus:\n    mqttMode: 2\n    mqttServerExternal: tcp://10.0.0.5:1883\n",
+        );
+        assert_eq!(
+            external.event_bus().unwrap(),
+            EventBusMode::External("tcp://10.0.0.5:1883".into())
+        );
+        assert_eq!(
+            external.dmi_socket(),
+            Some(PathBuf::from("/etc/kubeedge/dmi.sock"))
+        );
+        let internal = parse(
+            "modules:\n  eventBus:\n    mqttMode: 0\n    mqttServerInternal: tcp://127.0.0.1:0\n",
+        );
+        assert_eq!(
+            internal.event_bus().unwrap(),
+            EventBusMode::Internal("127.0.0.1:0".parse().unwrap())
+        );
+        let err = |text: &str| parse(text).event_bus().unwrap_err().to_string();
+        assert!(err("modules:\n  eventBus:\n    mqttMode: 7\n").contains("mqttMode"));
+        assert!(
+            err("modules:\n  eventBus:\n    mqttServerInternal: tcp://localhost:1884\n")
+                .contains("mqttServerInternal")
+        );
+        // Flags laid over the file win.
+        let mut file = external.clone();
+        let mut flags = EdgeCoreFile::default();
+        flags.modules.event_bus.mqtt_mode = Some(0);
+        file.merge(&flags);
+        assert!(matches!(
+            file.event_bus().unwrap(),
+            EventBusMode::Internal(_)
+        ));
+        assert_eq!(
+            EdgeCoreFile::parse(&external.to_yaml().unwrap())
+                .unwrap()
+                .modules,
+            external.modules
         );
     }
 

@@ -12,10 +12,12 @@
 //! `edgecore --config F` takes its settings from a file in upstream's `edgecore.yaml` shape (see
 //! `kubeedge_edge::config_file`), as `keadm join` writes it; flags given beside it win.
 //!
-//! Devices: the device module serves DMI on `--dmi-dir`/`dmi.sock` (default: the data directory)
-//! for mappers, and speaks upstream's `$hw/events/...` topics on the event bus: the embedded MQTT
-//! broker on `--mqtt-internal` (default `127.0.0.1:1884`, upstream's internal address), or with
-//! `--mqtt-broker tcp://HOST:PORT` an external one such as mosquitto.
+//! Devices: the device module serves DMI on `--dmi-dir`/`dmi.sock` (file:
+//! `modules.deviceTwin.dmiSockPath`; default `dmi.sock` in the data directory) for mappers, and
+//! speaks upstream's `$hw/events/...` topics on the event bus: the embedded MQTT broker on
+//! `--mqtt-internal` (file: `modules.eventBus.mqttServerInternal`; default `127.0.0.1:1884`,
+//! upstream's internal address), or with `--mqtt-broker tcp://HOST:PORT` (file: `mqttMode: 2`
+//! and `mqttServerExternal`) an external one such as mosquitto.
 //!
 //! Once serving, it prints one line to stdout:
 //! `edgecore ready node=<N> metaserver=<addr> dmi=<socket> mqtt=<url>`. Logs go
@@ -33,7 +35,7 @@ mod daemon;
 use clap::Parser;
 use kubeedge_device::broker::Broker;
 use kubeedge_device::devicetwin::{self, DeviceTwinModule};
-use kubeedge_edge::config_file::EdgeCoreFile;
+use kubeedge_edge::config_file::{EdgeCoreFile, EventBusMode};
 use kubeedge_edge::{Config, EdgeCore};
 
 #[derive(Parser)]
@@ -81,16 +83,22 @@ struct Cli {
     mqtt_broker: Option<String>,
     /// Where the embedded MQTT broker listens when no --mqtt-broker is given (upstream's
     /// `eventBus.mqttServerInternal`). Default 127.0.0.1:1884.
-    #[arg(long, default_value = "127.0.0.1:1884")]
-    mqtt_internal: SocketAddr,
+    #[arg(long)]
+    mqtt_internal: Option<SocketAddr>,
     /// Directory of the DMI socket `dmi.sock` mappers register on (upstream `/etc/kubeedge/`).
     /// Default: the data directory.
     #[arg(long)]
     dmi_dir: Option<PathBuf>,
 }
 
+/// The device module's settings.
+struct Devices {
+    dmi_socket: PathBuf,
+    bus: EventBusMode,
+}
+
 /// The file (if any) with the flags laid over it.
-fn settings(cli: Cli) -> Result<Config, Box<dyn std::error::Error>> {
+fn settings(cli: Cli) -> Result<(Config, Devices), Box<dyn std::error::Error>> {
     let mut file = match &cli.config {
         Some(path) => EdgeCoreFile::load(path)?,
         None => EdgeCoreFile::default(),
@@ -120,8 +128,24 @@ fn settings(cli: Cli) -> Result<Config, Box<dyn std::error::Error>> {
         );
         flags.modules.meta_manager.meta_server.server = Some(addr.to_string());
     }
+    flags.modules.device_twin.dmi_sock_path = cli.dmi_dir.map(|d| d.join("dmi.sock"));
+    let bus = &mut flags.modules.event_bus;
+    if let Some(url) = cli.mqtt_broker {
+        bus.mqtt_mode = Some(2);
+        bus.mqtt_server_external = Some(url);
+    } else if let Some(addr) = cli.mqtt_internal {
+        bus.mqtt_mode = Some(0);
+        bus.mqtt_server_internal = Some(format!("tcp://{addr}"));
+    }
     file.merge(&flags);
-    Ok(file.to_config()?)
+    let config = file.to_config()?;
+    let devices = Devices {
+        dmi_socket: file
+            .dmi_socket()
+            .unwrap_or_else(|| config.data_dir.join("dmi.sock")),
+        bus: file.event_bus()?,
+    };
+    Ok((config, devices))
 }
 
 /// Starts the device module beside edgecore: its cloud-bound reports go through edgehub's durable
@@ -129,11 +153,16 @@ fn settings(cli: Cli) -> Result<Config, Box<dyn std::error::Error>> {
 async fn start_devices(
     edge: &EdgeCore,
     node: &str,
-    dmi_dir: PathBuf,
-    mqtt: Option<String>,
+    dmi_socket: PathBuf,
+    mqtt: String,
 ) -> Result<DeviceTwinModule, Box<dyn std::error::Error>> {
-    let mut config = devicetwin::Config::new(node, dmi_dir);
-    config.mqtt_url = mqtt;
+    let dir = dmi_socket
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut config = devicetwin::Config::new(node, dir);
+    config.dmi_socket = Some(dmi_socket);
+    config.mqtt_url = Some(mqtt);
     let (uplink, mut reports) = tokio::sync::mpsc::channel(256);
     let hub = edge.hub().clone();
     tokio::spawn(async move {
@@ -147,30 +176,26 @@ async fn start_devices(
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let mqtt = cli.mqtt_broker.clone();
-    let mqtt_internal = cli.mqtt_internal;
-    let dmi_dir = cli.dmi_dir.clone();
-    let config = settings(cli)?;
+    let (config, devices) = settings(cli)?;
     let node = config.node.clone();
-    let dmi_dir = dmi_dir.unwrap_or_else(|| config.data_dir.clone());
     let edge = EdgeCore::start(config).await?;
-    let (broker, mqtt) = match mqtt {
-        Some(url) => (None, url),
-        None => {
-            let broker = Broker::start(mqtt_internal).await?;
+    let (broker, mqtt) = match devices.bus {
+        EventBusMode::External(url) => (None, url),
+        EventBusMode::Internal(addr) => {
+            let broker = Broker::start(addr).await?;
             let url = broker.url();
             (Some(broker), url)
         }
     };
-    let devices = start_devices(&edge, &node, dmi_dir, Some(mqtt.clone())).await?;
+    let twin = start_devices(&edge, &node, devices.dmi_socket, mqtt.clone()).await?;
     println!(
         "edgecore ready node={node} metaserver={} dmi={} mqtt={mqtt}",
         edge.metaserver_addr(),
-        devices.socket().display()
+        twin.socket().display()
     );
     daemon::shutdown_signal().await;
     tracing::info!("stopping");
-    drop(devices);
+    drop(twin);
     drop(broker);
     edge.stop().await;
     Ok(())
