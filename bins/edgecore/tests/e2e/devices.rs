@@ -194,6 +194,29 @@ pub(crate) fn ready_message(device: &Value) -> String {
         .to_owned()
 }
 
+/// edge `e1`'s device module (DMI under `dir/dmi`, mappers given 2 s to register), its reports
+/// carried by edgehub; the task forwarding them is returned beside it.
+pub(crate) async fn start_twin(
+    dir: &TempDir,
+    edge: &EdgeCore,
+    mqtt_url: Option<String>,
+) -> (DeviceTwinModule, tokio::task::JoinHandle<()>) {
+    let mut twin_config = devicetwin::Config::new("e1", dir.0.join("dmi"));
+    twin_config.mqtt_url = mqtt_url;
+    twin_config.mapper_grace = Duration::from_secs(2);
+    let (uplink, mut reports) = tokio::sync::mpsc::channel(64);
+    let hub = edge.hub().clone();
+    let forwarder = tokio::spawn(async move {
+        while let Some(m) = reports.recv().await {
+            hub.report(m).await.unwrap();
+        }
+    });
+    let twin = DeviceTwinModule::start(twin_config, edge.hub().store().store().clone(), uplink)
+        .await
+        .unwrap();
+    (twin, forwarder)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn modbus_device_reports_follows_and_takes_desired_values() {
     let dir = TempDir::new("devices");
@@ -208,19 +231,8 @@ async fn modbus_device_reports_follows_and_takes_desired_values() {
     let edge = EdgeCore::start(edge_config(&dir, &cloud_core))
         .await
         .unwrap();
-    let mut twin_config = devicetwin::Config::new("e1", dir.0.join("dmi"));
-    twin_config.mqtt_url = Some(format!("tcp://127.0.0.1:{mqtt_port}"));
-    twin_config.mapper_grace = Duration::from_secs(2);
-    let (uplink, mut reports) = tokio::sync::mpsc::channel(64);
-    let hub = edge.hub().clone();
-    let forwarder = tokio::spawn(async move {
-        while let Some(m) = reports.recv().await {
-            hub.report(m).await.unwrap();
-        }
-    });
-    let twin = DeviceTwinModule::start(twin_config, edge.hub().store().store().clone(), uplink)
-        .await
-        .unwrap();
+    let (twin, forwarder) =
+        start_twin(&dir, &edge, Some(format!("tcp://127.0.0.1:{mqtt_port}"))).await;
     let mapper = Mapper::start(
         Modbus,
         MapperConfig::new(

@@ -2,14 +2,14 @@
 //! OPC-UA mapper over DMI, an asyncua server, kubectl, and an asyncua client checking the server.
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use kubeedge_device::devicetwin::{self, DeviceTwinModule};
 use kubeedge_device::mapper::{Mapper, MapperConfig, opcua::OpcUa};
 use kubeedge_edge::EdgeCore;
 
 use crate::common::*;
-use crate::devices::{Peer, device_json, free_port, python, ready_message, reported, wait_port};
+use crate::devices::{
+    Peer, device_json, free_port, python, ready_message, reported, start_twin, wait_port,
+};
 
 /// asyncua 2.1: no security, anonymous; `ns=2;s=Temperature` (Double 21.5, writable),
 /// `ns=2;s=Counter` (Int32, +1 every second).
@@ -155,18 +155,7 @@ async fn opcua_device_reports_follows_and_takes_desired_values() {
     let edge = EdgeCore::start(edge_config(&dir, &cloud_core))
         .await
         .unwrap();
-    let mut twin_config = devicetwin::Config::new("e1", dir.0.join("dmi"));
-    twin_config.mapper_grace = Duration::from_secs(2);
-    let (uplink, mut reports) = tokio::sync::mpsc::channel(64);
-    let hub = edge.hub().clone();
-    let forwarder = tokio::spawn(async move {
-        while let Some(m) = reports.recv().await {
-            hub.report(m).await.unwrap();
-        }
-    });
-    let twin = DeviceTwinModule::start(twin_config, edge.hub().store().store().clone(), uplink)
-        .await
-        .unwrap();
+    let (twin, forwarder) = start_twin(&dir, &edge, None).await;
     let mapper = Mapper::start(
         OpcUa::new(dir.0.join("opcua-pki")),
         MapperConfig::new("opcua-mapper", dir.0.join("dmi/opcua.sock"), twin.socket()),
