@@ -71,7 +71,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let config = MapperConfig::new(name, socket, cli.edgecore_socket);
     match cli.protocol.as_str() {
         "modbus" => serve(Modbus, config).await,
-        "bluetooth" => serve(Ble, config).await,
+        "bluetooth" => serve(Ble::new(), config).await,
         "opcua" => {
             let pki = cli
                 .pki_dir

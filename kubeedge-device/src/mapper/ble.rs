@@ -48,9 +48,19 @@ use super::{DeviceInfo, Driver, DriverError, PropertyInfo};
 /// How long a device BlueZ does not know is scanned for.
 const SCAN: Duration = Duration::from_secs(4);
 
-/// The BLE driver (protocol name `bluetooth`, as upstream names it).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Ble;
+/// The BLE driver (protocol name `bluetooth`, as upstream names it). One D-Bus connection to
+/// BlueZ, made on first use, serves every device.
+#[derive(Debug, Default)]
+pub struct Ble {
+    manager: tokio::sync::OnceCell<Manager>,
+}
+
+impl Ble {
+    /// A driver that connects to BlueZ on the system bus when it first needs it.
+    pub fn new() -> Ble {
+        Ble::default()
+    }
+}
 
 /// Notifications by characteristic.
 type Latest = Arc<Mutex<HashMap<Uuid, Vec<u8>>>>;
@@ -351,7 +361,11 @@ impl Driver for Ble {
             .ok_or_else(|| DriverError::Config("configData has no macAddress".into()))?;
         let mac = BDAddr::from_str_delim(raw.trim())
             .map_err(|_| DriverError::Config(format!("macAddress {raw:?} is not an address")))?;
-        let manager = Manager::new().await.map_err(unreachable)?;
+        let manager = self
+            .manager
+            .get_or_try_init(Manager::new)
+            .await
+            .map_err(unreachable)?;
         let adapters = manager.adapters().await.map_err(unreachable)?;
         let wanted = c["adapter"].as_str();
         let mut adapter = None;
