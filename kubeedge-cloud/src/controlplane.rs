@@ -27,6 +27,9 @@ use crate::Error;
 pub const ADMIN_USER: &str = "kubernetes-admin";
 /// The admin kubeconfig's file name in the data directory.
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
+/// The ClusterIP of the `default/kubernetes` Service (the first address of the default service
+/// range, 10.96.0.0/12).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// How long the admin certificate is valid.
 const ADMIN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
@@ -43,13 +46,21 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Opens the store under `data_dir`, issues certificates from `ca`, writes the admin
     /// kubeconfig and serves on `bind` (port 0 picks one).
-    pub async fn start(data_dir: &Path, bind: SocketAddr, ca: &Ca) -> Result<ControlPlane, Error> {
+    /// `kube_minor` is the minor version `/version` reports.
+    pub async fn start(
+        data_dir: &Path,
+        bind: SocketAddr,
+        ca: &Ca,
+        kube_minor: &str,
+    ) -> Result<ControlPlane, Error> {
         let now = SystemTime::now();
         let store = Store::open(
             &data_dir.join("controlplane.redb"),
             store::Config::default(),
         )?;
-        let api = Api::new(store)?;
+        let api = Api::new(store)?
+            .with_reported_minor(kube_minor)
+            .control_plane(&ca.cert_pem())?;
         // Devices and their models are served from the start, as upstream installs their CRDs.
         api.install_crds(&kubeedge_core::api::devices::crds())?;
         let mut ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
@@ -83,6 +94,11 @@ impl ControlPlane {
             addr.ip()
         };
         let url = format!("https://{}", SocketAddr::new(host, addr.port()));
+        // In-cluster clients find the API as the `default/kubernetes` Service.
+        api.kubernetes_service(
+            IpAddr::V4(KUBERNETES_SERVICE_IP),
+            SocketAddr::new(host, addr.port()),
+        )?;
         let kubeconfig_path = data_dir.join(ADMIN_KUBECONFIG);
         pki::write(
             &kubeconfig_path,

@@ -97,6 +97,9 @@ pub struct Config {
     pub node_grace: Duration,
     /// Validity of signed node certificates. Default 365 days (upstream).
     pub edge_cert_validity: Duration,
+    /// The Kubernetes minor version the embedded control plane reports on `/version` (kubectl's
+    /// version dispatcher picks its client by it). Default [`kubeapi::KUBE_MINOR`](kubeedge_core::kubeapi::KUBE_MINOR).
+    pub kube_minor: String,
 }
 
 impl Config {
@@ -113,6 +116,7 @@ impl Config {
             hub: HubConfig::default(),
             node_grace: Duration::from_secs(40),
             edge_cert_validity: Duration::from_secs(365 * 86_400),
+            kube_minor: kubeedge_core::kubeapi::KUBE_MINOR.to_owned(),
         }
     }
 }
@@ -194,7 +198,7 @@ impl CloudCore {
         let (control_plane, kubeconfig) = match &config.kubeconfig {
             Some(path) => (None, path.clone()),
             None => {
-                let cp = ControlPlane::start(dir, config.api_addr, &ca).await?;
+                let cp = ControlPlane::start(dir, config.api_addr, &ca, &config.kube_minor).await?;
                 let path = cp.kubeconfig().to_owned();
                 (Some(cp), path)
             }

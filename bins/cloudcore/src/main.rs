@@ -65,6 +65,10 @@ struct Cli {
     /// Messages in flight to one edge, unacked, at once (1 behaves like upstream cloudhub).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     window: u16,
+    /// The Kubernetes minor version the embedded API reports on /version (kubectl's version
+    /// dispatcher picks its client by it).
+    #[arg(long, default_value = kubeedge_core::kubeapi::KUBE_MINOR)]
+    kube_minor: String,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -79,6 +83,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.hub.session.outbox.window = usize::from(cli.window);
     config.hub.api_concurrency = usize::from(cli.api_concurrency);
     config.node_grace = Duration::from_secs(cli.node_grace_seconds);
+    config.kube_minor = cli.kube_minor;
     let kubeconfig = config.kubeconfig.clone();
     let core = CloudCore::start(config).await?;
     let (api, kubeconfig) = match core.control_plane() {

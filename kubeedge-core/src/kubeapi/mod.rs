@@ -17,10 +17,18 @@
 //! in-process callers); [`Api::serve_tls`] adds client-certificate authentication and group
 //! authorization, as the embedded control plane serves it (see [`tls`]).
 
+mod apply;
+pub mod auth;
+pub mod defaults;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
+mod reviews;
+mod subresources;
 mod table;
 pub mod tls;
+pub mod validation;
+mod views;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -52,6 +60,12 @@ pub const DEFAULT_NAMESPACES: [&str; 4] =
 pub struct Api {
     store: Store,
     bookmark_interval: Duration,
+    /// The minor version `/version` reports.
+    minor: Arc<str>,
+    /// The control plane's parts: ServiceAccount tokens, and the CA every namespace's
+    /// `kube-root-ca.crt` carries (see [`Api::control_plane`]).
+    tokens: Option<auth::TokenIssuer>,
+    root_ca: Option<Arc<str>>,
     /// Flipped to `true` when serving stops: open watches end, so that connections close.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -76,6 +90,9 @@ impl Api {
         Ok(Api {
             store,
             bookmark_interval: BOOKMARK_INTERVAL,
+            minor: Arc::from(KUBE_MINOR),
+            tokens: None,
+            root_ca: None,
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -92,6 +109,143 @@ impl Api {
             }
         }
         Ok(())
+    }
+
+    /// Makes this the API of a control plane (not of an edge's metaserver): ServiceAccount tokens
+    /// (TokenRequest, TokenReview, bearer authentication), the default RBAC roles and bindings, the
+    /// `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap (with `ca_pem`) in every
+    /// namespace, now and when namespaces are created.
+    pub fn control_plane(mut self, ca_pem: &str) -> Result<Api, store::Error> {
+        self.tokens = Some(auth::TokenIssuer::load_or_create(&self.store)?);
+        self.root_ca = Some(Arc::from(ca_pem));
+        for (resource, obj) in auth::default_roles() {
+            match self.store.create(resource, None, obj) {
+                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let (namespaces, _) = self.store.list(
+            "namespaces",
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        )?;
+        for ns in namespaces {
+            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
+                self.namespace_defaults(name)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Creates what every namespace has, if missing: the `default` ServiceAccount and the
+    /// `kube-root-ca.crt` ConfigMap (control planes only).
+    fn namespace_defaults(&self, ns: &str) -> Result<(), store::Error> {
+        let Some(ca) = &self.root_ca else {
+            return Ok(());
+        };
+        let wanted = [
+            (
+                "serviceaccounts",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+            ),
+            (
+                "configmaps",
+                json!({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "kube-root-ca.crt",
+                                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                       "data": {"ca.crt": ca.as_ref()}}),
+            ),
+        ];
+        for (resource, obj) in wanted {
+            match self.store.create(resource, Some(ns), obj) {
+                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates or refreshes the `default/kubernetes` Service (ClusterIP `cluster_ip`, port 443)
+    /// and its Endpoints and EndpointSlice pointing at the API server on `endpoint`.
+    pub fn kubernetes_service(
+        &self,
+        cluster_ip: std::net::IpAddr,
+        endpoint: std::net::SocketAddr,
+    ) -> Result<(), store::Error> {
+        let ip = endpoint.ip().to_string();
+        let port = endpoint.port();
+        let family = if endpoint.is_ipv4() { "IPv4" } else { "IPv6" };
+        let labels = json!({"component": "apiserver", "provider": "kubernetes"});
+        let objects = [
+            (
+                "services",
+                json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "labels": labels},
+                "spec": {"type": "ClusterIP", "clusterIP": cluster_ip.to_string(), "clusterIPs": [cluster_ip.to_string()],
+                         "ipFamilies": [family], "ipFamilyPolicy": "SingleStack", "sessionAffinity": "None",
+                         "internalTrafficPolicy": "Cluster",
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+                "status": {"loadBalancer": {}}}),
+            ),
+            (
+                "endpoints",
+                json!({"apiVersion": "v1", "kind": "Endpoints",
+                "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]}),
+            ),
+            (
+                "endpointslices.discovery.k8s.io",
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes",
+                             "endpointslice.kubernetes.io/managed-by": "kubeedge-rs"}},
+                "addressType": family, "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}),
+            ),
+        ];
+        for (resource, obj) in objects {
+            match self.store.get(resource, Some("default"), "kubernetes") {
+                Ok(current) => {
+                    let mut next = obj;
+                    next["metadata"]["resourceVersion"] =
+                        current["metadata"]["resourceVersion"].clone();
+                    let same = {
+                        let strip = |v: &Value| {
+                            let mut v = v.clone();
+                            if let Some(o) = v.as_object_mut() {
+                                o.remove("metadata");
+                                o.remove("status");
+                            }
+                            v
+                        };
+                        strip(&current) == strip(&next)
+                    };
+                    if !same {
+                        self.store
+                            .update(resource, Some("default"), "kubernetes", next)?;
+                    }
+                }
+                Err(store::Error::NotFound { .. }) => {
+                    self.store.create(resource, Some("default"), obj)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reports `minor` as the Kubernetes minor version on `/version` instead of [`KUBE_MINOR`]
+    /// (kubectl's version dispatcher picks its client by it).
+    pub fn with_reported_minor(mut self, minor: &str) -> Api {
+        self.minor = Arc::from(minor);
+        self
+    }
+
+    /// Whether `token` is a valid ServiceAccount token of this control plane now; the user it
+    /// stands for.
+    pub fn authenticate_token(&self, token: &str) -> Option<auth::User> {
+        let issuer = self.tokens.as_ref()?;
+        issuer.verify(&self.store, token).ok().map(|(user, _)| user)
     }
 
     /// Sends watch bookmarks every `interval` instead of [`BOOKMARK_INTERVAL`].
@@ -264,6 +418,73 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     sub: Option<String>,
+    /// `dryRun=All`: everything is checked and answered, nothing is stored.
+    dry_run: bool,
+    /// The field manager of writes (`fieldManager`, else the client's program).
+    manager: String,
+    /// What to do about fields the kind does not have.
+    field_validation: FieldValidation,
+    /// Warnings for the client (`Warning` headers).
+    warnings: std::sync::Mutex<Vec<String>>,
+    /// Who asked, when the API is served with authentication.
+    user: Option<auth::User>,
+}
+
+/// `fieldValidation`: what a write with fields its kind does not have gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldValidation {
+    /// Refused (400).
+    Strict,
+    /// Accepted with a `Warning` header (the default).
+    Warn,
+    /// Accepted silently.
+    Ignore,
+}
+
+impl Target {
+    fn warn(&self, w: String) {
+        if let Ok(mut ws) = self.warnings.lock() {
+            ws.push(w);
+        }
+    }
+
+    /// Checks `obj` for fields its kind does not have, as `fieldValidation` asks.
+    fn check_fields(&self, obj: &Value) -> Result<(), ApiError> {
+        if self.field_validation == FieldValidation::Ignore {
+            return Ok(());
+        }
+        let unknown = validation::unknown_fields(&self.resource, obj).unwrap_or_default();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        match self.field_validation {
+            FieldValidation::Strict => Err(ApiError::bad_request(format!(
+                "strict decoding error: {}",
+                list.join(", ")
+            ))),
+            _ => {
+                for w in list {
+                    self.warn(w);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Target {
+    /// The store to write through: a dry-run handle for `dryRun=All`.
+    fn store(&self, api: &Api) -> Store {
+        if self.dry_run {
+            api.store.dry_run()
+        } else {
+            api.store.clone()
+        }
+    }
 }
 
 async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
@@ -284,30 +505,103 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
             .into_response();
         }
     };
-    // Bodies are JSON only. Protobuf (client-go's default for built-in types in some commands)
-    // gets 415, on which client-go retries the request as JSON.
-    let protobuf = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("protobuf"));
-    if protobuf && !body.is_empty() {
-        return ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the body must be JSON (application/vnd.kubernetes.protobuf is not supported)",
-        )
-        .into_response();
-    }
+    // Protobuf bodies (client-go's default for built-in kinds) are transcoded to JSON here; the
+    // rest of the API speaks JSON.
+    let body = match decode_body(&parts.headers, body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let answer_protobuf = wants_protobuf(&parts.headers);
     let path = parts.uri.path().to_owned();
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
-    match dispatch(&api, &parts.method, &parts.headers, &segs, &query, body).await {
+    let user = parts.extensions.get::<auth::User>().cloned();
+    let response = match dispatch(
+        &api,
+        &parts.method,
+        &parts.headers,
+        &segs,
+        &query,
+        body,
+        user,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if answer_protobuf {
+        to_protobuf(response).await
+    } else {
+        response
+    }
+}
+
+fn media_type(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A protobuf request body as JSON; other bodies as they are.
+fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, ApiError> {
+    let protobuf = media_type(headers, header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.trim_start().starts_with(protobuf::CONTENT_TYPE));
+    if !protobuf || body.is_empty() {
+        return Ok(body);
+    }
+    match protobuf::decode(&body) {
+        Ok(v) => Ok(Bytes::from(v.to_string())),
+        Err(e @ protobuf::Error::UnknownKind { .. }) => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("{e}: send it as application/json"),
+        )),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "the request body cannot be decoded: {e}"
+        ))),
+    }
+}
+
+/// Whether the client asks for protobuf first (client-go's typed clients do; tables and metadata
+/// views are asked for as JSON).
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    media_type(headers, header::ACCEPT)
+        .and_then(|a| a.split(',').next())
+        .is_some_and(|first| {
+            let mut params = first.split(';').map(str::trim);
+            params.next() == Some(protobuf::CONTENT_TYPE) && params.all(|p| !p.starts_with("as="))
+        })
+}
+
+/// A JSON answer re-encoded as protobuf when its kind has a protobuf form; streams (watches choose
+/// their own encoding) and other answers pass as they are.
+async fn to_protobuf(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct == "application/json");
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::new(500, "InternalError", "reading the answer").into_response();
+    };
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| protobuf::encode(&v).ok());
+    match encoded {
+        Some(pb) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(protobuf::CONTENT_TYPE),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(pb))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
     }
 }
 
@@ -318,6 +612,7 @@ async fn dispatch(
     segs: &[&str],
     query: &Query,
     body: Bytes,
+    user: Option<auth::User>,
 ) -> Result<Response, ApiError> {
     let discovery_only = || {
         if method == Method::GET {
@@ -333,7 +628,7 @@ async fn dispatch(
     match segs {
         ["version"] => {
             discovery_only()?;
-            Ok(json_response(StatusCode::OK, &version()))
+            Ok(json_response(StatusCode::OK, &version(&api.minor)))
         }
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["api"] => {
@@ -395,17 +690,20 @@ async fn dispatch(
             ))
         }
         ["api", "v1", rest @ ..] => {
-            resource_request(api, method, headers, "", "v1", rest, query, body).await
+            resource_request(api, method, headers, "", "v1", rest, query, body, user).await
         }
         ["apis", group, version, rest @ ..] => {
-            resource_request(api, method, headers, group, version, rest, query, body).await
+            resource_request(
+                api, method, headers, group, version, rest, query, body, user,
+            )
+            .await
         }
         _ => Err(ApiError::not_found("path", &format!("/{}", segs.join("/")))),
     }
 }
 
-fn version() -> Value {
-    json!({"major": KUBE_MAJOR, "minor": KUBE_MINOR, "gitVersion": format!("v{KUBE_MAJOR}.{KUBE_MINOR}.0-kubeedge-rs"),
+fn version(minor: &str) -> Value {
+    json!({"major": KUBE_MAJOR, "minor": minor, "gitVersion": format!("v{KUBE_MAJOR}.{minor}.0-kubeedge-rs"),
            "gitCommit": env!("CARGO_PKG_VERSION"), "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
            "goVersion": "rust", "compiler": "rustc", "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH)})
 }
@@ -505,6 +803,7 @@ async fn resource_request(
     rest: &[&str],
     query: &Query,
     body: Bytes,
+    user: Option<auth::User>,
 ) -> Result<Response, ApiError> {
     let store = &api.store;
     // `namespaces/<ns>/<plural>...` is namespaced; `namespaces/<name>[/status]` is a Namespace.
@@ -542,24 +841,94 @@ async fn resource_request(
         ));
     }
     if let Some(s) = &sub
-        && !(s == "status" && resource.status)
+        && !resource.has_subresource(s)
     {
         return Err(ApiError::not_found("subresource", s));
     }
+    let dry_run = match query.get("dryRun") {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unsupported dry run option {other:?} (only \"All\")"
+            )));
+        }
+    };
+    let field_validation = match query.get("fieldValidation") {
+        None | Some("") | Some("Warn") => FieldValidation::Warn,
+        Some("Strict") => FieldValidation::Strict,
+        Some("Ignore") => FieldValidation::Ignore,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "fieldValidation must be Strict, Warn or Ignore, not {other:?}"
+            )));
+        }
+    };
+    let manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| apply::default_manager(headers));
     let t = Target {
         resource,
         namespace,
         name,
         sub,
+        dry_run,
+        manager,
+        field_validation,
+        warnings: std::sync::Mutex::new(Vec::new()),
+        user,
     };
-    match (method.clone(), &t.name) {
-        (Method::GET, Some(_)) => get(api, &t, headers),
-        (Method::GET, None) if query.flag("watch") => watch(api, &t, query).await,
-        (Method::GET, None) => list(api, &t, headers, query),
-        (Method::POST, None) => create(api, &t, body),
-        (Method::PUT, Some(_)) => update(api, &t, body),
-        (Method::PATCH, Some(_)) => patch(api, &t, headers, query, body),
-        (Method::DELETE, Some(_)) => delete(api, &t, query, body),
+    let mut response = serve_target(api, &t, method, headers, query, body).await?;
+    let warnings = t.warnings.lock().map(|w| w.clone()).unwrap_or_default();
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::Value::String(w));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
+    }
+    Ok(response)
+}
+
+async fn serve_target(
+    api: &Api,
+    t: &Target,
+    method: &Method,
+    headers: &HeaderMap,
+    query: &Query,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if t.resource.create_only {
+        return match (method.clone(), &t.name) {
+            (Method::POST, None) => reviews::create(api, t, body),
+            _ => Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!("only create is served on {}", t.resource.plural),
+            )),
+        };
+    }
+    match (method.clone(), &t.name, t.sub.as_deref()) {
+        (_, Some(_), Some("scale")) => subresources::scale(api, t, method, headers, body),
+        (Method::POST, Some(_), Some("eviction")) => subresources::evict(api, t, body),
+        (Method::POST, Some(_), Some("token")) => reviews::token_request(api, t, body),
+        (Method::GET, Some(_), _) => get(api, t, headers),
+        (Method::GET, None, _) if query.flag("watch") => watch(api, t, headers, query).await,
+        (Method::GET, None, _) => list(api, t, headers, query),
+        (Method::POST, None, _) => create(api, t, headers, body),
+        (Method::PUT, Some(_), Some(_) | None)
+            if !matches!(t.sub.as_deref(), Some("eviction" | "token")) =>
+        {
+            update(api, t, headers, body)
+        }
+        (Method::PATCH, Some(_), Some(_) | None)
+            if !matches!(t.sub.as_deref(), Some("eviction" | "token")) =>
+        {
+            patch(api, t, headers, query, body)
+        }
+        (Method::DELETE, Some(_), None) => delete(api, t, query, body),
+        (Method::DELETE, None, None) => delete_collection(api, t, query, body),
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -576,13 +945,6 @@ fn name(t: &Target) -> &str {
     t.name.as_deref().unwrap_or_default()
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"))
-}
-
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
@@ -592,22 +954,59 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// What form the client asked for (`Accept`): the objects, a `Table`, or only their metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Full,
+    Table,
+    Metadata,
+}
+
+fn output(headers: &HeaderMap) -> Output {
+    let accept = media_type(headers, header::ACCEPT).unwrap_or("");
+    // The first form the client lists that is served wins.
+    for range in accept.split(',') {
+        let params: Vec<&str> = range.split(';').map(str::trim).collect();
+        let as_ = params.iter().find_map(|p| p.strip_prefix("as="));
+        match as_ {
+            Some("Table") => return Output::Table,
+            Some("PartialObjectMetadata" | "PartialObjectMetadataList") => {
+                return Output::Metadata;
+            }
+            Some(_) => continue,
+            None => return Output::Full,
+        }
+    }
+    Output::Full
+}
+
+/// One object in the form asked for (store form to the resource's view first).
+fn render_one(t: &Target, headers: &HeaderMap, obj: Value) -> Value {
+    let obj = views::outward(&t.resource, obj);
+    match output(headers) {
+        Output::Full => obj,
+        Output::Metadata => partial_metadata(obj),
+        Output::Table => {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            table::table(&t.resource, std::slice::from_ref(&obj), rv)
+        }
+    }
+}
+
+fn partial_metadata(obj: Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+           "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({}))})
+}
+
 fn get(api: &Api, t: &Target, headers: &HeaderMap) -> Result<Response, ApiError> {
     let obj = api
         .store
         .get(&t.resource.store_name(), ns(t), name(t))
         .map_err(|e| store_error(&t.resource, e))?;
-    if wants_table(headers) {
-        let rv = obj
-            .pointer("/metadata/resourceVersion")
-            .cloned()
-            .unwrap_or(Value::Null);
-        return Ok(json_response(
-            StatusCode::OK,
-            &table::table(&t.resource, std::slice::from_ref(&obj), rv),
-        ));
-    }
-    Ok(json_response(StatusCode::OK, &obj))
+    Ok(json_response(StatusCode::OK, &render_one(t, headers, obj)))
 }
 
 fn selectors(query: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -653,22 +1052,26 @@ fn list(api: &Api, t: &Target, headers: &HeaderMap, query: &Query) -> Result<Res
         )
         .map_err(|e| store_error(&t.resource, e))?;
     let rv = Value::String(page.rv.to_string());
-    if wants_table(headers) {
-        return Ok(json_response(
-            StatusCode::OK,
-            &table::table(&t.resource, &page.items, rv),
-        ));
-    }
+    let items: Vec<Value> = page
+        .items
+        .into_iter()
+        .map(|o| views::outward(&t.resource, o))
+        .collect();
     let mut meta = json!({"resourceVersion": rv});
     if let Some(next) = page.continue_after {
         use base64::Engine as _;
         meta["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(next));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"apiVersion": t.resource.api_version(), "kind": format!("{}List", t.resource.kind),
-                "metadata": meta, "items": page.items}),
-    ))
+    let body = match output(headers) {
+        Output::Table => table::table(&t.resource, &items, rv),
+        Output::Metadata => {
+            json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+            "metadata": meta, "items": items.into_iter().map(partial_metadata).collect::<Vec<_>>()})
+        }
+        Output::Full => json!({"apiVersion": t.resource.api_version(),
+            "kind": format!("{}List", t.resource.kind), "metadata": meta, "items": items}),
+    };
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 /// Checks `apiVersion`/`kind` and the namespace of a written object, filling in what is missing.
@@ -709,26 +1112,65 @@ fn normalize(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 fn require_namespace(api: &Api, t: &Target) -> Result<(), ApiError> {
-    if let Some(ns) = ns(t)
-        && api.store.get("namespaces", None, ns).is_err()
-    {
-        return Err(ApiError::not_found("namespaces", ns));
+    if let Some(ns) = ns(t) {
+        match api.store.get("namespaces", None, ns) {
+            Err(_) => return Err(ApiError::not_found("namespaces", ns)),
+            Ok(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+                return Err(ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "unable to create new content in namespace {ns} because it is being terminated"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+        }
     }
     Ok(())
 }
 
-fn create(api: &Api, t: &Target, body: Bytes) -> Result<Response, ApiError> {
-    let mut obj = parse_body(&body)?;
+/// Creates `obj` (already a JSON object) as `t`'s resource, through `t`'s store (dry run or not).
+fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiError> {
     normalize(t, &mut obj)?;
     require_namespace(api, t)?;
+    t.check_fields(&obj)?;
+    validation::custom_resource(&t.resource, &mut obj)?;
+    if obj.pointer("/metadata/managedFields").is_none() {
+        apply::record_update(&json!({}), &mut obj, &t.manager, None, "Update");
+    }
+    let mut obj = views::inward(&t.resource, obj);
+    defaults::apply(&t.resource, &mut obj);
+    validation::check(&t.resource, &obj)?;
     if t.resource.plural == "customresourcedefinitions" {
         accept_crd(&mut obj);
     }
-    let stored = api
-        .store
+    let mut stored = t
+        .store(api)
         .create(&t.resource.store_name(), ns(t), obj)
         .map_err(|e| store_error(&t.resource, e))?;
-    Ok(json_response(StatusCode::CREATED, &stored))
+    if t.dry_run {
+        // Nothing was stored: there is no version to report.
+        if let Some(m) = stored["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+    } else if t.resource.group.is_empty()
+        && t.resource.plural == "namespaces"
+        && let Some(ns) = stored.pointer("/metadata/name").and_then(Value::as_str)
+    {
+        api.namespace_defaults(ns)
+            .map_err(|e| store_error(&t.resource, e))?;
+    }
+    Ok(stored)
+}
+
+fn create(api: &Api, t: &Target, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let obj = parse_body(&body)?;
+    let stored = create_object(api, t, obj)?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &render_one(t, headers, stored),
+    ))
 }
 
 /// A CRD is established as soon as it is stored: its names are accepted as given.
@@ -742,32 +1184,58 @@ fn accept_crd(crd: &mut Value) {
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "lastTransitionTime": now}]});
 }
 
-/// Writes `obj` over the stored object as an update of the main resource or of `/status`, keeping
-/// the part the other one owns; removes an object whose deletion only waited for its finalizers.
-fn write(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiError> {
+/// Writes `obj` over the stored object as an update of the main resource or of a subresource
+/// (`status`, `ephemeralcontainers`, `approval`), keeping the parts the others own; removes an
+/// object whose deletion only waited for its finalizers.
+fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
+    let mut obj = obj;
     normalize(t, &mut obj)?;
+    let mut obj = views::inward(&t.resource, obj);
     let store_name = t.resource.store_name();
     let current = api
         .store
         .get(&store_name, ns(t), name(t))
         .map_err(|e| store_error(&t.resource, e))?;
-    if t.sub.as_deref() == Some("status") {
-        // Only the status changes.
-        let mut next = current.clone();
-        next["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
-        if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
-            next["metadata"]["resourceVersion"] = rv.clone();
-        }
-        obj = next;
-    } else if t.resource.status {
-        // The status belongs to the subresource.
-        match current.get("status") {
-            Some(s) => obj["status"] = s.clone(),
-            None => {
-                if let Some(o) = obj.as_object_mut() {
-                    o.remove("status");
+    let given_rv = obj.pointer("/metadata/resourceVersion").cloned();
+    match t.sub.as_deref() {
+        Some(sub @ ("status" | "ephemeralcontainers" | "approval")) => {
+            // Only the subresource's part changes.
+            let mut next = current.clone();
+            match sub {
+                "status" => next["status"] = obj.get("status").cloned().unwrap_or(Value::Null),
+                "ephemeralcontainers" => {
+                    next["spec"]["ephemeralContainers"] = obj
+                        .pointer("/spec/ephemeralContainers")
+                        .cloned()
+                        .unwrap_or(Value::Null)
+                }
+                _ => {
+                    next["status"]["conditions"] = obj
+                        .pointer("/status/conditions")
+                        .cloned()
+                        .unwrap_or(Value::Null)
                 }
             }
+            if let Some(rv) = given_rv {
+                next["metadata"]["resourceVersion"] = rv;
+            }
+            obj = next;
+        }
+        _ => {
+            if t.resource.status {
+                // The status belongs to the subresource.
+                match current.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+            }
+            t.check_fields(&obj)?;
+            validation::custom_resource(&t.resource, &mut obj)?;
+            defaults::apply(&t.resource, &mut obj);
         }
     }
     // Server-owned deletion fields cannot be changed by an update.
@@ -781,8 +1249,9 @@ fn write(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiError> {
             }
         }
     }
-    let updated = api
-        .store
+    validation::check(&t.resource, &obj)?;
+    let store = t.store(api);
+    let mut updated = store
         .update(&store_name, ns(t), name(t), obj)
         .map_err(|e| store_error(&t.resource, e))?;
     let finalizers_done = updated
@@ -793,15 +1262,21 @@ fn write(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiError> {
         && finalizers_done
         && !graceful_pod(t, &updated)
     {
-        return api
-            .store
+        if t.dry_run {
+            return Ok(updated);
+        }
+        return store
             .delete(&store_name, ns(t), name(t), None)
             .map_err(|e| store_error(&t.resource, e));
+    }
+    if t.dry_run {
+        // Nothing was stored: the version stays the one read.
+        updated["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
     }
     Ok(updated)
 }
 
-fn update(api: &Api, t: &Target, body: Bytes) -> Result<Response, ApiError> {
+fn update(api: &Api, t: &Target, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let obj = parse_body(&body)?;
     if obj
         .pointer("/metadata/name")
@@ -812,7 +1287,16 @@ fn update(api: &Api, t: &Target, body: Bytes) -> Result<Response, ApiError> {
             "the name of the object does not match the name on the URL",
         ));
     }
-    Ok(json_response(StatusCode::OK, &write(api, t, obj)?))
+    let mut obj = obj;
+    if let Ok(current) = api.store.get(&t.resource.store_name(), ns(t), name(t)) {
+        let current = views::outward(&t.resource, current);
+        apply::record_update(&current, &mut obj, &t.manager, t.sub.as_deref(), "Update");
+    }
+    let written = write(api, t, obj)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &render_one(t, headers, written),
+    ))
 }
 
 fn patch(
@@ -831,33 +1315,30 @@ fn patch(
         .unwrap_or("")
         .trim()
         .to_owned();
-    let patch_doc: Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?;
+    let patch_doc: Value = if content_type == "application/apply-patch+yaml" {
+        apply::parse(&body)?
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?
+    };
+    if content_type == "application/apply-patch+yaml" {
+        let manager = query.get("fieldManager").unwrap_or_default();
+        let force = query.flag("force");
+        return apply::apply(api, t, headers, patch_doc, manager, force);
+    }
+    let manager = t.manager.clone();
     let store_name = t.resource.store_name();
     // Retry on a concurrent write between read and update.
     for _ in 0..5 {
-        let current = match api.store.get(&store_name, ns(t), name(t)) {
-            Ok(c) => c,
-            Err(store::Error::NotFound { .. })
-                if content_type == "application/apply-patch+yaml" && t.sub.is_none() =>
-            {
-                // Server-side apply creates what does not exist.
-                let _ = query.get("fieldManager");
-                let mut obj = patch_doc.clone();
-                if !obj.is_object() {
-                    return Err(ApiError::bad_request("an apply patch must be an object"));
-                }
-                obj["metadata"]["name"] = json!(name(t));
-                return create(api, t, Bytes::from(obj.to_string()));
-            }
-            Err(e) => return Err(store_error(&t.resource, e)),
-        };
+        let current = api
+            .store
+            .get(&store_name, ns(t), name(t))
+            .map_err(|e| store_error(&t.resource, e))?;
+        let current = views::outward(&t.resource, current);
         let mut next = current.clone();
         match content_type.as_str() {
             "application/merge-patch+json" => patch::merge(&mut next, &patch_doc),
-            "application/strategic-merge-patch+json" | "application/apply-patch+yaml" => {
-                patch::strategic(&mut next, &patch_doc)
-            }
+            "application/strategic-merge-patch+json" => patch::strategic(&mut next, &patch_doc),
             "application/json-patch+json" => patch::json_patch(&mut next, &patch_doc)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
             other => {
@@ -872,13 +1353,16 @@ fn patch(
         if patch_doc.pointer("/metadata/resourceVersion").is_none() {
             next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
         }
+        apply::record_update(&current, &mut next, &manager, t.sub.as_deref(), "Update");
         match write(api, t, next) {
             Err(ApiError {
                 code: 409,
                 reason: "Conflict",
                 ..
             }) if patch_doc.pointer("/metadata/resourceVersion").is_none() => {}
-            other => return other.map(|v| json_response(StatusCode::OK, &v)),
+            other => {
+                return other.map(|v| json_response(StatusCode::OK, &render_one(t, headers, v)));
+            }
         }
     }
     Err(ApiError::new(
@@ -901,22 +1385,54 @@ fn graceful_pod(t: &Target, obj: &Value) -> bool {
         )
 }
 
-fn delete(api: &Api, t: &Target, query: &Query, body: Bytes) -> Result<Response, ApiError> {
-    let options: Value = if body.is_empty() {
+fn delete_options(query: &Query, body: &Bytes) -> Result<Value, ApiError> {
+    let mut options: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    let grace = query
-        .get("gracePeriodSeconds")
-        .and_then(|g| g.parse::<i64>().ok())
-        .or_else(|| options["gracePeriodSeconds"].as_i64());
-    let store_name = t.resource.store_name();
+    if let Some(g) = query.get("gracePeriodSeconds") {
+        let g = g
+            .parse::<i64>()
+            .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be a number"))?;
+        options["gracePeriodSeconds"] = json!(g);
+    }
+    if let Some(p) = query.get("propagationPolicy") {
+        options["propagationPolicy"] = json!(p);
+    }
+    Ok(options)
+}
+
+fn delete(api: &Api, t: &Target, query: &Query, body: Bytes) -> Result<Response, ApiError> {
+    let options = delete_options(query, &body)?;
     let current = api
         .store
-        .get(&store_name, ns(t), name(t))
+        .get(&t.resource.store_name(), ns(t), name(t))
         .map_err(|e| store_error(&t.resource, e))?;
+    let (code, gone) = delete_object(api, t, current, &options)?;
+    Ok(json_response(code, &views::outward(&t.resource, gone)))
+}
+
+/// Deletes one object (`current`, as read): marks it for deletion when finalizers or a node's
+/// graceful termination must run first (202 for the mark), removes it otherwise (200).
+fn delete_object(
+    api: &Api,
+    t: &Target,
+    current: Value,
+    options: &Value,
+) -> Result<(StatusCode, Value), ApiError> {
+    let store_name = t.resource.store_name();
+    let namespace = current
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let obj_name = current
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let grace = options["gracePeriodSeconds"].as_i64();
     if let Some(uid) = options
         .pointer("/preconditions/uid")
         .and_then(Value::as_str)
@@ -932,14 +1448,23 @@ fn delete(api: &Api, t: &Target, query: &Query, body: Bytes) -> Result<Response,
         .pointer("/preconditions/resourceVersion")
         .and_then(Value::as_str)
         .and_then(|s| s.parse().ok());
-    let has_finalizers = current
+    let mut finalizers: Vec<Value> = current
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+        .cloned()
+        .unwrap_or_default();
+    // Foreground deletion waits for the dependents, which the garbage collector removes.
+    if options["propagationPolicy"] == "Foreground"
+        && !finalizers.iter().any(|f| f == "foregroundDeletion")
+        && current.pointer("/metadata/deletionTimestamp").is_none()
+    {
+        finalizers.push(json!("foregroundDeletion"));
+    }
     let graceful = graceful_pod(t, &current) && grace != Some(0);
-    if has_finalizers || graceful {
+    let store = t.store(api);
+    if !finalizers.is_empty() || graceful {
         if current.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(json_response(StatusCode::OK, &current));
+            return Ok((StatusCode::OK, current));
         }
         let grace = grace
             .or_else(|| {
@@ -953,25 +1478,108 @@ fn delete(api: &Api, t: &Target, query: &Query, body: Bytes) -> Result<Response,
         let at = SystemTime::now() + Duration::from_secs(u64::try_from(grace).unwrap_or(0));
         next["metadata"]["deletionTimestamp"] = json!(store::rfc3339(at));
         next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-        let marked = api
-            .store
-            .update(&store_name, ns(t), name(t), next)
+        if !finalizers.is_empty() {
+            next["metadata"]["finalizers"] = Value::Array(finalizers);
+        }
+        if t.resource.plural == "namespaces" && t.resource.group.is_empty() {
+            next["status"]["phase"] = json!("Terminating");
+        }
+        let mut marked = store
+            .update(&store_name, namespace.as_deref(), &obj_name, next)
             .map_err(|e| store_error(&t.resource, e))?;
-        return Ok(json_response(StatusCode::OK, &marked));
+        if t.dry_run {
+            marked["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        }
+        let code = if graceful {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        return Ok((code, marked));
     }
-    let gone = api
-        .store
-        .delete(&store_name, ns(t), name(t), precondition_rv)
+    let gone = store
+        .delete(
+            &store_name,
+            namespace.as_deref(),
+            &obj_name,
+            precondition_rv,
+        )
         .map_err(|e| store_error(&t.resource, e))?;
-    Ok(json_response(StatusCode::OK, &gone))
+    if t.dry_run {
+        return Ok((StatusCode::OK, current));
+    }
+    Ok((StatusCode::OK, gone))
 }
 
-async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiError> {
+/// `DELETE` on a collection: every object the selectors match (in the namespace, if any), as one
+/// delete each; answers the list of what was deleted or marked.
+fn delete_collection(
+    api: &Api,
+    t: &Target,
+    query: &Query,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let options = delete_options(query, &body)?;
+    let (labels, fields) = selectors(query)?;
+    let (items, _) = api
+        .store
+        .list(&t.resource.store_name(), ns(t), &labels, &fields)
+        .map_err(|e| store_error(&t.resource, e))?;
+    let mut deleted = Vec::with_capacity(items.len());
+    for item in items {
+        match delete_object(api, t, item, &options) {
+            Ok((_, gone)) => deleted.push(views::outward(&t.resource, gone)),
+            // Deleted by someone else meanwhile: nothing left to do for it.
+            Err(ApiError { code: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let rv = api.store.resource_version().unwrap_or(0).to_string();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": t.resource.api_version(), "kind": format!("{}List", t.resource.kind),
+                "metadata": {"resourceVersion": rv}, "items": deleted}),
+    ))
+}
+
+async fn watch(
+    api: &Api,
+    t: &Target,
+    headers: &HeaderMap,
+    query: &Query,
+) -> Result<Response, ApiError> {
+    let metadata_only = output(headers) == Output::Metadata;
+    let (shown_version, shown_kind) = if metadata_only {
+        (
+            "meta.k8s.io/v1".to_owned(),
+            "PartialObjectMetadata".to_owned(),
+        )
+    } else {
+        (t.resource.api_version(), t.resource.kind.clone())
+    };
+    let framing = if wants_protobuf(headers) && protobuf::has_kind(&shown_version, &shown_kind) {
+        Framing::Protobuf
+    } else {
+        Framing::Json
+    };
+    let show = {
+        let resource = t.resource.clone();
+        move |o: Value| {
+            let o = views::outward(&resource, o);
+            if metadata_only {
+                partial_metadata(o)
+            } else {
+                o
+            }
+        }
+    };
     let (labels, fields) = selectors(query)?;
     let store_name = t.resource.store_name();
     let namespace = t.namespace.clone();
     let requested = query.get("resourceVersion").unwrap_or("");
-    let (initial, from) = if requested.is_empty() || requested == "0" {
+    // A streaming list: the current state, then a bookmark saying it is complete.
+    let send_initial = query.flag("sendInitialEvents");
+    let (initial, from) = if requested.is_empty() || requested == "0" || send_initial {
         // "Any version": the current state as ADDED events, then changes.
         let (items, rv) = api
             .store
@@ -994,14 +1602,22 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
         .unwrap_or(1800)
         .min(3600);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
-    let initial: std::collections::VecDeque<Value> = initial
+    let mut initial: std::collections::VecDeque<Bytes> = initial
         .into_iter()
-        .map(|o| json!({"type": "ADDED", "object": o}))
+        .map(|o| framing.event("ADDED", show(o)))
         .collect();
     let bookmarks = query.get("allowWatchBookmarks") == Some("true");
-    let bookmark_kind = json!({"kind": t.resource.kind, "apiVersion": t.resource.api_version()});
-    struct St {
-        initial: std::collections::VecDeque<Value>,
+    let bookmark_kind = json!({"kind": shown_kind, "apiVersion": shown_version});
+    if send_initial {
+        let mut object = bookmark_kind.clone();
+        object["metadata"] = json!({"resourceVersion": from.to_string(),
+                                    "annotations": {"k8s.io/initial-events-end": "true"}});
+        initial.push_back(framing.event("BOOKMARK", object));
+    }
+    struct St<F> {
+        show: F,
+        framing: Framing,
+        initial: std::collections::VecDeque<Bytes>,
         bookmarks: Option<(Duration, tokio::time::Instant, Value)>,
         closing: tokio::sync::watch::Receiver<bool>,
         watch: store::Watch,
@@ -1013,6 +1629,8 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
     }
     let interval = api.bookmark_interval;
     let state = St {
+        show,
+        framing,
         initial,
         bookmarks: bookmarks.then(|| {
             (
@@ -1031,7 +1649,7 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         if let Some(ev) = st.initial.pop_front() {
-            return Some((Ok::<_, std::io::Error>(Bytes::from(format!("{ev}\n"))), st));
+            return Some((Ok::<_, std::io::Error>(ev), st));
         }
         loop {
             let wake = match &st.bookmarks {
@@ -1054,8 +1672,8 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
                     *at = tokio::time::Instant::now() + *interval;
                     let mut object = kind.clone();
                     object["metadata"] = json!({"resourceVersion": rv});
-                    let line = json!({"type": "BOOKMARK", "object": object});
-                    return Some((Ok(Bytes::from(format!("{line}\n"))), st));
+                    let frame = st.framing.event("BOOKMARK", object);
+                    return Some((Ok(frame), st));
                 }
                 Ok(Err(store::Error::Gone { requested, oldest })) => {
                     let status = ApiError::new(
@@ -1063,9 +1681,9 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
                         "Expired",
                         format!("too old resource version: {requested} ({oldest})"),
                     );
-                    let line = json!({"type": "ERROR", "object": status.status()});
+                    let frame = st.framing.event("ERROR", status.status());
                     st.deadline = tokio::time::Instant::now();
-                    return Some((Ok(Bytes::from(format!("{line}\n"))), st));
+                    return Some((Ok(frame), st));
                 }
                 Ok(Err(_)) => return None,
                 Ok(Ok(ev)) => ev,
@@ -1085,17 +1703,53 @@ async fn watch(api: &Api, t: &Target, query: &Query) -> Result<Response, ApiErro
             if let Some((interval, at, _)) = &mut st.bookmarks {
                 *at = tokio::time::Instant::now() + *interval;
             }
-            let line = json!({"type": kind, "object": ev.object});
-            return Some((Ok(Bytes::from(format!("{line}\n"))), st));
+            let frame = st.framing.event(kind, (st.show)(ev.object.clone()));
+            return Some((Ok(frame), st));
         }
     });
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_TYPE, framing.content_type()),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+/// How a watch writes its events.
+#[derive(Debug, Clone, Copy)]
+enum Framing {
+    /// One JSON object a line.
+    Json,
+    /// Length-prefixed protobuf `WatchEvent`s.
+    Protobuf,
+}
+
+impl Framing {
+    fn content_type(self) -> &'static str {
+        match self {
+            Framing::Json => "application/json",
+            Framing::Protobuf => "application/vnd.kubernetes.protobuf;stream=watch",
+        }
+    }
+
+    fn event(self, kind: &str, object: Value) -> Bytes {
+        if let Framing::Protobuf = self {
+            match protobuf::encode_watch_event(kind, &object) {
+                Ok(frame) => return Bytes::from(frame),
+                // The object does not fit its kind's message (a stored object with a field of
+                // the wrong type): tell the client instead of sending something else.
+                Err(e) => {
+                    let status = ApiError::new(500, "InternalError", e.to_string()).status();
+                    if let Ok(frame) = protobuf::encode_watch_event("ERROR", &status) {
+                        return Bytes::from(frame);
+                    }
+                }
+            }
+        }
+        let line = json!({"type": kind, "object": object});
+        Bytes::from(format!("{line}\n"))
+    }
 }

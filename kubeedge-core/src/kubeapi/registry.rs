@@ -27,12 +27,43 @@ pub struct Resource {
     pub short_names: Vec<String>,
     /// Whether `/status` is a subresource (status is then ignored on the main resource).
     pub status: bool,
+    /// Where `/scale` finds the replica counts, for resources that have the subresource.
+    pub scale: Option<ScalePaths>,
+    /// Only `create` is served and nothing is stored (reviews: TokenReview, SubjectAccessReview).
+    pub create_only: bool,
+    /// Categories (`kubectl get all` lists the `all` category).
+    pub categories: Vec<String>,
+    /// A custom resource's `openAPIV3Schema` for this version, if its CRD gives one.
+    pub schema: Option<Value>,
+}
+
+/// The JSON paths of a scalable resource's replica counts (a CRD's `subresources.scale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// The desired count (`.spec.replicas`).
+    pub spec_replicas: String,
+    /// The observed count (`.status.replicas`).
+    pub status_replicas: String,
+    /// The serialized label selector (`.status.selector`), if any.
+    pub label_selector: Option<String>,
+}
+
+impl ScalePaths {
+    fn standard() -> ScalePaths {
+        ScalePaths {
+            spec_replicas: ".spec.replicas".into(),
+            status_replicas: ".status.replicas".into(),
+            label_selector: Some(".spec.selector".into()),
+        }
+    }
 }
 
 impl Resource {
     /// The key the store files objects under: the plural, with the group for non-core types.
+    /// Resources that are one object seen through two APIs share one key (core and
+    /// `events.k8s.io` Events).
     pub fn store_name(&self) -> String {
-        if self.group.is_empty() {
+        if self.group.is_empty() || (self.group == "events.k8s.io" && self.plural == "events") {
             self.plural.clone()
         } else {
             format!("{}.{}", self.plural, self.group)
@@ -48,87 +79,604 @@ impl Resource {
         }
     }
 
+    /// The verbs served on the resource.
+    pub fn verbs(&self) -> Vec<&'static str> {
+        if self.create_only {
+            vec!["create"]
+        } else {
+            vec![
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ]
+        }
+    }
+
+    /// The subresources served beside the resource, with their verbs and kinds.
+    pub fn subresources(&self) -> Vec<(&'static str, &'static [&'static str], String)> {
+        let mut out = Vec::new();
+        if self.status {
+            out.push(("status", &["get", "patch", "update"][..], self.kind.clone()));
+        }
+        if self.scale.is_some() {
+            out.push(("scale", &["get", "patch", "update"][..], "Scale".to_owned()));
+        }
+        match (self.group.as_str(), self.plural.as_str()) {
+            ("", "pods") => {
+                out.push(("eviction", &["create"][..], "Eviction".to_owned()));
+                out.push((
+                    "ephemeralcontainers",
+                    &["get", "patch", "update"][..],
+                    "Pod".to_owned(),
+                ));
+            }
+            ("", "serviceaccounts") => {
+                out.push(("token", &["create"][..], "TokenRequest".to_owned()));
+            }
+            ("certificates.k8s.io", "certificatesigningrequests") => {
+                out.push((
+                    "approval",
+                    &["get", "patch", "update"][..],
+                    self.kind.clone(),
+                ));
+            }
+            _ => {}
+        }
+        out
+    }
+
+    /// Whether `sub` is a subresource of this resource.
+    pub fn has_subresource(&self, sub: &str) -> bool {
+        self.subresources().iter().any(|(name, _, _)| *name == sub)
+    }
+
     /// The `APIResource` discovery entries (the resource and its subresources).
     pub fn discovery(&self) -> Vec<Value> {
-        let mut out = vec![json!({
+        let mut main = json!({
             "name": self.plural,
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-            "shortNames": self.short_names,
-        })];
-        if self.status {
-            out.push(json!({
-                "name": format!("{}/status", self.plural),
+            "verbs": self.verbs(),
+        });
+        if !self.short_names.is_empty() {
+            main["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            main["categories"] = json!(self.categories);
+        }
+        let mut out = vec![main];
+        for (sub, verbs, kind) in self.subresources() {
+            let mut entry = json!({
+                "name": format!("{}/{sub}", self.plural),
                 "singularName": "",
                 "namespaced": self.namespaced,
-                "kind": self.kind,
-                "verbs": ["get", "patch", "update"],
-            }));
+                "kind": kind,
+                "verbs": verbs,
+            });
+            match sub {
+                "scale" => {
+                    entry["group"] = json!("autoscaling");
+                    entry["version"] = json!("v1");
+                }
+                "eviction" => {
+                    entry["group"] = json!("policy");
+                    entry["version"] = json!("v1");
+                }
+                "token" => {
+                    entry["group"] = json!("authentication.k8s.io");
+                    entry["version"] = json!("v1");
+                }
+                _ => {}
+            }
+            out.push(entry);
         }
         out
     }
 }
 
-fn builtin(
-    group: &str,
-    plural: &str,
-    kind: &str,
-    namespaced: bool,
-    short: &[&str],
-    status: bool,
-) -> Resource {
-    let version = "v1";
-    Resource {
-        group: group.into(),
-        version: version.into(),
-        plural: plural.into(),
-        singular: kind.to_ascii_lowercase(),
-        kind: kind.into(),
-        namespaced,
-        short_names: short.iter().map(|s| (*s).to_owned()).collect(),
-        status,
-    }
-}
+/// One row of the built-in table: group, version, plural, kind, namespaced, short names,
+/// `/status`, `/scale`, categories.
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static [&'static str],
+    bool,
+    bool,
+    &'static [&'static str],
+);
+
+const NS: bool = true;
+const CLUSTER: bool = false;
+const ALL: &[&str] = &["all"];
+
+/// The built-in resources of a Kubernetes API server that the control plane serves.
+const BUILTINS: &[Builtin] = &[
+    ("", "v1", "pods", "Pod", NS, &["po"], true, false, ALL),
+    (
+        "",
+        "v1",
+        "nodes",
+        "Node",
+        CLUSTER,
+        &["no"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        CLUSTER,
+        &["ns"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "configmaps",
+        "ConfigMap",
+        NS,
+        &["cm"],
+        false,
+        false,
+        &[],
+    ),
+    ("", "v1", "secrets", "Secret", NS, &[], false, false, &[]),
+    (
+        "",
+        "v1",
+        "services",
+        "Service",
+        NS,
+        &["svc"],
+        true,
+        false,
+        ALL,
+    ),
+    (
+        "",
+        "v1",
+        "endpoints",
+        "Endpoints",
+        NS,
+        &["ep"],
+        false,
+        false,
+        &[],
+    ),
+    ("", "v1", "events", "Event", NS, &["ev"], false, false, &[]),
+    (
+        "",
+        "v1",
+        "serviceaccounts",
+        "ServiceAccount",
+        NS,
+        &["sa"],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "persistentvolumes",
+        "PersistentVolume",
+        CLUSTER,
+        &["pv"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        NS,
+        &["pvc"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "replicationcontrollers",
+        "ReplicationController",
+        NS,
+        &["rc"],
+        true,
+        true,
+        ALL,
+    ),
+    (
+        "",
+        "v1",
+        "podtemplates",
+        "PodTemplate",
+        NS,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "resourcequotas",
+        "ResourceQuota",
+        NS,
+        &["quota"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "",
+        "v1",
+        "limitranges",
+        "LimitRange",
+        NS,
+        &["limits"],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        NS,
+        &["deploy"],
+        true,
+        true,
+        ALL,
+    ),
+    (
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        NS,
+        &["rs"],
+        true,
+        true,
+        ALL,
+    ),
+    (
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        NS,
+        &["sts"],
+        true,
+        true,
+        ALL,
+    ),
+    (
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        NS,
+        &["ds"],
+        true,
+        false,
+        ALL,
+    ),
+    (
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "ControllerRevision",
+        NS,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    ("batch", "v1", "jobs", "Job", NS, &[], true, false, ALL),
+    (
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        NS,
+        &["cj"],
+        true,
+        false,
+        ALL,
+    ),
+    (
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        NS,
+        &["hpa"],
+        true,
+        false,
+        ALL,
+    ),
+    (
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        NS,
+        &["pdb"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "roles",
+        "Role",
+        NS,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "RoleBinding",
+        NS,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "ClusterRole",
+        CLUSTER,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        CLUSTER,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "events.k8s.io",
+        "v1",
+        "events",
+        "Event",
+        NS,
+        &["ev"],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "Ingress",
+        NS,
+        &["ing"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "ingressclasses",
+        "IngressClass",
+        CLUSTER,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        NS,
+        &["netpol"],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+        CLUSTER,
+        &["pc"],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        "StorageClass",
+        CLUSTER,
+        &["sc"],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "node.k8s.io",
+        "v1",
+        "runtimeclasses",
+        "RuntimeClass",
+        CLUSTER,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "Lease",
+        NS,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "EndpointSlice",
+        NS,
+        &[],
+        false,
+        false,
+        &[],
+    ),
+    (
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+        "CertificateSigningRequest",
+        CLUSTER,
+        &["csr"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        CLUSTER,
+        &["crd", "crds"],
+        true,
+        false,
+        &[],
+    ),
+    (
+        "apiregistration.k8s.io",
+        "v1",
+        "apiservices",
+        "APIService",
+        CLUSTER,
+        &[],
+        true,
+        false,
+        &[],
+    ),
+];
+
+/// Resources that only take `create` and store nothing.
+const REVIEWS: &[(&str, &str, &str, bool)] = &[
+    (
+        "authentication.k8s.io",
+        "tokenreviews",
+        "TokenReview",
+        CLUSTER,
+    ),
+    (
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        CLUSTER,
+    ),
+    (
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "SubjectAccessReview",
+        CLUSTER,
+    ),
+    (
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        CLUSTER,
+    ),
+    (
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        CLUSTER,
+    ),
+    (
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "LocalSubjectAccessReview",
+        NS,
+    ),
+];
 
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {
-    vec![
-        builtin("", "pods", "Pod", true, &["po"], true),
-        builtin("", "nodes", "Node", false, &["no"], true),
-        builtin("", "namespaces", "Namespace", false, &["ns"], true),
-        builtin("", "configmaps", "ConfigMap", true, &["cm"], false),
-        builtin("", "secrets", "Secret", true, &[], false),
-        builtin("", "services", "Service", true, &["svc"], true),
-        builtin("", "endpoints", "Endpoints", true, &["ep"], false),
-        builtin("", "events", "Event", true, &["ev"], false),
-        builtin(
-            "",
-            "serviceaccounts",
-            "ServiceAccount",
-            true,
-            &["sa"],
-            false,
-        ),
-        builtin("coordination.k8s.io", "leases", "Lease", true, &[], false),
-        builtin(
-            "discovery.k8s.io",
-            "endpointslices",
-            "EndpointSlice",
-            true,
-            &[],
-            false,
-        ),
-        builtin(
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            "CustomResourceDefinition",
-            false,
-            &["crd", "crds"],
-            true,
-        ),
-    ]
+    let stored = BUILTINS.iter().map(
+        |&(group, version, plural, kind, namespaced, short, status, scale, categories)| Resource {
+            group: group.into(),
+            version: version.into(),
+            plural: plural.into(),
+            singular: kind.to_ascii_lowercase(),
+            kind: kind.into(),
+            namespaced,
+            short_names: short.iter().map(|s| (*s).to_owned()).collect(),
+            status,
+            scale: scale.then(ScalePaths::standard),
+            create_only: false,
+            categories: categories.iter().map(|s| (*s).to_owned()).collect(),
+            schema: None,
+        },
+    );
+    let reviews = REVIEWS
+        .iter()
+        .map(|&(group, plural, kind, namespaced)| Resource {
+            group: group.into(),
+            version: "v1".into(),
+            plural: plural.into(),
+            singular: kind.to_ascii_lowercase(),
+            kind: kind.into(),
+            namespaced,
+            short_names: Vec::new(),
+            status: false,
+            scale: None,
+            create_only: true,
+            categories: Vec::new(),
+            schema: None,
+        });
+    stored.chain(reviews).collect()
 }
 
 /// The resources a stored CRD defines (one per served version).
@@ -155,6 +703,20 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
         })
         .unwrap_or_default();
     let namespaced = spec["scope"].as_str() != Some("Cluster");
+    let categories: Vec<String> = names["categories"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let subresources = |version: &str| {
+        spec["versions"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|x| x["name"] == version))
+            .and_then(|x| x.get("subresources"))
+    };
     spec["versions"]
         .as_array()
         .map(|vs| {
@@ -169,10 +731,27 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
                     kind: kind.into(),
                     namespaced,
                     short_names: short.clone(),
-                    status: spec["versions"]
+                    status: subresources(version).is_some_and(|s| s.get("status").is_some()),
+                    scale: subresources(version)
+                        .and_then(|s| s.get("scale"))
+                        .map(|s| ScalePaths {
+                            spec_replicas: s["specReplicasPath"]
+                                .as_str()
+                                .unwrap_or(".spec.replicas")
+                                .to_owned(),
+                            status_replicas: s["statusReplicasPath"]
+                                .as_str()
+                                .unwrap_or(".status.replicas")
+                                .to_owned(),
+                            label_selector: s["labelSelectorPath"].as_str().map(str::to_owned),
+                        }),
+                    create_only: false,
+                    categories: categories.clone(),
+                    schema: spec["versions"]
                         .as_array()
                         .and_then(|vs| vs.iter().find(|x| x["name"] == version))
-                        .is_some_and(|x| x.pointer("/subresources/status").is_some()),
+                        .and_then(|x| x.pointer("/schema/openAPIV3Schema"))
+                        .cloned(),
                 })
                 .collect()
         })

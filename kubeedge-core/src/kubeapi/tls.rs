@@ -2,12 +2,14 @@
 //! it.
 //!
 //! Authentication follows the Kubernetes API server's x509 authenticator: the certificate's CN is
-//! the user name, its O entries the groups. A request without a certificate, or with one that does
-//! not chain to the CA, gets `401 Unauthorized` (the TLS handshake itself succeeds, so that the
-//! client sees a `Status`, not a handshake failure). Authorization is by group: only members of
-//! the allowed groups (by default `system:masters`) get through; other authenticated users get
-//! `403 Forbidden`. `/version`, `/healthz`, `/livez` and `/readyz` are public, as the apiserver's
-//! default `system:public-info-viewer` role makes them.
+//! the user name, its O entries the groups. Without a certificate, a ServiceAccount token
+//! (`Authorization: Bearer`, from the TokenRequest API) authenticates its account. A request
+//! with neither, or with a certificate that does not chain to the CA or an invalid token, gets
+//! `401 Unauthorized` (the TLS handshake itself succeeds, so that the client sees a `Status`, not a
+//! handshake failure). Members of the superuser groups (`system:masters`) may do anything;
+//! everyone else is authorized by RBAC ([`super::auth`]) and gets `403 Forbidden` where no role
+//! allows the request. `/version`, `/healthz`, `/livez` and `/readyz` are public, as the
+//! apiserver's default `system:public-info-viewer` role makes them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,26 +25,17 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use super::auth::{Attributes, authorize};
 use super::{Api, ApiError};
 use crate::pki;
 use crate::transport::tls::ClientAuth;
 
-/// The group whose members may do anything (the apiserver's superuser group).
-pub const MASTERS_GROUP: &str = "system:masters";
+pub use super::auth::{MASTERS_GROUP, User};
 
 /// How long a client may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once; more connections wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
-
-/// An authenticated API user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    /// The user name (the certificate's CN).
-    pub name: String,
-    /// The groups (the certificate's O entries).
-    pub groups: Vec<String>,
-}
 
 /// One accepted connection: where it came from and who it authenticated as.
 #[derive(Debug, Clone)]
@@ -153,7 +146,13 @@ fn authenticate(tls: &TlsStream<TcpStream>, auth: &ClientAuth) -> Result<User, S
     if name.is_empty() {
         return Err("client certificate has no common name".into());
     }
-    Ok(User { name, groups })
+    let mut groups = groups;
+    groups.push("system:authenticated".into());
+    Ok(User {
+        name,
+        groups,
+        uid: None,
+    })
 }
 
 impl Listener for TlsListener {
@@ -180,33 +179,78 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/version" | "/healthz" | "/livez" | "/readyz")
 }
 
-async fn guard(allowed: Arc<Vec<String>>, request: Request, next: Next) -> Response {
+/// The bearer token of a request, if it carries one.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+async fn guard(api: Api, allowed: Arc<Vec<String>>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<TlsPeer>>().cloned();
     if is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    let user = match peer {
-        Some(ConnectInfo(TlsPeer { user: Ok(user), .. })) => user,
-        Some(ConnectInfo(TlsPeer {
-            user: Err(why),
-            addr,
-        })) => {
+    let user = match (peer, bearer(&request)) {
+        (Some(ConnectInfo(TlsPeer { user: Ok(user), .. })), _) => user,
+        (_, Some(token)) => match api.authenticate_token(token) {
+            Some(user) => user,
+            None => return ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
+        },
+        (
+            Some(ConnectInfo(TlsPeer {
+                user: Err(why),
+                addr,
+            })),
+            None,
+        ) => {
             tracing::debug!(peer = %addr, reason = %why, "unauthenticated request");
             return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
         }
-        None => return ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
+        (None, None) => return ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
     };
-    if user.groups.iter().any(|g| allowed.contains(g)) {
+    let attributes = Attributes::of_request(
+        request.method().as_str(),
+        request.uri().path(),
+        request.uri().query().unwrap_or(""),
+    );
+    let superuser = user.groups.iter().any(|g| allowed.contains(g));
+    if superuser || authorize(api.store(), &user, &attributes) {
+        request.extensions_mut().insert(user);
         next.run(request).await
     } else {
+        let what = if attributes.resource_request {
+            let mut w = format!("resource {:?}", attributes.resource);
+            if !attributes.subresource.is_empty() {
+                w = format!("{w}/{}", attributes.subresource);
+            }
+            w.push_str(&format!(" in API group {:?}", attributes.group));
+            if attributes.namespace.is_empty() {
+                w.push_str(" at the cluster scope");
+            } else {
+                w.push_str(&format!(" in the namespace {:?}", attributes.namespace));
+            }
+            w
+        } else {
+            format!("path {:?}", attributes.path)
+        };
         ApiError::new(
             403,
             "Forbidden",
             format!(
-                "forbidden: User {:?} cannot {} {}",
+                "{} {:?} is forbidden: User {:?} cannot {} {what}",
+                if attributes.resource_request {
+                    attributes.resource.as_str()
+                } else {
+                    ""
+                },
+                attributes.name,
                 user.name,
-                request.method().as_str().to_lowercase(),
-                request.uri().path()
+                attributes.verb,
             ),
         )
         .into_response()
@@ -223,10 +267,11 @@ impl Api {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let allowed = Arc::new(allowed_groups);
+        let api = self.clone();
         let router = self
             .router()
             .layer(middleware::from_fn(move |req: Request, next: Next| {
-                guard(allowed.clone(), req, next)
+                guard(api.clone(), allowed.clone(), req, next)
             }));
         axum::serve(
             listener,

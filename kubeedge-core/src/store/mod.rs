@@ -251,6 +251,8 @@ impl BatchOp {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// Writes are checked and answered but never committed (see [`Store::dry_run`]).
+    dry_run: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -310,6 +312,21 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 impl Store {
+    /// A handle whose writes ([`create`](Self::create), [`update`](Self::update),
+    /// [`delete`](Self::delete), [`batch`](Self::batch)) run every check and return what they would
+    /// have stored, but commit nothing and wake no watch: the API's `dryRun=All`.
+    pub fn dry_run(&self) -> Store {
+        Store {
+            inner: self.inner.clone(),
+            dry_run: true,
+        }
+    }
+
+    /// Whether this is a [`dry_run`](Self::dry_run) handle.
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     /// Lets go of this handle and waits, up to `limit`, until every other handle is gone too
     /// (server connections and watchers still winding down), so that the file is closed and can
     /// be opened again, in this process or another. `false` when other handles remained after
@@ -346,6 +363,7 @@ impl Store {
         txn.commit()?;
         let (live, _) = broadcast::channel(config.watch_buffer.max(1));
         Ok(Store {
+            dry_run: false,
             inner: Arc::new(Inner {
                 db,
                 config,
@@ -760,6 +778,10 @@ impl Store {
             meta.insert(META_COMPACTED, compacted)?;
             meta.insert(META_RV, rv)?;
         }
+        if self.dry_run {
+            txn.abort()?;
+            return Ok(out);
+        }
         txn.commit()?;
         for event in &out {
             let _ = self.inner.live.send(event.clone());
@@ -826,6 +848,10 @@ impl Store {
             meta.insert(META_RV, rv)?;
             event
         };
+        if self.dry_run {
+            txn.abort()?;
+            return Ok(Arc::new(event));
+        }
         txn.commit()?;
         let event = Arc::new(event);
         let _ = self.inner.live.send(event.clone());

@@ -139,6 +139,9 @@ impl LabelSelector {
     }
 }
 
+/// Boolean fields that field selectors may name; missing, they are `false`.
+const BOOLEAN_FIELDS: &[&str] = &["spec.unschedulable", "spec.hostNetwork", "spec.suspend"];
+
 impl FieldSelector {
     /// Parses a field selector.
     pub fn parse(s: &str) -> Result<Self, Error> {
@@ -164,13 +167,15 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
-    /// Whether `object` satisfies every requirement. A missing field reads as the empty string, as
-    /// the apiserver treats it.
+    /// Whether `object` satisfies every requirement. A missing field reads as its default, as the
+    /// apiserver's field sets have it: `false` for boolean fields (`spec.unschedulable`,
+    /// `spec.hostNetwork`), the empty string otherwise.
     pub fn matches(&self, object: &Value) -> bool {
         let get = |path: &str| -> String {
             let pointer = format!("/{}", path.replace('.', "/"));
             match object.pointer(&pointer) {
                 Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None if BOOLEAN_FIELDS.contains(&path) => "false".into(),
                 Some(Value::Null) | None => String::new(),
                 Some(other) => other.to_string(),
             }
@@ -230,6 +235,21 @@ mod tests {
         }
         assert!(LabelSelector::parse("app in web").is_err());
         assert!(LabelSelector::parse("=x").is_err());
+    }
+
+    #[test]
+    fn missing_boolean_fields_are_false() {
+        let node = serde_json::json!({"metadata": {"name": "n"}, "spec": {}});
+        assert!(
+            FieldSelector::parse("spec.unschedulable==false")
+                .unwrap()
+                .matches(&node)
+        );
+        assert!(
+            !FieldSelector::parse("spec.unschedulable=true")
+                .unwrap()
+                .matches(&node)
+        );
     }
 
     #[test]

@@ -1,0 +1,470 @@
+//! Validation of written objects, as the apiserver does it before storing anything.
+//!
+//! * Every object: label keys and values, annotation keys and total size, the stored size.
+//! * ConfigMaps and Secrets: keys, string values, base64 `data`.
+//! * Custom resources: the CRD's structural schema (`openAPIV3Schema`): types, `required`,
+//!   `enum`, bounds, lengths, item counts, `nullable`, `x-kubernetes-int-or-string`; `default`s
+//!   filled in; fields the schema does not know pruned, unless it preserves them
+//!   (`x-kubernetes-preserve-unknown-fields`, `additionalProperties`).
+//! * Unknown fields ([`unknown_fields`]) for `fieldValidation=Strict|Warn`: built-in kinds are
+//!   checked against Kubernetes' own type descriptors, custom resources against their schema.
+
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use super::registry::Resource;
+
+/// The largest object stored (etcd's default request limit, which the apiserver inherits).
+pub const MAX_OBJECT_BYTES: usize = 1_572_864;
+/// The largest total size of an object's annotations.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+fn invalid(r: &Resource, obj: &Value, causes: Vec<String>) -> ApiError {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ApiError::with(
+        422,
+        "Invalid",
+        format!("{} {name:?} is invalid: {}", r.kind, causes.join(", ")),
+    )
+}
+
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|part| is_dns_label(part, 63))
+}
+
+/// A label value (or the name part of a qualified name when `!empty_ok`).
+fn is_label_value(s: &str, empty_ok: bool) -> bool {
+    if s.is_empty() {
+        return empty_ok;
+    }
+    let alnum = |b: u8| b.is_ascii_alphanumeric();
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| alnum(b) || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_some_and(alnum)
+        && s.bytes().last().is_some_and(alnum)
+}
+
+/// `[prefix/]name`, as label and annotation keys are.
+fn is_qualified_name(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => is_dns_subdomain(prefix) && is_label_value(name, false),
+        None => is_label_value(key, false),
+    }
+}
+
+/// A ConfigMap or Secret key.
+fn is_config_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Checks `obj` (defaults applied) before it is stored as `r`.
+pub fn check(r: &Resource, obj: &Value) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    match obj.pointer("/metadata/labels") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(labels)) => {
+            for (k, v) in labels {
+                if !is_qualified_name(k) {
+                    causes.push(format!("metadata.labels: Invalid value: {k:?}: a label key must be a qualified name ([prefix/]name, alphanumerics, '-', '_' or '.', at most 63 characters)"));
+                }
+                match v.as_str() {
+                    Some(s) if is_label_value(s, true) => {}
+                    Some(s) => causes.push(format!("metadata.labels: Invalid value: {s:?}: a label value must be 63 characters or less, alphanumerics, '-', '_' or '.', beginning and ending with an alphanumeric")),
+                    None => causes.push(format!("metadata.labels.{k}: Invalid value: label values must be strings")),
+                }
+            }
+        }
+        Some(_) => causes.push("metadata.labels: must be an object of strings".into()),
+    }
+    match obj.pointer("/metadata/annotations") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(annotations)) => {
+            let mut total = 0;
+            for (k, v) in annotations {
+                if !is_qualified_name(k) {
+                    causes.push(format!("metadata.annotations: Invalid value: {k:?}: an annotation key must be a qualified name"));
+                }
+                match v.as_str() {
+                    Some(s) => total += k.len() + s.len(),
+                    None => causes.push(format!(
+                        "metadata.annotations.{k}: Invalid value: annotation values must be strings"
+                    )),
+                }
+            }
+            if total > MAX_ANNOTATIONS_BYTES {
+                causes.push(format!("metadata.annotations: Too long: must have at most {MAX_ANNOTATIONS_BYTES} bytes"));
+            }
+        }
+        Some(_) => causes.push("metadata.annotations: must be an object of strings".into()),
+    }
+    if r.group.is_empty() && (r.plural == "configmaps" || r.plural == "secrets") {
+        config_data(r, obj, &mut causes);
+    }
+    if !causes.is_empty() {
+        return Err(invalid(r, obj, causes));
+    }
+    let size = serde_json::to_vec(obj).map(|b| b.len()).unwrap_or(0);
+    if size > MAX_OBJECT_BYTES {
+        return Err(ApiError::with(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "{} is {size} bytes; objects are limited to {MAX_OBJECT_BYTES} bytes",
+                r.kind
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn config_data(r: &Resource, obj: &Value, causes: &mut Vec<String>) {
+    use base64::Engine as _;
+    let mut seen = std::collections::HashSet::new();
+    for field in ["data", "binaryData"] {
+        let Some(v) = obj.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let Some(map) = v.as_object() else {
+            causes.push(format!("{field}: must be an object"));
+            continue;
+        };
+        let base64 = r.plural == "secrets" || field == "binaryData";
+        for (k, v) in map {
+            if !is_config_key(k) {
+                causes.push(format!("{field}[{k:?}]: Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+            }
+            if !seen.insert(k.clone()) {
+                causes.push(format!(
+                    "{field}[{k:?}]: Invalid value: duplicate of key {k:?} in data"
+                ));
+            }
+            match v.as_str() {
+                Some(s) if base64 => {
+                    if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
+                        causes.push(format!("{field}[{k:?}]: Invalid value: not base64"));
+                    }
+                }
+                Some(_) => {}
+                None => causes.push(format!(
+                    "{field}[{k:?}]: Invalid value: {v}: values must be strings"
+                )),
+            }
+        }
+    }
+}
+
+// === unknown fields ===
+
+/// The fields of `obj` that its kind does not have (JSON paths such as `spec.foo`): built-in
+/// kinds by Kubernetes' type descriptors, custom resources by their schema. `None` when the kind
+/// has no schema to check against.
+pub fn unknown_fields(r: &Resource, obj: &Value) -> Option<Vec<String>> {
+    if let Some(schema) = &r.schema {
+        let mut out = Vec::new();
+        schema_unknown(schema, obj, "", &mut out, true);
+        return Some(out);
+    }
+    super::protobuf::unknown_fields(obj)
+}
+
+fn preserves(schema: &Value) -> bool {
+    schema["x-kubernetes-preserve-unknown-fields"] == true
+}
+
+fn schema_unknown(schema: &Value, v: &Value, path: &str, out: &mut Vec<String>, root: bool) {
+    if preserves(schema) && schema.get("properties").is_none() {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties");
+            for (k, child) in map {
+                if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match (props.and_then(|p| p.get(k)), additional) {
+                    (Some(s), _) => schema_unknown(s, child, &sub, out, false),
+                    (None, Some(a)) if a.is_object() => schema_unknown(a, child, &sub, out, false),
+                    (None, Some(Value::Bool(true))) => {}
+                    (None, _) if preserves(schema) => {}
+                    (None, _) => out.push(sub),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    schema_unknown(item_schema, item, &format!("{path}[{i}]"), out, false);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+// === custom resources: structural schemas ===
+
+/// Validates a custom resource against its version's `openAPIV3Schema`, filling in `default`s and
+/// pruning fields the schema does not declare. The object is changed in place.
+pub fn custom_resource(r: &Resource, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(schema) = &r.schema else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    walk(schema, obj, "", &mut causes, true);
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(r, obj, causes))
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn walk(schema: &Value, v: &mut Value, path: &str, causes: &mut Vec<String>, root: bool) {
+    let at = if path.is_empty() { "<root>" } else { path };
+    if v.is_null() {
+        if schema["nullable"] != true && !root {
+            causes.push(format!(
+                "{at}: Invalid value: \"null\": {at} in body must be of type {}",
+                schema["type"].as_str().unwrap_or("object")
+            ));
+        }
+        return;
+    }
+    let int_or_string = schema["x-kubernetes-int-or-string"] == true;
+    if let Some(want) = schema["type"].as_str() {
+        let got = type_name(v);
+        let ok = got == want || (want == "number" && got == "integer");
+        if !(ok || int_or_string && matches!(got, "integer" | "string")) {
+            causes.push(format!(
+                "{at}: Invalid value: \"{got}\": {at} in body must be of type {want}: \"{got}\""
+            ));
+            return;
+        }
+    } else if int_or_string && !matches!(type_name(v), "integer" | "string") {
+        causes.push(format!(
+            "{at}: Invalid value: must be an integer or a string"
+        ));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        causes.push(format!(
+            "{at}: Unsupported value: {v}: supported values: {}",
+            list.join(", ")
+        ));
+    }
+    if let Some(n) = v.as_f64() {
+        if let Some(min) = schema["minimum"].as_f64()
+            && (n < min || (schema["exclusiveMinimum"] == true && n <= min))
+        {
+            causes.push(format!(
+                "{at}: Invalid value: {v}: {at} in body should be greater than or equal to {min}"
+            ));
+        }
+        if let Some(max) = schema["maximum"].as_f64()
+            && (n > max || (schema["exclusiveMaximum"] == true && n >= max))
+        {
+            causes.push(format!(
+                "{at}: Invalid value: {v}: {at} in body should be less than or equal to {max}"
+            ));
+        }
+    }
+    if let Some(s) = v.as_str() {
+        let len = s.chars().count() as u64;
+        if schema["minLength"].as_u64().is_some_and(|m| len < m) {
+            causes.push(format!(
+                "{at}: Invalid value: {v}: {at} in body should be at least {} chars long",
+                schema["minLength"]
+            ));
+        }
+        if schema["maxLength"].as_u64().is_some_and(|m| len > m) {
+            causes.push(format!(
+                "{at}: Too long: may not be more than {} bytes",
+                schema["maxLength"]
+            ));
+        }
+    }
+    match v {
+        Value::Object(map) => object(schema, map, path, causes, root),
+        Value::Array(items) => {
+            let n = items.len() as u64;
+            if schema["minItems"].as_u64().is_some_and(|m| n < m) {
+                causes.push(format!(
+                    "{at}: Invalid value: {at} in body should have at least {} items",
+                    schema["minItems"]
+                ));
+            }
+            if schema["maxItems"].as_u64().is_some_and(|m| n > m) {
+                causes.push(format!(
+                    "{at}: Too many: {n}: must have at most {} items",
+                    schema["maxItems"]
+                ));
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    walk(item_schema, item, &format!("{path}[{i}]"), causes, false);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn object(
+    schema: &Value,
+    map: &mut Map<String, Value>,
+    path: &str,
+    causes: &mut Vec<String>,
+    root: bool,
+) {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    let props = schema.get("properties").and_then(Value::as_object);
+    // Defaults first, so that required fields with a default are satisfied.
+    if let Some(props) = props {
+        for (k, s) in props {
+            if let Some(d) = s.get("default")
+                && map.get(k).is_none_or(Value::is_null)
+                && !(root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+            {
+                map.insert(k.clone(), d.clone());
+            }
+        }
+    }
+    if let Some(required) = schema["required"].as_array() {
+        for k in required.iter().filter_map(Value::as_str) {
+            if map.get(k).is_none_or(Value::is_null) {
+                causes.push(format!("{}: Required value", join(k)));
+            }
+        }
+    }
+    let additional = schema.get("additionalProperties");
+    let keep_unknown = preserves(schema) || additional == Some(&Value::Bool(true));
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for k in keys {
+        if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let child_schema = props
+            .and_then(|p| p.get(&k))
+            .or(additional.filter(|a| a.is_object()));
+        match child_schema {
+            Some(s) => {
+                if let Some(child) = map.get_mut(&k) {
+                    walk(s, child, &join(&k), causes, false);
+                }
+            }
+            // Pruned: the schema does not have it.
+            None if !keep_unknown => {
+                map.remove(&k);
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubeapi::registry::builtins;
+    use serde_json::json;
+
+    fn cm() -> Resource {
+        builtins()
+            .into_iter()
+            .find(|r| r.plural == "configmaps")
+            .unwrap()
+    }
+
+    #[test]
+    fn labels_and_config_data_are_checked() {
+        let ok = json!({"metadata": {"name": "c", "labels": {"app.kubernetes.io/name": "web", "x": ""}}, "data": {"a.b": "1"}});
+        assert!(check(&cm(), &ok).is_ok());
+        for bad in [
+            json!({"metadata": {"name": "c", "labels": {"a b": "x"}}}),
+            json!({"metadata": {"name": "c", "labels": {"a": "-x"}}}),
+            json!({"metadata": {"name": "c"}, "data": {"k": 5}}),
+            json!({"metadata": {"name": "c"}, "data": {"a/b": "x"}}),
+        ] {
+            let e = check(&cm(), &bad).unwrap_err();
+            assert_eq!(e.code, 422, "{bad}");
+        }
+        let big = json!({"metadata": {"name": "c"}, "data": {"k": "x".repeat(MAX_OBJECT_BYTES)}});
+        assert_eq!(check(&cm(), &big).unwrap_err().code, 413);
+    }
+
+    #[test]
+    fn custom_resources_follow_their_schema() {
+        let schema = json!({"type": "object", "properties": {
+            "spec": {"type": "object", "required": ["size"], "properties": {
+                "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                "mode": {"type": "string", "enum": ["a", "b"], "default": "a"},
+                "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}});
+        let mut r = cm();
+        r.schema = Some(schema);
+        let mut obj = json!({"apiVersion": "x/v1", "kind": "T", "metadata": {"name": "t"},
+                             "spec": {"size": 3, "junk": 1, "extra": {"anything": [1]}}});
+        assert_eq!(unknown_fields(&r, &obj), Some(vec!["spec.junk".to_owned()]));
+        custom_resource(&r, &mut obj).unwrap();
+        assert_eq!(
+            obj["spec"],
+            json!({"size": 3, "mode": "a", "extra": {"anything": [1]}})
+        );
+        for bad in [
+            json!({"size": "3"}),
+            json!({"size": 11}),
+            json!({"mode": "a"}),
+            json!({"size": 2, "mode": "c"}),
+        ] {
+            let mut obj = json!({"metadata": {"name": "t"}, "spec": bad});
+            assert_eq!(
+                custom_resource(&r, &mut obj).unwrap_err().code,
+                422,
+                "{obj}"
+            );
+        }
+    }
+}
