@@ -41,6 +41,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    finalizer: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPlane {
@@ -105,6 +106,18 @@ impl ControlPlane {
             &kubeconfig(&url, &ca.cert_pem(), &admin.cert_pem(), &admin.key_pem()?),
             true,
         )?;
+        // The namespace controller: namespaces being deleted go once their content is gone.
+        let finalizer = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    if let Err(e) = api.finalize_namespaces() {
+                        tracing::warn!(error = %e, "finalizing deleted namespaces");
+                    }
+                }
+            })
+        };
         let (stop, stopped) = oneshot::channel::<()>();
         let served = api.clone();
         let task = tokio::spawn(async move {
@@ -121,6 +134,7 @@ impl ControlPlane {
             kubeconfig: kubeconfig_path,
             stop: Some(stop),
             task,
+            finalizer,
         })
     }
 
@@ -145,6 +159,7 @@ impl ControlPlane {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.finalizer.abort();
         if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
             .is_err()
@@ -165,5 +180,6 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.task.abort();
+        self.finalizer.abort();
     }
 }

@@ -5,5 +5,6 @@
 
 mod certserver;
 mod common;
+mod conformance;
 mod controlplane;
 mod hub;

@@ -20,6 +20,7 @@
 mod apply;
 pub mod auth;
 pub mod defaults;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
@@ -232,6 +233,79 @@ impl Api {
             }
         }
         Ok(())
+    }
+
+    /// Deletes what is left in namespaces being deleted and removes those that are empty; the
+    /// namespace controller's loop, run by the control plane now and then (a namespace whose pods
+    /// still wait for their node to stop them stays `Terminating` until they are gone). Returns
+    /// how many namespaces were removed.
+    pub fn finalize_namespaces(&self) -> Result<usize, store::Error> {
+        let (namespaces, _) = self.store.list(
+            "namespaces",
+            None,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        )?;
+        let mut removed = 0;
+        for ns in namespaces {
+            if ns.pointer("/metadata/deletionTimestamp").is_none() {
+                continue;
+            }
+            let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) else {
+                continue;
+            };
+            if self.empty_namespace(name)? {
+                match self.store.delete("namespaces", None, name, None) {
+                    Ok(_) | Err(store::Error::NotFound { .. }) => removed += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Deletes every object in namespace `ns` (pods on nodes and objects with finalizers are
+    /// marked and go when their owners let them); `true` when nothing is left.
+    fn empty_namespace(&self, ns: &str) -> Result<bool, store::Error> {
+        let mut left = 0;
+        let mut seen = std::collections::HashSet::new();
+        for resource in registry::all(&self.store) {
+            if !resource.namespaced || resource.create_only || !seen.insert(resource.store_name()) {
+                continue;
+            }
+            let (items, _) = self.store.list(
+                &resource.store_name(),
+                Some(ns),
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+            )?;
+            let t = Target {
+                resource,
+                namespace: Some(ns.to_owned()),
+                name: None,
+                sub: None,
+                dry_run: false,
+                manager: "namespace-controller".into(),
+                field_validation: FieldValidation::Ignore,
+                warnings: std::sync::Mutex::new(Vec::new()),
+                user: None,
+            };
+            for item in items {
+                match delete_object(self, &t, item, &json!({})) {
+                    Ok((StatusCode::OK, gone))
+                        if gone.pointer("/metadata/deletionTimestamp").is_none() => {}
+                    Ok(_) => left += 1,
+                    Err(ApiError { code: 404, .. }) => {}
+                    Err(e) => {
+                        return Err(store::Error::Invalid(format!(
+                            "emptying namespace {ns}: {}",
+                            e.message
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(left == 0)
     }
 
     /// Reports `minor` as the Kubernetes minor version on `/version` instead of [`KUBE_MINOR`]
@@ -672,6 +746,27 @@ async fn dispatch(
                 ));
             }
             Ok(json_response(StatusCode::OK, &list))
+        }
+        ["openapi", "v2"] | ["swagger-2.0.0.pb-v1"] => {
+            discovery_only()?;
+            let resources = registry::all(&api.store);
+            let version = format!("v{KUBE_MAJOR}.{}.0", api.minor);
+            let protobuf =
+                media_type(headers, header::ACCEPT).is_some_and(|a| a.contains("protobuf"));
+            if protobuf {
+                Ok((
+                    StatusCode::OK,
+                    // Go's media type parser refuses the `@` of the name asked for.
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    openapi::v2_protobuf(&resources, &version),
+                )
+                    .into_response())
+            } else {
+                Ok(json_response(
+                    StatusCode::OK,
+                    &openapi::v2_json(&resources, &version),
+                ))
+            }
         }
         ["openapi", "v3"] => {
             discovery_only()?;
@@ -1372,6 +1467,10 @@ fn patch(
     ))
 }
 
+fn is_namespace(t: &Target) -> bool {
+    t.resource.group.is_empty() && t.resource.plural == "namespaces"
+}
+
 fn graceful_pod(t: &Target, obj: &Value) -> bool {
     t.resource.group.is_empty()
         && t.resource.plural == "pods"
@@ -1461,6 +1560,38 @@ fn delete_object(
         finalizers.push(json!("foregroundDeletion"));
     }
     let graceful = graceful_pod(t, &current) && grace != Some(0);
+    // A namespace goes once its content is gone (the `kubernetes` finalizer in its spec).
+    if is_namespace(t)
+        && current
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+        && current.pointer("/metadata/deletionTimestamp").is_none()
+    {
+        let mut next = current.clone();
+        next["metadata"]["deletionTimestamp"] = json!(store::rfc3339(SystemTime::now()));
+        next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        next["status"]["phase"] = json!("Terminating");
+        let mut marked = t
+            .store(api)
+            .update(&store_name, None, &obj_name, next)
+            .map_err(|e| store_error(&t.resource, e))?;
+        if t.dry_run {
+            marked["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            return Ok((StatusCode::OK, marked));
+        }
+        let emptied = api
+            .empty_namespace(&obj_name)
+            .map_err(|e| store_error(&t.resource, e))?;
+        if emptied {
+            match api.store.delete(&store_name, None, &obj_name, None) {
+                Ok(gone) => return Ok((StatusCode::OK, gone)),
+                Err(store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(&t.resource, e)),
+            }
+        }
+        return Ok((StatusCode::OK, marked));
+    }
     let store = t.store(api);
     if !finalizers.is_empty() || graceful {
         if current.pointer("/metadata/deletionTimestamp").is_some() {
@@ -1481,7 +1612,7 @@ fn delete_object(
         if !finalizers.is_empty() {
             next["metadata"]["finalizers"] = Value::Array(finalizers);
         }
-        if t.resource.plural == "namespaces" && t.resource.group.is_empty() {
+        if is_namespace(t) {
             next["status"]["phase"] = json!("Terminating");
         }
         let mut marked = store

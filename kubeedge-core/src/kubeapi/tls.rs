@@ -190,6 +190,74 @@ fn bearer(request: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The user a request impersonates (`Impersonate-User`, `Impersonate-Group`), if the requester
+/// may impersonate them (superusers, or RBAC's `impersonate` verb on users, groups and
+/// serviceaccounts).
+fn impersonated(
+    api: &Api,
+    superusers: &[String],
+    user: &User,
+    request: &Request,
+) -> Result<Option<User>, ApiError> {
+    let headers = request.headers();
+    let Some(name) = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| !n.is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let superuser = user.groups.iter().any(|g| superusers.contains(g));
+    let may = |resource: &str, namespace: &str, object: &str| {
+        superuser
+            || authorize(
+                api.store(),
+                user,
+                &Attributes {
+                    verb: "impersonate".into(),
+                    resource_request: true,
+                    group: String::new(),
+                    resource: resource.into(),
+                    namespace: namespace.into(),
+                    name: object.into(),
+                    ..Attributes::default()
+                },
+            )
+    };
+    let sa = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'));
+    let allowed = match sa {
+        Some((ns, sa_name)) => may("serviceaccounts", ns, sa_name),
+        None => may("users", "", name),
+    } && groups.iter().all(|g| may("groups", "", g));
+    if !allowed {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "users {name:?} is forbidden: User {:?} cannot impersonate",
+                user.name
+            ),
+        ));
+    }
+    if let Some((ns, _)) = sa {
+        groups.push("system:serviceaccounts".into());
+        groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    groups.push("system:authenticated".into());
+    Ok(Some(User {
+        name: name.to_owned(),
+        groups,
+        uid: None,
+    }))
+}
+
 async fn guard(api: Api, allowed: Arc<Vec<String>>, mut request: Request, next: Next) -> Response {
     let peer = request.extensions().get::<ConnectInfo<TlsPeer>>().cloned();
     if is_public(request.uri().path()) {
@@ -212,6 +280,11 @@ async fn guard(api: Api, allowed: Arc<Vec<String>>, mut request: Request, next: 
             return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
         }
         (None, None) => return ApiError::new(401, "Unauthorized", "Unauthorized").into_response(),
+    };
+    let user = match impersonated(&api, &allowed, &user, &request) {
+        Ok(Some(as_user)) => as_user,
+        Ok(None) => user,
+        Err(denied) => return denied.into_response(),
     };
     let attributes = Attributes::of_request(
         request.method().as_str(),
