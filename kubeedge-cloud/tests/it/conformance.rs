@@ -239,3 +239,128 @@ async fn streaming_list_watchers_and_dry_run_entries_work() {
     .await;
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_eviction_and_metadata_views() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DynamicObject, EvictParams, Patch, PatchParams};
+    use kube::discovery::ApiResource;
+    use serde_json::json;
+
+    let dir = TempDir::new("scale");
+    let core = start(&dir).await;
+    // A client that gives up on a 429 at once (kube-rs retries them for minutes by default),
+    // so that a refused eviction is seen as refused.
+    let kubeconfig = Kubeconfig::read_from(core.control_plane().unwrap().kubeconfig()).unwrap();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap();
+    config.default_retry = false;
+    let client = Client::try_from(config).unwrap();
+
+    // scale on a built-in workload.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap();
+    let scale = deployments.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(1));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=web"));
+    let patch = json!({"spec": {"replicas": 4}});
+    deployments
+        .patch_scale("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(deployments.get("web").await.unwrap().spec.replicas, Some(4));
+
+    // scale on a custom resource whose CRD declares it.
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "pools.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+                 "names": {"plural": "pools", "singular": "pool", "kind": "Pool"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.size"}},
+                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                         "spec": {"type": "object", "properties": {"size": {"type": "integer"}}},
+                         "status": {"type": "object", "properties": {"size": {"type": "integer"}}}}}}}]}}))
+    .unwrap();
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &crd)
+        .await
+        .unwrap();
+    let ar = ApiResource {
+        group: "example.com".into(),
+        version: "v1".into(),
+        api_version: "example.com/v1".into(),
+        kind: "Pool".into(),
+        plural: "pools".into(),
+    };
+    let pools: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let pool: DynamicObject =
+        serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Pool",
+        "metadata": {"name": "p"}, "spec": {"size": 2}}))
+        .unwrap();
+    pools.create(&PostParams::default(), &pool).await.unwrap();
+    assert_eq!(
+        pools.get_scale("p").await.unwrap().spec.unwrap().replicas,
+        Some(2)
+    );
+    pools
+        .patch_scale(
+            "p",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 7}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pools.get("p").await.unwrap().data["spec"]["size"], 7);
+
+    // Eviction respects a PodDisruptionBudget.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "guarded", "labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}),
+    )
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let ready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+    pods.patch_status("guarded", &PatchParams::default(), &Patch::Merge(&ready))
+        .await
+        .unwrap();
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({"metadata": {"name": "db"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "db"}}}}))
+    .unwrap();
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    pdbs.create(&PostParams::default(), &pdb).await.unwrap();
+    let refused = pods
+        .evict("guarded", &EvictParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&refused), Some(429), "{refused}");
+    assert!(pods.get_opt("guarded").await.unwrap().is_some());
+    pdbs.delete("db", &Default::default()).await.unwrap();
+    pods.evict("guarded", &EvictParams::default())
+        .await
+        .unwrap();
+    assert!(pods.get_opt("guarded").await.unwrap().is_none());
+
+    // Metadata-only reads.
+    let meta = deployments.get_metadata("web").await.unwrap();
+    assert_eq!(meta.metadata.name.as_deref(), Some("web"));
+    let listed = deployments
+        .list_metadata(&ListParams::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("web"));
+    core.stop().await;
+}

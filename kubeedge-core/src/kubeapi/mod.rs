@@ -707,6 +707,9 @@ async fn dispatch(
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["api"] => {
             discovery_only()?;
+            if let Some(version) = aggregated_discovery(headers) {
+                return Ok(aggregated(&api.store, true, version));
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"kind": "APIVersions", "versions": ["v1"],
@@ -722,6 +725,9 @@ async fn dispatch(
         }
         ["apis"] => {
             discovery_only()?;
+            if let Some(version) = aggregated_discovery(headers) {
+                return Ok(aggregated(&api.store, false, version));
+            }
             Ok(json_response(StatusCode::OK, &group_list(&api.store)))
         }
         ["apis", group] => {
@@ -815,6 +821,100 @@ fn resource_list(store: &Store, group: &str, version: &str) -> Value {
         format!("{group}/{version}")
     };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+/// The aggregated discovery version (`v2` or `v2beta1`) the client asks for first, if any.
+fn aggregated_discovery(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = media_type(headers, header::ACCEPT)?;
+    for range in accept.split(',') {
+        let params: Vec<&str> = range.split(';').map(str::trim).skip(1).collect();
+        let has = |p: &str| params.contains(&p);
+        if has("as=APIGroupDiscoveryList") && has("g=apidiscovery.k8s.io") {
+            if has("v=v2") {
+                return Some("v2");
+            }
+            if has("v=v2beta1") {
+                return Some("v2beta1");
+            }
+        }
+    }
+    None
+}
+
+/// `/api` (`core`) or `/apis` as one `APIGroupDiscoveryList`: every group, version and resource
+/// with its verbs and subresources, in one answer.
+fn aggregated(store: &Store, core: bool, version: &str) -> Response {
+    /// A version's resources.
+    type Versions = Vec<(String, Vec<Value>)>;
+    let mut groups: Vec<(String, Versions)> = Vec::new();
+    for r in registry::all(store)
+        .into_iter()
+        .filter(|r| r.group.is_empty() == core)
+    {
+        let subresources: Vec<Value> = r
+            .subresources()
+            .into_iter()
+            .map(|(sub, verbs, kind)| {
+                let (group, v) = match sub {
+                    "scale" => ("autoscaling", "v1"),
+                    "eviction" => ("policy", "v1"),
+                    "token" => ("authentication.k8s.io", "v1"),
+                    _ => (r.group.as_str(), r.version.as_str()),
+                };
+                json!({"subresource": sub, "responseKind": {"group": group, "version": v, "kind": kind},
+                       "verbs": verbs})
+            })
+            .collect();
+        let mut entry = json!({"resource": r.plural,
+            "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+            "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": r.singular, "verbs": r.verbs()});
+        if !r.short_names.is_empty() {
+            entry["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            entry["categories"] = json!(r.categories);
+        }
+        if !subresources.is_empty() {
+            entry["subresources"] = Value::Array(subresources);
+        }
+        let group = match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some(g) => g,
+            None => {
+                groups.push((r.group.clone(), Vec::new()));
+                let last = groups.len() - 1;
+                &mut groups[last]
+            }
+        };
+        match group.1.iter_mut().find(|(v, _)| *v == r.version) {
+            Some((_, resources)) => resources.push(entry),
+            None => group.1.push((r.version.clone(), vec![entry])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(name, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
+                .collect();
+            let metadata = if name.is_empty() { json!({}) } else { json!({"name": name}) };
+            json!({"metadata": metadata, "versions": versions})
+        })
+        .collect();
+    let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+                      "metadata": {}, "items": items});
+    let content_type =
+        format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList");
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "Accept".to_owned()),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn group_list(store: &Store) -> Value {

@@ -1319,6 +1319,26 @@ mod tests {
     }
 
     #[test]
+    fn watch_events_are_length_prefixed_watch_event_messages() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}});
+        let frame = encode_watch_event("ADDED", &cm).unwrap();
+        let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let mut fields = Reader(&frame[4..]);
+        let Some(Ok((1, Wire::Len(kind)))) = fields.next() else {
+            panic!("no type");
+        };
+        assert_eq!(kind, b"ADDED");
+        let Some(Ok((2, Wire::Len(raw_ext)))) = fields.next() else {
+            panic!("no object");
+        };
+        let Some(Ok((1, Wire::Len(raw)))) = Reader(raw_ext).next() else {
+            panic!("no raw");
+        };
+        assert_eq!(decode(raw).unwrap(), cm);
+    }
+
+    #[test]
     fn bad_bodies_are_errors() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
         let bytes = encode(&pod).unwrap();
