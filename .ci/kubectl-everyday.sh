@@ -4,7 +4,8 @@
 # machine's kubectl dispatcher runs the matching kubectl. Covered: create ns/cm/secret/sa/token,
 # run, expose, scale, label/annotate, get -w, describe with events, delete --all, delete ns,
 # apply --server-side (a conflict without --force-conflicts, a dropped field removed),
-# apply --dry-run=server (nothing stored), auth can-i as a ServiceAccount bound to `view`, and
+# apply --dry-run=server (nothing stored), auth can-i as a ServiceAccount bound to `view`, a
+# client certificate requested, approved and signed (and one denied), and
 # bad input (a truncated protobuf body, a CR breaking its schema, an unknown field with
 # --validate=strict, a 3 MiB object), after which the server still serves.
 set -euo pipefail
@@ -118,6 +119,33 @@ YAML
   if ks auth can-i create deployments -n shop >/dev/null 2>&1; then fail "can-i create (view)"; fi
   expect "$(ks get pods -n shop -o name)" "pod/web" "the token lists pods"
   if ks delete pod web -n shop >/dev/null 2>&1; then fail "view deleted a pod"; fi
+
+  # A client certificate through certificates.k8s.io: approved and signed, or denied.
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/jane.key" \
+    -subj "/CN=jane/O=devs" -out "$work/jane.csr" 2>/dev/null
+  for who in jane mallory; do
+    k create -f - >/dev/null <<YAML
+apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata: {name: $who}
+spec:
+  request: $(base64 -w0 <"$work/jane.csr")
+  signerName: kubernetes.io/kube-apiserver-client
+  expirationSeconds: 3600
+  usages: [client auth]
+YAML
+  done
+  k certificate approve jane >/dev/null
+  k certificate deny mallory >/dev/null
+  for _ in $(seq 1 50); do [[ -n $(k get csr jane -o jsonpath='{.status.certificate}') ]] && break; sleep 0.1; done
+  k get csr jane -o jsonpath='{.status.certificate}' | base64 -d >"$work/jane.crt"
+  grep -q 'BEGIN CERTIFICATE' "$work/jane.crt" || fail "approved CSR not signed"
+  test "$(k get csr mallory -o jsonpath='{.status.conditions[0].type}')" = Denied || fail "denied CSR"
+  test -z "$(k get csr mallory -o jsonpath='{.status.certificate}')" || fail "denied CSR signed"
+  kj() { env -u KUBECONFIG HOME="$work/home" timeout 30 kubectl --server "$api" --certificate-authority "$work/d/ca/rootCA.crt" --client-certificate "$work/jane.crt" --client-key "$work/jane.key" --cache-dir "$work/kcache3" "$@"; }
+  if kj get pods -n shop >/dev/null 2>&1; then fail "jane listed pods without a role"; fi
+  k create rolebinding devs-edit -n shop --clusterrole=edit --group=devs >/dev/null
+  expect "$(kj get pods -n shop -o name)" "pod/web" "jane's group bound to edit"
 
   # Bad input: a 4xx Status each, nothing stored, the server keeps serving.
   printf 'k8s\0\x0a\x0d\x0a\x02v1\x12\x09ConfigMap\x12\x40\x0a' >"$work/truncated.pb"

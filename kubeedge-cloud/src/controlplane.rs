@@ -33,6 +33,98 @@ pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 /// How long the admin certificate is valid.
 const ADMIN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 
+/// The certificates.k8s.io signers the control plane signs for, with the KubeEdge CA: client
+/// certificates for the API (the requester's CN and O as user and groups).
+pub const CLIENT_SIGNERS: [&str; 2] = [
+    "kubernetes.io/kube-apiserver-client",
+    "kubernetes.io/kube-apiserver-client-kubelet",
+];
+
+const CSR_RESOURCE: &str = "certificatesigningrequests.certificates.k8s.io";
+
+fn has_condition(csr: &serde_json::Value, kind: &str) -> bool {
+    csr.pointer("/status/conditions")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == kind && c["status"] != "False")
+        })
+}
+
+/// Signs every approved, not yet signed request for one of [`CLIENT_SIGNERS`] (the
+/// controller-manager's signing controller); a request that cannot be signed gets a `Failed`
+/// condition saying why. Returns how many were signed.
+pub fn sign_approved(api: &Api, ca: &Ca) -> Result<usize, store::Error> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (csrs, _) = api.store().list(
+        CSR_RESOURCE,
+        None,
+        &store::LabelSelector::default(),
+        &store::FieldSelector::default(),
+    )?;
+    let mut signed = 0;
+    for csr in csrs {
+        let signer = csr
+            .pointer("/spec/signerName")
+            .and_then(serde_json::Value::as_str);
+        if !signer.is_some_and(|s| CLIENT_SIGNERS.contains(&s))
+            || !has_condition(&csr, "Approved")
+            || has_condition(&csr, "Denied")
+            || has_condition(&csr, "Failed")
+            || csr.pointer("/status/certificate").is_some()
+        {
+            continue;
+        }
+        let name = csr["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let seconds = csr
+            .pointer("/spec/expirationSeconds")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(365 * 86_400)
+            .clamp(600, 365 * 86_400);
+        let result = csr
+            .pointer("/spec/request")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|r| b64.decode(r).ok())
+            .and_then(|pem| String::from_utf8(pem).ok())
+            .ok_or_else(|| "spec.request is not a base64 PEM block".to_owned())
+            .and_then(|pem| pki::pem_block(&pem, "CERTIFICATE REQUEST"))
+            .and_then(|der| {
+                ca.sign_client_csr(&der, Duration::from_secs(seconds), SystemTime::now())
+                    .map_err(|e| e.to_string())
+            });
+        let mut next = csr.clone();
+        let now = store::rfc3339(SystemTime::now());
+        match result {
+            Ok(der) => {
+                next["status"]["certificate"] =
+                    serde_json::json!(b64.encode(pki::pem("CERTIFICATE", &der)));
+                signed += 1;
+            }
+            Err(why) => {
+                let mut conditions = next
+                    .pointer("/status/conditions")
+                    .and_then(serde_json::Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                conditions.push(serde_json::json!({"type": "Failed", "status": "True",
+                    "reason": "SigningFailed", "message": why, "lastUpdateTime": now,
+                    "lastTransitionTime": now}));
+                next["status"]["conditions"] = serde_json::Value::Array(conditions);
+            }
+        }
+        match api.store().update(CSR_RESOURCE, None, &name, next) {
+            // Changed meanwhile: looked at again on the next round.
+            Ok(_) | Err(store::Error::Conflict { .. } | store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(signed)
+}
+
 /// A running embedded control plane.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -106,14 +198,19 @@ impl ControlPlane {
             &kubeconfig(&url, &ca.cert_pem(), &admin.cert_pem(), &admin.key_pem()?),
             true,
         )?;
-        // The namespace controller: namespaces being deleted go once their content is gone.
+        // The control plane's own controllers: namespaces being deleted go once their content is
+        // gone; approved client certificate requests are signed by the CA.
         let finalizer = {
             let api = api.clone();
+            let signer = Ca::from_der(ca.cert_der(), ca.key_sec1())?;
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     if let Err(e) = api.finalize_namespaces() {
                         tracing::warn!(error = %e, "finalizing deleted namespaces");
+                    }
+                    if let Err(e) = sign_approved(&api, &signer) {
+                        tracing::warn!(error = %e, "signing certificate requests");
                     }
                 }
             })

@@ -364,6 +364,47 @@ impl Ca {
         Ok(cert.der().to_vec())
     }
 
+    /// Signs a client certificate request (DER) as the `kubernetes.io/kube-apiserver-client`
+    /// signer of certificates.k8s.io does: the subject is the CSR's (CN the user, O the groups),
+    /// a random serial, valid from `now` for `validity`, key usages DigitalSignature and
+    /// KeyEncipherment, EKU ClientAuth, no SANs. Returns the certificate DER.
+    pub fn sign_client_csr(
+        &self,
+        csr_der: &[u8],
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<u8>, Error> {
+        let mut csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(Error::Csr)?;
+        if dn_value(&csr.params.distinguished_name, &DnType::CommonName)
+            .is_none_or(|cn| cn.is_empty())
+        {
+            return Err(Error::Subject {
+                expected: "a common name (the user)".into(),
+                found: String::new(),
+            });
+        }
+        let params = &mut csr.params;
+        params.subject_alt_names.clear();
+        params.serial_number = Some(random_serial()?);
+        params.not_before = now.into();
+        params.not_after = (now + validity).into();
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = csr
+            .signed_by(&self.issuer()?)
+            .map_err(|source| Error::Rcgen {
+                step: "signing a client certificate",
+                source,
+            })?;
+        Ok(cert.der().to_vec())
+    }
+
     /// A node identity signed directly (generates the key and CSR in-process): for tests, and for
     /// provisioning an edge out of band.
     pub fn issue_node(
