@@ -1,21 +1,30 @@
 //! The Kubernetes REST API over a [`Store`]: what kubectl, kube-rs and client-go talk to, served
 //! by the embedded control plane (cloud) and the metaserver (edge).
 //!
-//! * Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, and a minimal
-//!   `/openapi/v3` (enough for `kubectl apply` to validate on the server).
-//! * Verbs: get, list (with `limit`/`continue`, label and field selectors), watch (chunked JSON
-//!   events from a resourceVersion, `timeoutSeconds`, bookmarks), create, update, patch (JSON merge, strategic
-//!   merge for the common cases, JSON patch, server-side apply), delete (graceful for pods bound to
-//!   a node: `deletionTimestamp` first, removal when the node confirms with grace period 0), the
-//!   `status` subresource, and `Table` output for `kubectl get`.
-//! * Resources: core/v1 pods, nodes, namespaces, configmaps, secrets, services, endpoints, events,
-//!   serviceaccounts; coordination.k8s.io leases; discovery.k8s.io endpointslices; apiextensions
-//!   CRDs, and the resources of every CRD created at run time.
+//! * Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, aggregated
+//!   discovery (`apidiscovery.k8s.io` v2 and v2beta1), `/openapi/v2` ([`openapi`], JSON and
+//!   protobuf) and `/openapi/v3` (enough for kubectl to validate fields on the server).
+//! * Bodies: JSON, and protobuf for built-in kinds ([`protobuf`]); `Table` and
+//!   `PartialObjectMetadata` answers when asked for.
+//! * Verbs: get, list (with `limit`/`continue`, label and field selectors), watch (JSON lines or
+//!   protobuf frames from a resourceVersion, `timeoutSeconds`, bookmarks, streaming lists), create,
+//!   update, patch (JSON merge, strategic merge for the common cases, JSON patch), server-side apply
+//!   with `managedFields`, delete (graceful for pods bound to a node: `deletionTimestamp` first,
+//!   removal when the node confirms with grace period 0; namespaces once empty) and
+//!   delete-collection; `dryRun=All` and `fieldValidation` on every write.
+//! * Writes are defaulted ([`defaults`]) and validated ([`validation`]; CRD structural schemas
+//!   for custom resources).
+//! * Subresources: `status`, `scale`, `eviction`, `ephemeralcontainers`, `token`, `approval`;
+//!   reviews (TokenReview, SubjectAccessReview and its forms) answer without storing.
+//! * Resources: the built-in groups of [`registry`], and the resources of every CRD created at run
+//!   time.
 //! * Errors are `Status` objects with the apiserver's codes and reasons.
 //!
 //! [`Api::serve`] and [`Api::router`] serve whoever reaches them (the edge metaserver on loopback,
-//! in-process callers); [`Api::serve_tls`] adds client-certificate authentication and group
-//! authorization, as the embedded control plane serves it (see [`tls`]).
+//! in-process callers); [`Api::serve_tls`] adds authentication (client certificates, ServiceAccount
+//! tokens) and RBAC ([`auth`]), as the embedded control plane serves it (see [`tls`]).
+//! [`Api::control_plane`] adds what only a control plane has: tokens, default roles, per-namespace
+//! ServiceAccounts and CA bundles.
 
 mod apply;
 pub mod auth;
@@ -1335,6 +1344,17 @@ fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiErro
         apply::record_update(&json!({}), &mut obj, &t.manager, None, "Update");
     }
     let mut obj = views::inward(&t.resource, obj);
+    if t.resource.group == "certificates.k8s.io"
+        && let Some(user) = &t.user
+        && obj["spec"].is_object()
+    {
+        // A certificate request says who asked for it.
+        obj["spec"]["username"] = json!(user.name);
+        obj["spec"]["groups"] = json!(user.groups);
+        if let Some(uid) = &user.uid {
+            obj["spec"]["uid"] = json!(uid);
+        }
+    }
     defaults::apply(&t.resource, &mut obj);
     validation::check(&t.resource, &obj)?;
     if t.resource.plural == "customresourcedefinitions" {

@@ -120,6 +120,218 @@ fn node_cells(n: &Value) -> Vec<Value> {
     vec![json!(ready), json!(roles), json!(version)]
 }
 
+type Cells = fn(&Value) -> Vec<Value>;
+
+fn count(v: &Value) -> usize {
+    v.as_object().map_or(0, |m| m.len())
+}
+
+fn int(v: &Value, pointer: &str) -> i64 {
+    v.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn text(v: &Value, pointer: &str, missing: &str) -> String {
+    match v.pointer(pointer) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => missing.to_owned(),
+    }
+}
+
+fn service_ports(s: &Value) -> Value {
+    let ports: Vec<String> = s
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    let node = p["nodePort"]
+                        .as_i64()
+                        .map(|n| format!(":{n}"))
+                        .unwrap_or_default();
+                    format!(
+                        "{}{node}/{}",
+                        p["port"],
+                        p["protocol"].as_str().unwrap_or("TCP")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!(if ports.is_empty() {
+        "<none>".to_owned()
+    } else {
+        ports.join(",")
+    })
+}
+
+fn csr_condition(c: &Value) -> Value {
+    let conditions: Vec<&str> = c
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().filter_map(|c| c["type"].as_str()).collect())
+        .unwrap_or_default();
+    let mut shown = if conditions.is_empty() {
+        "Pending".to_owned()
+    } else {
+        conditions.join(",")
+    };
+    if c.pointer("/status/certificate").is_some() {
+        shown.push_str(",Issued");
+    }
+    json!(shown)
+}
+
+/// The extra columns of the kinds kubectl users look at most (as the apiserver prints them).
+fn cells_of(r: &Resource) -> Option<(&'static [(&'static str, &'static str)], Cells)> {
+    let out: (&'static [(&'static str, &'static str)], Cells) =
+        match (r.group.as_str(), r.plural.as_str()) {
+            ("", "configmaps") => (&[("Data", "integer")], |o| {
+                vec![json!(count(&o["data"]) + count(&o["binaryData"]))]
+            }),
+            ("", "secrets") => (&[("Type", "string"), ("Data", "integer")], |o| {
+                vec![json!(text(o, "/type", "Opaque")), json!(count(&o["data"]))]
+            }),
+            ("", "namespaces") => (&[("Status", "string")], |o| {
+                vec![json!(text(o, "/status/phase", "Active"))]
+            }),
+            ("", "services") => (
+                &[
+                    ("Type", "string"),
+                    ("Cluster-IP", "string"),
+                    ("External-IP", "string"),
+                    ("Port(s)", "string"),
+                ],
+                |o| {
+                    vec![
+                        json!(text(o, "/spec/type", "ClusterIP")),
+                        json!(text(o, "/spec/clusterIP", "<none>")),
+                        json!(text(o, "/spec/externalName", "<none>")),
+                        service_ports(o),
+                    ]
+                },
+            ),
+            ("apps", "deployments") => (
+                &[
+                    ("Ready", "string"),
+                    ("Up-to-date", "integer"),
+                    ("Available", "integer"),
+                ],
+                |o| {
+                    vec![
+                        json!(format!(
+                            "{}/{}",
+                            int(o, "/status/readyReplicas"),
+                            int(o, "/spec/replicas")
+                        )),
+                        json!(int(o, "/status/updatedReplicas")),
+                        json!(int(o, "/status/availableReplicas")),
+                    ]
+                },
+            ),
+            ("apps", "replicasets") => (
+                &[
+                    ("Desired", "integer"),
+                    ("Current", "integer"),
+                    ("Ready", "integer"),
+                ],
+                |o| {
+                    vec![
+                        json!(int(o, "/spec/replicas")),
+                        json!(int(o, "/status/replicas")),
+                        json!(int(o, "/status/readyReplicas")),
+                    ]
+                },
+            ),
+            ("apps", "statefulsets") => (&[("Ready", "string")], |o| {
+                vec![json!(format!(
+                    "{}/{}",
+                    int(o, "/status/readyReplicas"),
+                    int(o, "/spec/replicas")
+                ))]
+            }),
+            ("apps", "daemonsets") => (
+                &[
+                    ("Desired", "integer"),
+                    ("Current", "integer"),
+                    ("Ready", "integer"),
+                ],
+                |o| {
+                    vec![
+                        json!(int(o, "/status/desiredNumberScheduled")),
+                        json!(int(o, "/status/currentNumberScheduled")),
+                        json!(int(o, "/status/numberReady")),
+                    ]
+                },
+            ),
+            ("batch", "jobs") => (&[("Completions", "string")], |o| {
+                vec![json!(format!(
+                    "{}/{}",
+                    int(o, "/status/succeeded"),
+                    int(o, "/spec/completions").max(1)
+                ))]
+            }),
+            ("policy", "poddisruptionbudgets") => (
+                &[
+                    ("Min Available", "string"),
+                    ("Max Unavailable", "string"),
+                    ("Allowed Disruptions", "integer"),
+                ],
+                |o| {
+                    vec![
+                        json!(text(o, "/spec/minAvailable", "N/A")),
+                        json!(text(o, "/spec/maxUnavailable", "N/A")),
+                        json!(int(o, "/status/disruptionsAllowed")),
+                    ]
+                },
+            ),
+            ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+                (&[("Role", "string")], |o| {
+                    vec![json!(format!(
+                        "{}/{}",
+                        text(o, "/roleRef/kind", ""),
+                        text(o, "/roleRef/name", "")
+                    ))]
+                })
+            }
+            ("certificates.k8s.io", "certificatesigningrequests") => (
+                &[
+                    ("SignerName", "string"),
+                    ("Requestor", "string"),
+                    ("Condition", "string"),
+                ],
+                |o| {
+                    vec![
+                        json!(text(o, "/spec/signerName", "")),
+                        json!(text(o, "/spec/username", "")),
+                        csr_condition(o),
+                    ]
+                },
+            ),
+            ("" | "events.k8s.io", "events") => (
+                &[
+                    ("Type", "string"),
+                    ("Reason", "string"),
+                    ("Message", "string"),
+                ],
+                |o| {
+                    vec![
+                        json!(text(o, "/type", "")),
+                        json!(text(o, "/reason", "")),
+                        json!(
+                            o.get("message")
+                                .or_else(|| o.get("note"))
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                        ),
+                    ]
+                },
+            ),
+            _ => return None,
+        };
+    Some(out)
+}
+
 /// The Table for `items` of `resource`.
 pub fn table(resource: &Resource, items: &[Value], rv: Value) -> Value {
     let is_core = resource.group.is_empty();
@@ -141,7 +353,13 @@ pub fn table(resource: &Resource, items: &[Value], rv: Value) -> Value {
             ]);
             node_cells
         }
-        _ => |_| Vec::new(),
+        _ => match cells_of(resource) {
+            Some((names, cells)) => {
+                columns.extend(names.iter().map(|(n, t)| column(n, t)));
+                cells
+            }
+            None => |_| Vec::new(),
+        },
     };
     columns.push(column("Age", "string"));
     let rows: Vec<Value> = items

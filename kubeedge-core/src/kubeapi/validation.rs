@@ -118,6 +118,9 @@ pub fn check(r: &Resource, obj: &Value) -> Result<(), ApiError> {
     if r.group.is_empty() && (r.plural == "configmaps" || r.plural == "secrets") {
         config_data(r, obj, &mut causes);
     }
+    if r.group == "certificates.k8s.io" && r.plural == "certificatesigningrequests" {
+        csr(obj, &mut causes);
+    }
     if !causes.is_empty() {
         return Err(invalid(r, obj, causes));
     }
@@ -133,6 +136,35 @@ pub fn check(r: &Resource, obj: &Value) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+fn csr(obj: &Value, causes: &mut Vec<String>) {
+    use base64::Engine as _;
+    let pem = obj
+        .pointer("/spec/request")
+        .and_then(Value::as_str)
+        .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+        .and_then(|b| String::from_utf8(b).ok());
+    if !pem.is_some_and(|p| p.contains("-----BEGIN CERTIFICATE REQUEST-----")) {
+        causes.push("spec.request: Invalid value: must be a base64 PEM CERTIFICATE REQUEST".into());
+    }
+    if obj
+        .pointer("/spec/signerName")
+        .and_then(Value::as_str)
+        .is_none_or(|s| {
+            s.split_once('/')
+                .is_none_or(|(d, n)| d.is_empty() || n.is_empty())
+        })
+    {
+        causes.push("spec.signerName: Required value: a signer name such as kubernetes.io/kube-apiserver-client".into());
+    }
+    if obj
+        .pointer("/spec/usages")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        causes.push("spec.usages: Required value".into());
+    }
 }
 
 fn config_data(r: &Resource, obj: &Value, causes: &mut Vec<String>) {
