@@ -57,12 +57,7 @@ fn has_condition(csr: &serde_json::Value, kind: &str) -> bool {
 pub fn sign_approved(api: &Api, ca: &Ca) -> Result<usize, store::Error> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let (csrs, _) = api.store().list(
-        CSR_RESOURCE,
-        None,
-        &store::LabelSelector::default(),
-        &store::FieldSelector::default(),
-    )?;
+    let csrs = api.store().list_all(CSR_RESOURCE, None)?;
     let mut signed = 0;
     for csr in csrs {
         let signer = csr

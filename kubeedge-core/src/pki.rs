@@ -341,11 +341,23 @@ impl Ca {
             });
         }
         let mut csr = csr;
-        let params = &mut csr.params;
-        params.distinguished_name = dn(&[
+        csr.params.distinguished_name = dn(&[
             (DnType::OrganizationName, NODES_ORG),
             (DnType::CommonName, &expected_cn),
         ]);
+        self.sign_for_client_auth(csr, validity, now, "signing the node certificate")
+    }
+
+    /// Signs `csr` as a client certificate: a random serial, valid from `now` for `validity`, key
+    /// usages DigitalSignature and KeyEncipherment, EKU ClientAuth.
+    fn sign_for_client_auth(
+        &self,
+        mut csr: CertificateSigningRequestParams,
+        validity: Duration,
+        now: SystemTime,
+        step: &'static str,
+    ) -> Result<Vec<u8>, Error> {
+        let params = &mut csr.params;
         params.serial_number = Some(random_serial()?);
         params.not_before = now.into();
         params.not_after = (now + validity).into();
@@ -357,10 +369,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = csr
             .signed_by(&self.issuer()?)
-            .map_err(|source| Error::Rcgen {
-                step: "signing the node certificate",
-                source,
-            })?;
+            .map_err(|source| Error::Rcgen { step, source })?;
         Ok(cert.der().to_vec())
     }
 
@@ -385,24 +394,8 @@ impl Ca {
                 found: String::new(),
             });
         }
-        let params = &mut csr.params;
-        params.subject_alt_names.clear();
-        params.serial_number = Some(random_serial()?);
-        params.not_before = now.into();
-        params.not_after = (now + validity).into();
-        params.is_ca = IsCa::NoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = csr
-            .signed_by(&self.issuer()?)
-            .map_err(|source| Error::Rcgen {
-                step: "signing a client certificate",
-                source,
-            })?;
-        Ok(cert.der().to_vec())
+        csr.params.subject_alt_names.clear();
+        self.sign_for_client_auth(csr, validity, now, "signing a client certificate")
     }
 
     /// A node identity signed directly (generates the key and CSR in-process): for tests, and for

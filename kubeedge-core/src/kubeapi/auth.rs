@@ -13,7 +13,7 @@
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::store::{self, BatchOp, FieldSelector, LabelSelector, Store};
+use crate::store::{self, BatchOp, LabelSelector, Store};
 
 /// An authenticated API user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,14 +161,7 @@ impl TokenIssuer {
                 ));
             }
         }
-        let audiences = claims["aud"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let audiences = string_list(&claims["aud"]);
         Ok((
             User {
                 name: format!("system:serviceaccount:{ns}:{name}"),
@@ -278,6 +271,11 @@ impl Attributes {
     }
 }
 
+/// The strings of a JSON array (others skipped; nothing for a non-array).
+pub(crate) fn string_list(v: &Value) -> Vec<String> {
+    strings(v).into_iter().map(str::to_owned).collect()
+}
+
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -337,15 +335,8 @@ fn subject_matches(subject: &Value, user: &User) -> bool {
 }
 
 fn list_all(store: &Store, resource: &str, ns: Option<&str>) -> Vec<Value> {
-    store
-        .list(
-            resource,
-            ns,
-            &LabelSelector::default(),
-            &FieldSelector::default(),
-        )
-        .map(|(items, _)| items)
-        .unwrap_or_default()
+    // An unreadable store grants nothing.
+    store.list_all(resource, ns).unwrap_or_default()
 }
 
 fn role_rules(store: &Store, role_ref: &Value, ns: Option<&str>) -> Vec<Value> {
@@ -423,17 +414,7 @@ pub fn authorize(store: &Store, user: &User, a: &Attributes) -> bool {
 /// The default cluster roles and bindings of a Kubernetes API server (those this API needs).
 pub fn default_roles() -> Vec<(&'static str, Value)> {
     let read = json!(["get", "list", "watch"]);
-    let write = json!(["create", "delete", "deletecollection", "patch", "update"]);
-    let all_verbs = json!([
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch"
-    ]);
+    let all_verbs = json!(super::registry::ALL_VERBS);
     let workloads = json!([
         {"apiGroups": [""], "resources": ["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy",
             "pods/eviction", "replicationcontrollers", "replicationcontrollers/scale", "services", "services/proxy",
@@ -469,7 +450,6 @@ pub fn default_roles() -> Vec<(&'static str, Value)> {
     let mut admin = edit.clone();
     admin.push(json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": all_verbs}));
     admin.push(json!({"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]}));
-    let _ = write;
     let role = |name: &str, rules: Value| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"},

@@ -134,12 +134,7 @@ impl Api {
                 Err(e) => return Err(e),
             }
         }
-        let (namespaces, _) = self.store.list(
-            "namespaces",
-            None,
-            &LabelSelector::default(),
-            &FieldSelector::default(),
-        )?;
+        let namespaces = self.store.list_all("namespaces", None)?;
         for ns in namespaces {
             if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
                 self.namespace_defaults(name)?;
@@ -249,12 +244,7 @@ impl Api {
     /// still wait for their node to stop them stays `Terminating` until they are gone). Returns
     /// how many namespaces were removed.
     pub fn finalize_namespaces(&self) -> Result<usize, store::Error> {
-        let (namespaces, _) = self.store.list(
-            "namespaces",
-            None,
-            &LabelSelector::default(),
-            &FieldSelector::default(),
-        )?;
+        let namespaces = self.store.list_all("namespaces", None)?;
         let mut removed = 0;
         for ns in namespaces {
             if ns.pointer("/metadata/deletionTimestamp").is_none() {
@@ -282,12 +272,7 @@ impl Api {
             if !resource.namespaced || resource.create_only || !seen.insert(resource.store_name()) {
                 continue;
             }
-            let (items, _) = self.store.list(
-                &resource.store_name(),
-                Some(ns),
-                &LabelSelector::default(),
-                &FieldSelector::default(),
-            )?;
+            let items = self.store.list_all(&resource.store_name(), Some(ns))?;
             let t = Target {
                 resource,
                 namespace: Some(ns.to_owned()),
@@ -1521,15 +1506,7 @@ fn patch(
     query: &Query,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let content_type = patch_type(headers);
     let patch_doc: Value = if content_type == "application/apply-patch+yaml" {
         apply::parse(&body)?
     } else {
@@ -1589,6 +1566,17 @@ fn patch(
 
 fn is_namespace(t: &Target) -> bool {
     t.resource.group.is_empty() && t.resource.plural == "namespaces"
+}
+
+/// The media type of a request's body, without parameters (`application/merge-patch+json`).
+fn patch_type(headers: &HeaderMap) -> String {
+    media_type(headers, header::CONTENT_TYPE)
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned()
 }
 
 fn graceful_pod(t: &Target, obj: &Value) -> bool {

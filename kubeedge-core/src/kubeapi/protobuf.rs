@@ -1103,7 +1103,7 @@ fn walk_unknown(name: &str, v: &Value, path: &str, out: &mut Vec<String>, root: 
 fn format_time(seconds: i64, nanos: i64, micro: bool) -> String {
     let days = seconds.div_euclid(86_400);
     let rem = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::store::civil_from_days(days);
     let base = format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
         rem / 3600,
@@ -1115,19 +1115,6 @@ fn format_time(seconds: i64, nanos: i64, micro: bool) -> String {
     } else {
         format!("{base}Z")
     }
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    // Howard Hinnant's algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 /// Seconds and nanoseconds of an RFC 3339 time (`Z` or an offset, optional fraction).

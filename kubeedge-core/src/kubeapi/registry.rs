@@ -3,10 +3,22 @@
 
 use serde_json::{Value, json};
 
-use crate::store::{FieldSelector, LabelSelector, Store};
+use crate::store::Store;
 
 /// Store resource under which CRDs are kept.
 pub const CRD_RESOURCE: &str = "customresourcedefinitions.apiextensions.k8s.io";
+
+/// The verbs of a stored resource.
+pub const ALL_VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// One servable resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,16 +96,7 @@ impl Resource {
         if self.create_only {
             vec!["create"]
         } else {
-            vec![
-                "create",
-                "delete",
-                "deletecollection",
-                "get",
-                "list",
-                "patch",
-                "update",
-                "watch",
-            ]
+            ALL_VERBS.to_vec()
         }
     }
 
@@ -199,447 +202,59 @@ const CLUSTER: bool = false;
 const ALL: &[&str] = &["all"];
 
 /// The built-in resources of a Kubernetes API server that the control plane serves.
+#[rustfmt::skip]
 const BUILTINS: &[Builtin] = &[
     ("", "v1", "pods", "Pod", NS, &["po"], true, false, ALL),
-    (
-        "",
-        "v1",
-        "nodes",
-        "Node",
-        CLUSTER,
-        &["no"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "namespaces",
-        "Namespace",
-        CLUSTER,
-        &["ns"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "configmaps",
-        "ConfigMap",
-        NS,
-        &["cm"],
-        false,
-        false,
-        &[],
-    ),
+    ("", "v1", "nodes", "Node", CLUSTER, &["no"], true, false, &[]),
+    ("", "v1", "namespaces", "Namespace", CLUSTER, &["ns"], true, false, &[]),
+    ("", "v1", "configmaps", "ConfigMap", NS, &["cm"], false, false, &[]),
     ("", "v1", "secrets", "Secret", NS, &[], false, false, &[]),
-    (
-        "",
-        "v1",
-        "services",
-        "Service",
-        NS,
-        &["svc"],
-        true,
-        false,
-        ALL,
-    ),
-    (
-        "",
-        "v1",
-        "endpoints",
-        "Endpoints",
-        NS,
-        &["ep"],
-        false,
-        false,
-        &[],
-    ),
+    ("", "v1", "services", "Service", NS, &["svc"], true, false, ALL),
+    ("", "v1", "endpoints", "Endpoints", NS, &["ep"], false, false, &[]),
     ("", "v1", "events", "Event", NS, &["ev"], false, false, &[]),
-    (
-        "",
-        "v1",
-        "serviceaccounts",
-        "ServiceAccount",
-        NS,
-        &["sa"],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "persistentvolumes",
-        "PersistentVolume",
-        CLUSTER,
-        &["pv"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "persistentvolumeclaims",
-        "PersistentVolumeClaim",
-        NS,
-        &["pvc"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "replicationcontrollers",
-        "ReplicationController",
-        NS,
-        &["rc"],
-        true,
-        true,
-        ALL,
-    ),
-    (
-        "",
-        "v1",
-        "podtemplates",
-        "PodTemplate",
-        NS,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "resourcequotas",
-        "ResourceQuota",
-        NS,
-        &["quota"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "",
-        "v1",
-        "limitranges",
-        "LimitRange",
-        NS,
-        &["limits"],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "apps",
-        "v1",
-        "deployments",
-        "Deployment",
-        NS,
-        &["deploy"],
-        true,
-        true,
-        ALL,
-    ),
-    (
-        "apps",
-        "v1",
-        "replicasets",
-        "ReplicaSet",
-        NS,
-        &["rs"],
-        true,
-        true,
-        ALL,
-    ),
-    (
-        "apps",
-        "v1",
-        "statefulsets",
-        "StatefulSet",
-        NS,
-        &["sts"],
-        true,
-        true,
-        ALL,
-    ),
-    (
-        "apps",
-        "v1",
-        "daemonsets",
-        "DaemonSet",
-        NS,
-        &["ds"],
-        true,
-        false,
-        ALL,
-    ),
-    (
-        "apps",
-        "v1",
-        "controllerrevisions",
-        "ControllerRevision",
-        NS,
-        &[],
-        false,
-        false,
-        &[],
-    ),
+    ("", "v1", "serviceaccounts", "ServiceAccount", NS, &["sa"], false, false, &[]),
+    ("", "v1", "persistentvolumes", "PersistentVolume", CLUSTER, &["pv"], true, false, &[]),
+    ("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", NS, &["pvc"], true, false, &[]),
+    ("", "v1", "replicationcontrollers", "ReplicationController", NS, &["rc"], true, true, ALL),
+    ("", "v1", "podtemplates", "PodTemplate", NS, &[], false, false, &[]),
+    ("", "v1", "resourcequotas", "ResourceQuota", NS, &["quota"], true, false, &[]),
+    ("", "v1", "limitranges", "LimitRange", NS, &["limits"], false, false, &[]),
+    ("apps", "v1", "deployments", "Deployment", NS, &["deploy"], true, true, ALL),
+    ("apps", "v1", "replicasets", "ReplicaSet", NS, &["rs"], true, true, ALL),
+    ("apps", "v1", "statefulsets", "StatefulSet", NS, &["sts"], true, true, ALL),
+    ("apps", "v1", "daemonsets", "DaemonSet", NS, &["ds"], true, false, ALL),
+    ("apps", "v1", "controllerrevisions", "ControllerRevision", NS, &[], false, false, &[]),
     ("batch", "v1", "jobs", "Job", NS, &[], true, false, ALL),
-    (
-        "batch",
-        "v1",
-        "cronjobs",
-        "CronJob",
-        NS,
-        &["cj"],
-        true,
-        false,
-        ALL,
-    ),
-    (
-        "autoscaling",
-        "v2",
-        "horizontalpodautoscalers",
-        "HorizontalPodAutoscaler",
-        NS,
-        &["hpa"],
-        true,
-        false,
-        ALL,
-    ),
-    (
-        "policy",
-        "v1",
-        "poddisruptionbudgets",
-        "PodDisruptionBudget",
-        NS,
-        &["pdb"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "v1",
-        "roles",
-        "Role",
-        NS,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "v1",
-        "rolebindings",
-        "RoleBinding",
-        NS,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterroles",
-        "ClusterRole",
-        CLUSTER,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterrolebindings",
-        "ClusterRoleBinding",
-        CLUSTER,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "events.k8s.io",
-        "v1",
-        "events",
-        "Event",
-        NS,
-        &["ev"],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "networking.k8s.io",
-        "v1",
-        "ingresses",
-        "Ingress",
-        NS,
-        &["ing"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "networking.k8s.io",
-        "v1",
-        "ingressclasses",
-        "IngressClass",
-        CLUSTER,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "networking.k8s.io",
-        "v1",
-        "networkpolicies",
-        "NetworkPolicy",
-        NS,
-        &["netpol"],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "scheduling.k8s.io",
-        "v1",
-        "priorityclasses",
-        "PriorityClass",
-        CLUSTER,
-        &["pc"],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "storage.k8s.io",
-        "v1",
-        "storageclasses",
-        "StorageClass",
-        CLUSTER,
-        &["sc"],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "node.k8s.io",
-        "v1",
-        "runtimeclasses",
-        "RuntimeClass",
-        CLUSTER,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "Lease",
-        NS,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "EndpointSlice",
-        NS,
-        &[],
-        false,
-        false,
-        &[],
-    ),
-    (
-        "certificates.k8s.io",
-        "v1",
-        "certificatesigningrequests",
-        "CertificateSigningRequest",
-        CLUSTER,
-        &["csr"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "apiextensions.k8s.io",
-        "v1",
-        "customresourcedefinitions",
-        "CustomResourceDefinition",
-        CLUSTER,
-        &["crd", "crds"],
-        true,
-        false,
-        &[],
-    ),
-    (
-        "apiregistration.k8s.io",
-        "v1",
-        "apiservices",
-        "APIService",
-        CLUSTER,
-        &[],
-        true,
-        false,
-        &[],
-    ),
+    ("batch", "v1", "cronjobs", "CronJob", NS, &["cj"], true, false, ALL),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", NS, &["hpa"], true, false, ALL),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", NS, &["pdb"], true, false, &[]),
+    ("rbac.authorization.k8s.io", "v1", "roles", "Role", NS, &[], false, false, &[]),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", NS, &[], false, false, &[]),
+    ("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", CLUSTER, &[], false, false, &[]),
+    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", CLUSTER, &[], false, false, &[]),
+    ("events.k8s.io", "v1", "events", "Event", NS, &["ev"], false, false, &[]),
+    ("networking.k8s.io", "v1", "ingresses", "Ingress", NS, &["ing"], true, false, &[]),
+    ("networking.k8s.io", "v1", "ingressclasses", "IngressClass", CLUSTER, &[], false, false, &[]),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", NS, &["netpol"], false, false, &[]),
+    ("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", CLUSTER, &["pc"], false, false, &[]),
+    ("storage.k8s.io", "v1", "storageclasses", "StorageClass", CLUSTER, &["sc"], false, false, &[]),
+    ("node.k8s.io", "v1", "runtimeclasses", "RuntimeClass", CLUSTER, &[], false, false, &[]),
+    ("coordination.k8s.io", "v1", "leases", "Lease", NS, &[], false, false, &[]),
+    ("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", NS, &[], false, false, &[]),
+    ("certificates.k8s.io", "v1", "certificatesigningrequests", "CertificateSigningRequest", CLUSTER, &["csr"], true, false, &[]),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", CLUSTER, &["crd", "crds"], true, false, &[]),
+    ("apiregistration.k8s.io", "v1", "apiservices", "APIService", CLUSTER, &[], true, false, &[]),
 ];
 
 /// Resources that only take `create` and store nothing.
+#[rustfmt::skip]
 const REVIEWS: &[(&str, &str, &str, bool)] = &[
-    (
-        "authentication.k8s.io",
-        "tokenreviews",
-        "TokenReview",
-        CLUSTER,
-    ),
-    (
-        "authentication.k8s.io",
-        "selfsubjectreviews",
-        "SelfSubjectReview",
-        CLUSTER,
-    ),
-    (
-        "authorization.k8s.io",
-        "subjectaccessreviews",
-        "SubjectAccessReview",
-        CLUSTER,
-    ),
-    (
-        "authorization.k8s.io",
-        "selfsubjectaccessreviews",
-        "SelfSubjectAccessReview",
-        CLUSTER,
-    ),
-    (
-        "authorization.k8s.io",
-        "selfsubjectrulesreviews",
-        "SelfSubjectRulesReview",
-        CLUSTER,
-    ),
-    (
-        "authorization.k8s.io",
-        "localsubjectaccessreviews",
-        "LocalSubjectAccessReview",
-        NS,
-    ),
+    ("authentication.k8s.io", "tokenreviews", "TokenReview", CLUSTER),
+    ("authentication.k8s.io", "selfsubjectreviews", "SelfSubjectReview", CLUSTER),
+    ("authorization.k8s.io", "subjectaccessreviews", "SubjectAccessReview", CLUSTER),
+    ("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview", CLUSTER),
+    ("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview", CLUSTER),
+    ("authorization.k8s.io", "localsubjectaccessreviews", "LocalSubjectAccessReview", NS),
 ];
 
 /// The built-in resources.
@@ -694,23 +309,9 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| kind.to_ascii_lowercase());
-    let short: Vec<String> = names["shortNames"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let short = super::auth::string_list(&names["shortNames"]);
     let namespaced = spec["scope"].as_str() != Some("Cluster");
-    let categories: Vec<String> = names["categories"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let categories = super::auth::string_list(&names["categories"]);
     let subresources = |version: &str| {
         spec["versions"]
             .as_array()
@@ -761,12 +362,7 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
 /// Every resource served right now: built-ins and stored CRDs.
 pub fn all(store: &Store) -> Vec<Resource> {
     let mut out = builtins();
-    if let Ok((crds, _)) = store.list(
-        CRD_RESOURCE,
-        None,
-        &LabelSelector::default(),
-        &FieldSelector::default(),
-    ) {
+    if let Ok(crds) = store.list_all(CRD_RESOURCE, None) {
         for crd in &crds {
             out.extend(from_crd(crd));
         }

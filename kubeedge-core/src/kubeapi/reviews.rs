@@ -62,14 +62,7 @@ pub(crate) fn create(api: &Api, t: &Target, body: Bytes) -> Result<Response, Api
             let token = spec["token"].as_str().unwrap_or_default();
             match api.tokens.as_ref().map(|i| i.verify(&api.store, token)) {
                 Some(Ok((user, audiences))) => {
-                    let wanted: Vec<String> = spec["audiences"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|x| x.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let wanted: Vec<String> = auth::string_list(&spec["audiences"]);
                     let matched: Vec<&String> = if wanted.is_empty() {
                         audiences.iter().collect()
                     } else {
@@ -111,14 +104,7 @@ pub(crate) fn create(api: &Api, t: &Target, body: Bytes) -> Result<Response, Api
             }
             let subject = User {
                 name: spec["user"].as_str().unwrap_or_default().to_owned(),
-                groups: spec["groups"]
-                    .as_array()
-                    .map(|g| {
-                        g.iter()
-                            .filter_map(|x| x.as_str().map(str::to_owned))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                groups: auth::string_list(&spec["groups"]),
                 uid: spec["uid"].as_str().map(str::to_owned),
             };
             let a = attributes_of(&spec, ns(t));
@@ -176,15 +162,10 @@ pub(crate) fn token_request(api: &Api, t: &Target, body: Bytes) -> Result<Respon
         ));
     }
     let seconds = seconds.min(86_400 * 365);
-    let audiences: Vec<String> = spec["audiences"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .filter(|a: &Vec<String>| !a.is_empty())
-        .unwrap_or_else(|| vec![auth::DEFAULT_AUDIENCE.to_owned()]);
+    let mut audiences = auth::string_list(&spec["audiences"]);
+    if audiences.is_empty() {
+        audiences.push(auth::DEFAULT_AUDIENCE.to_owned());
+    }
     let pod = match spec.pointer("/boundObjectRef") {
         Some(r) if r["kind"] == "Pod" => {
             let pod_name = r["name"].as_str().unwrap_or_default();

@@ -2,7 +2,7 @@
 //! (`pods/<name>/eviction`, guarded by PodDisruptionBudgets).
 
 use axum::body::Bytes;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
@@ -104,15 +104,7 @@ pub(crate) fn scale(
         Method::PATCH => {
             let doc: Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?;
-            let kind = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned();
+            let kind = super::patch_type(headers);
             let mut next = scale.clone();
             match kind.as_str() {
                 "application/json-patch+json" => patch::json_patch(&mut next, &doc)
@@ -226,14 +218,9 @@ pub(crate) fn evict(api: &Api, t: &Target, body: Bytes) -> Result<Response, ApiE
         .store
         .get("pods", ns(t), name(t))
         .map_err(|e| store_error(&t.resource, e))?;
-    let (budgets, _) = api
+    let budgets = api
         .store
-        .list(
-            "poddisruptionbudgets.policy",
-            ns(t),
-            &LabelSelector::default(),
-            &FieldSelector::default(),
-        )
+        .list_all("poddisruptionbudgets.policy", ns(t))
         .map_err(|e| store_error(&t.resource, e))?;
     if ready(&pod) {
         for pdb in &budgets {

@@ -33,24 +33,9 @@ fn age(obj: &Value) -> String {
     }
 }
 
-/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ`.
+/// Seconds since the epoch of an RFC 3339 time.
 fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3_600 + mm * 60 + ss).ok()
+    super::protobuf::parse_time(s).and_then(|(secs, _)| u64::try_from(secs).ok())
 }
 
 fn pod_cells(p: &Value) -> Vec<Value> {

@@ -286,15 +286,10 @@ fn stored_rv(object: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 in UTC with second precision, as Kubernetes writes timestamps.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
+/// The civil date (year, month, day) of a day counted from 1970-01-01 (Howard Hinnant's
+/// algorithm).
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
@@ -302,7 +297,17 @@ pub fn rfc3339(t: SystemTime) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// RFC 3339 in UTC with second precision, as Kubernetes writes timestamps.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         rem / 3600,
@@ -411,6 +416,17 @@ impl Store {
     ) -> Result<(Vec<Value>, u64), Error> {
         let page = self.list_page(resource, namespace, labels, fields, None, None)?;
         Ok((page.items, page.rv))
+    }
+
+    /// Every object of `resource` (in `namespace`, if given), unfiltered.
+    pub fn list_all(&self, resource: &str, namespace: Option<&str>) -> Result<Vec<Value>, Error> {
+        self.list(
+            resource,
+            namespace,
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        )
+        .map(|(items, _)| items)
     }
 
     /// Like [`list`](Self::list), at most `limit` objects, starting after the key `after` (a
