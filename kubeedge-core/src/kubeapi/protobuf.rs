@@ -62,6 +62,37 @@ fn malformed(what: impl Into<String>) -> Error {
     Error::Malformed(what.into())
 }
 
+/// How deeply messages may nest (JSON bodies are held to 128 levels by the JSON parser): a
+/// body of nested schemas cannot run the stack out.
+const MAX_DEPTH: usize = 100;
+
+thread_local! {
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One level of nesting, given back when dropped.
+struct Nesting;
+
+impl Nesting {
+    fn enter() -> Result<Nesting, Error> {
+        DEPTH.with(|d| {
+            if d.get() >= MAX_DEPTH {
+                return Err(malformed(format!(
+                    "messages nested deeper than {MAX_DEPTH} levels"
+                )));
+            }
+            d.set(d.get() + 1);
+            Ok(Nesting)
+        })
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 // === the schema, read once from the descriptors ===
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,6 +483,7 @@ fn embedded_json(raw: &[u8]) -> Result<Value, Error> {
 }
 
 fn decode_message(name: &str, bytes: &[u8]) -> Result<Value, Error> {
+    let _level = Nesting::enter()?;
     if let Some(v) = decode_special(name, bytes)? {
         return Ok(v);
     }
@@ -781,6 +813,7 @@ fn encode_error(field: &str, why: impl Into<String>) -> Error {
 }
 
 fn encode_message(name: &str, v: &Value, out: &mut Vec<u8>, path: &str) -> Result<(), Error> {
+    let _level = Nesting::enter().map_err(|e| encode_error(path, e.to_string()))?;
     if encode_special(name, v, out, path)? {
         return Ok(());
     }
@@ -1359,6 +1392,24 @@ mod tests {
             unknown_fields(&json!({"apiVersion": "x/v1", "kind": "T"})),
             None
         );
+    }
+
+    #[test]
+    fn deeply_nested_bodies_are_refused_not_a_stack_overflow() {
+        // JSONSchemaProps { not = 28: JSONSchemaProps { not = 28: ... } }, 10,000 levels.
+        let mut inner: Vec<u8> = Vec::new();
+        for _ in 0..10_000 {
+            let mut outer = Vec::new();
+            put_len(&mut outer, 28, &inner);
+            inner = outer;
+        }
+        let mut validation = Vec::new();
+        put_len(&mut validation, 1, &inner);
+        let err = decode_message(&format!("{APIEXT}.CustomResourceValidation"), &validation);
+        assert!(matches!(err, Err(Error::Malformed(m)) if m.contains("nested")));
+        // The counter is back at zero: the next body decodes.
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
+        assert_eq!(decode(&encode(&cm).unwrap()).unwrap(), cm);
     }
 
     #[test]
