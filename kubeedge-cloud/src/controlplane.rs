@@ -197,16 +197,21 @@ impl ControlPlane {
         // gone; approved client certificate requests are signed by the CA.
         let finalizer = {
             let api = api.clone();
-            let signer = Ca::from_der(ca.cert_der(), ca.key_sec1())?;
+            let signer = std::sync::Arc::new(Ca::from_der(ca.cert_der(), ca.key_sec1())?);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    if let Err(e) = api.finalize_namespaces() {
-                        tracing::warn!(error = %e, "finalizing deleted namespaces");
-                    }
-                    if let Err(e) = sign_approved(&api, &signer) {
-                        tracing::warn!(error = %e, "signing certificate requests");
-                    }
+                    let (api, signer) = (api.clone(), signer.clone());
+                    // Store writes block: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = api.finalize_namespaces() {
+                            tracing::warn!(error = %e, "finalizing deleted namespaces");
+                        }
+                        if let Err(e) = sign_approved(&api, &signer) {
+                            tracing::warn!(error = %e, "signing certificate requests");
+                        }
+                    })
+                    .await;
                 }
             })
         };
@@ -252,6 +257,7 @@ impl ControlPlane {
             let _ = stop.send(());
         }
         self.finalizer.abort();
+        let _ = (&mut self.finalizer).await;
         if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
             .is_err()

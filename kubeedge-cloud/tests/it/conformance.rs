@@ -105,26 +105,31 @@ async fn service_account_tokens_list_pods_if_and_only_if_rbac_allows() {
     let mut sa = ServiceAccount::default();
     sa.metadata.name = Some("bot".into());
     sas.create(&PostParams::default(), &sa).await.unwrap();
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec!["api".into()]),
-            expiration_seconds: Some(3600),
+    let token_for = async |audiences: Option<Vec<String>>| {
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences,
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
+        };
+        let issued = sas
+            .create_token_request("bot", &PostParams::default(), &request)
+            .await
+            .unwrap();
+        issued.status.unwrap().token.unwrap()
     };
-    let issued = sas
-        .create_token_request("bot", &PostParams::default(), &request)
-        .await
-        .unwrap();
-    let token = issued.status.unwrap().token.unwrap();
+    // The API's own audience (none asked for), and another service's.
+    let token = token_for(None).await;
+    let vault_token = token_for(Some(vec!["vault".into()])).await;
 
     // TokenReview knows whom the token stands for.
     let reviews: Api<TokenReview> = Api::all(admin.clone());
     let review = TokenReview {
         spec: TokenReviewSpec {
-            token: token.clone(),
-            audiences: Some(vec!["api".into()]),
+            token: vault_token.clone(),
+            audiences: Some(vec!["vault".into()]),
         },
         ..Default::default()
     };
@@ -138,6 +143,14 @@ async fn service_account_tokens_list_pods_if_and_only_if_rbac_allows() {
         status.user.unwrap().username.as_deref(),
         Some("system:serviceaccount:default:bot")
     );
+
+    // A token for another audience is not a credential for the API.
+    let vault = token_client(&core, &vault_token).await;
+    let not_ours = Api::<Pod>::namespaced(vault, "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&not_ours), Some(401), "{not_ours}");
 
     // Without a binding: forbidden.
     let bot = token_client(&core, &token).await;
@@ -362,5 +375,180 @@ async fn scale_eviction_and_metadata_views() {
         .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].metadata.name.as_deref(), Some("web"));
+    core.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_guards_approval_escalation_and_creating_applies() {
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+    use kube::api::{Patch, PatchParams};
+    use serde_json::json;
+
+    let dir = TempDir::new("guard");
+    let core = start(&dir).await;
+    let admin = core.client().clone();
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), "default");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "dev"}})).unwrap();
+    sas.create(&PostParams::default(), &sa).await.unwrap();
+    let token = sas
+        .create_token_request("dev", &PostParams::default(), &TokenRequest::default())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let dev = token_client(&core, &token).await;
+    // dev: requests and approvals of CSRs (not the signers' approve verb), `admin` in default,
+    // and only patch on ConfigMaps in kube-public.
+    let grants = json!({"metadata": {"name": "csr-user"}, "rules": [
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["create", "get"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update", "patch"]}]});
+    Api::<ClusterRole>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(grants).unwrap(),
+        )
+        .await
+        .unwrap();
+    let bind = |name: &str, kind: &str, role: &str| {
+        serde_json::from_value::<RoleBinding>(json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": "default"}]}))
+        .unwrap()
+    };
+    let crb: k8s_openapi::api::rbac::v1::ClusterRoleBinding =
+        serde_json::from_value(json!({"metadata": {"name": "dev-csr"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "csr-user"},
+            "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": "default"}]}))
+        .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &crb)
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &bind("dev-admin", "ClusterRole", "admin"),
+        )
+        .await
+        .unwrap();
+    let patcher = json!({"metadata": {"name": "cm-patcher"},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch", "get"]}]});
+    Api::<Role>::namespaced(admin.clone(), "kube-public")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(patcher).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), "kube-public")
+        .create(
+            &PostParams::default(),
+            &bind("dev-patch", "Role", "cm-patcher"),
+        )
+        .await
+        .unwrap();
+
+    // A CSR cannot arrive approved, and dev may not approve for the signer.
+    let (csr_der, _key) = kubeedge_core::pki::node_csr("sneaky").unwrap();
+    let pem = kubeedge_core::pki::pem("CERTIFICATE REQUEST", &csr_der);
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({"metadata": {"name": "sneaky"},
+        "spec": {"request": base64_std(&pem), "signerName": "kubernetes.io/kube-apiserver-client",
+                 "usages": ["client auth"]},
+        "status": {"conditions": [{"type": "Approved", "status": "True", "reason": "Self", "message": "x"}]}}))
+    .unwrap();
+    let dev_csrs: Api<CertificateSigningRequest> = Api::all(dev.clone());
+    let created = dev_csrs.create(&PostParams::default(), &csr).await.unwrap();
+    assert!(created.status.and_then(|s| s.conditions).is_none());
+    assert_eq!(
+        created.spec.username.as_deref(),
+        Some("system:serviceaccount:default:dev")
+    );
+    let approve = json!({"status": {"conditions": [{"type": "Approved", "status": "True", "reason": "Self", "message": "x"}]}});
+    let refused = dev_csrs
+        .patch_subresource(
+            "approval",
+            "sneaky",
+            &PatchParams::default(),
+            &Patch::Merge(&approve),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&refused), Some(403), "{refused}");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let csrs: Api<CertificateSigningRequest> = Api::all(admin.clone());
+    assert!(
+        csrs.get("sneaky")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+            .is_none()
+    );
+    // The administrator approves; the control plane signs.
+    csrs.patch_subresource(
+        "approval",
+        "sneaky",
+        &PatchParams::default(),
+        &Patch::Merge(&approve),
+    )
+    .await
+    .unwrap();
+    eventually(10, "the approved request signed", async || {
+        csrs.get("sneaky")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.certificate)
+            .is_some()
+    })
+    .await;
+
+    // A namespace admin cannot bind cluster-admin, but can bind view.
+    let dev_bindings: Api<RoleBinding> = Api::namespaced(dev.clone(), "default");
+    let escalation = dev_bindings
+        .create(
+            &PostParams::default(),
+            &bind("dev-root", "ClusterRole", "cluster-admin"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&escalation), Some(403), "{escalation}");
+    dev_bindings
+        .create(
+            &PostParams::default(),
+            &bind("dev-view", "ClusterRole", "view"),
+        )
+        .await
+        .unwrap();
+
+    // Patch without create: an apply may change what exists, not create.
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "there"}})).unwrap();
+    Api::<ConfigMap>::namespaced(admin.clone(), "kube-public")
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let dev_cms: Api<ConfigMap> = Api::namespaced(dev.clone(), "kube-public");
+    let apply = PatchParams::apply("dev");
+    let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "there"}, "data": {"a": "b"}});
+    dev_cms
+        .patch("there", &apply, &Patch::Apply(&body))
+        .await
+        .unwrap();
+    let new = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}, "data": {"a": "b"}});
+    let created = dev_cms
+        .patch("new", &apply, &Patch::Apply(&new))
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&created), Some(403), "{created}");
+    assert!(
+        Api::<ConfigMap>::namespaced(admin.clone(), "kube-public")
+            .get_opt("new")
+            .await
+            .unwrap()
+            .is_none()
+    );
     core.stop().await;
 }

@@ -174,6 +174,19 @@ fn collect(field: &str, v: &Value, path: &mut Path, out: &mut FieldSet) {
     }
 }
 
+/// Whether `set` holds a path below `path` (sorted: descendants follow their ancestor).
+fn has_descendant(set: &FieldSet, path: &Path) -> bool {
+    use std::ops::Bound::{Excluded, Unbounded};
+    set.range::<Path, _>((Excluded(path), Unbounded))
+        .next()
+        .is_some_and(|next| next.len() > path.len() && next.starts_with(path))
+}
+
+/// Whether `set` holds `path` or a path above it.
+fn has_ancestor(set: &FieldSet, path: &Path) -> bool {
+    (1..=path.len()).any(|n| set.contains(&path[..n].to_vec()))
+}
+
 /// A field set as `FieldsV1` JSON.
 fn to_fields_v1(set: &FieldSet) -> Value {
     let mut root = Map::new();
@@ -189,11 +202,7 @@ fn to_fields_v1(set: &FieldSet) -> Value {
             let Value::Object(child) = slot else {
                 break;
             };
-            if i + 1 == path.len()
-                && set
-                    .iter()
-                    .any(|p| p.len() > path.len() && p.starts_with(path))
-            {
+            if i + 1 == path.len() && has_descendant(set, path) {
                 child.insert(".".into(), json!({}));
             }
             node = child;
@@ -417,11 +426,19 @@ fn merge_applied(live: &mut Value, applied: &Value, field: &str) {
         }
         (Value::Array(l), Value::Array(a)) => match list_keys(field, a) {
             Some(keys) => {
+                let mut at: std::collections::HashMap<String, usize> = l
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| (key_token(keys, x), i))
+                    .collect();
                 for item in a {
                     let token = key_token(keys, item);
-                    match l.iter_mut().find(|x| key_token(keys, x) == token) {
-                        Some(existing) => merge_applied(existing, item, ""),
-                        None => l.push(item.clone()),
+                    match at.get(&token) {
+                        Some(&i) => merge_applied(&mut l[i], item, ""),
+                        None => {
+                            at.insert(token, l.len());
+                            l.push(item.clone());
+                        }
                     }
                 }
             }
@@ -463,6 +480,9 @@ pub(crate) fn apply(
             "the name of the object does not match the name on the URL",
         ));
     }
+    if config.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    }
     if config.pointer("/metadata/managedFields").is_some() {
         return Err(ApiError::bad_request(
             "metadata.managedFields must be empty in an apply configuration",
@@ -476,6 +496,25 @@ pub(crate) fn apply(
         let current = match api.store.get(&store_name, ns(t), name(t)) {
             Ok(c) => views::outward(&t.resource, c),
             Err(crate::store::Error::NotFound { .. }) if sub.is_none() => {
+                // An apply that creates is a create, and needs that permission.
+                let (group, plural) = (t.resource.group.as_str(), t.resource.plural.as_str());
+                if !t.may(
+                    "create",
+                    group,
+                    plural,
+                    ns(t).unwrap_or_default(),
+                    name(t),
+                    api,
+                ) {
+                    return Err(ApiError::with(
+                        403,
+                        "Forbidden",
+                        format!(
+                            "{plural} {:?} is forbidden: the apply would create it, which is not allowed",
+                            name(t)
+                        ),
+                    ));
+                }
                 config["metadata"]["name"] = json!(name(t));
                 let mut obj = config.clone();
                 store_entries(
@@ -504,7 +543,18 @@ pub(crate) fn apply(
             let theirs: Vec<Path> = applied
                 .iter()
                 .filter(|p| e.fields.contains(*p))
-                .filter(|p| value_at(&config, p) != value_at(&current, p))
+                // A keyed item or set member is the same item when it exists on both sides;
+                // its fields are compared on their own paths.
+                .filter(|p| {
+                    let item = p
+                        .last()
+                        .is_some_and(|t| t.starts_with("k:") || t.starts_with("v:"));
+                    if item {
+                        value_at(&current, p).is_none()
+                    } else {
+                        value_at(&config, p) != value_at(&current, p)
+                    }
+                })
                 .cloned()
                 .collect();
             if theirs.is_empty() {
@@ -545,11 +595,12 @@ pub(crate) fn apply(
         let mut next = current.clone();
         // What this manager applied before and no longer does, and nobody else owns, goes.
         for p in mine_before.difference(&applied) {
-            let shared = others.iter().any(|o| o.starts_with(p) || p.starts_with(o));
-            if !shared && !applied.iter().any(|a| a.starts_with(p)) {
+            let shared = has_descendant(&others, p) || has_ancestor(&others, p);
+            if !shared && !has_descendant(&applied, p) {
                 remove_at(&mut next, p);
             }
         }
+        let precondition = config.pointer("/metadata/resourceVersion").cloned();
         let mut body = config.clone();
         if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
             meta.remove("resourceVersion");
@@ -572,13 +623,15 @@ pub(crate) fn apply(
             fields: applied.clone(),
         });
         store_entries(&mut next, list);
-        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        next["metadata"]["resourceVersion"] = precondition
+            .clone()
+            .unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
         match super::write(api, t, next) {
             Err(ApiError {
                 code: 409,
                 reason: "Conflict",
                 ..
-            }) => continue,
+            }) if precondition.is_none() => continue,
             other => {
                 return other.map(|v| json_response(StatusCode::OK, &render_one(t, headers, v)));
             }

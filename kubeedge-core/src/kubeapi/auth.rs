@@ -202,8 +202,9 @@ pub struct Attributes {
 }
 
 impl Attributes {
-    /// The attributes of `method` on `path` (with its query string, for `watch`).
-    pub fn of_request(method: &str, path: &str, query: &str) -> Attributes {
+    /// The attributes of `method` on `path`; `watch` when the query asks for a watch (read as the
+    /// API reads it).
+    pub fn of_request(method: &str, path: &str, watch: bool) -> Attributes {
         let segs: Vec<&str> = path
             .trim_matches('/')
             .split('/')
@@ -222,6 +223,8 @@ impl Attributes {
             }
         };
         let (namespace, rest) = match rest {
+            // A Namespace's own subresources.
+            ["namespaces", _, "status" | "finalize"] => ("", rest),
             ["namespaces", ns, tail @ ..] if !tail.is_empty() => (*ns, tail),
             other => ("", other),
         };
@@ -239,9 +242,6 @@ impl Attributes {
         } else {
             (namespace, resource, name)
         };
-        let watch = query
-            .split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1");
         let verb = match method {
             "GET" | "HEAD" if watch => "watch",
             "GET" | "HEAD" if name.is_empty() => "list",
@@ -339,7 +339,47 @@ fn list_all(store: &Store, resource: &str, ns: Option<&str>) -> Vec<Value> {
     store.list_all(resource, ns).unwrap_or_default()
 }
 
-fn role_rules(store: &Store, role_ref: &Value, ns: Option<&str>) -> Vec<Value> {
+/// Whether `held` rules allow everything `rule` grants (each verb on each group, resource and
+/// name, or each verb on each non-resource URL); wildcards are only covered by wildcards.
+pub fn covers(held: &[Value], rule: &Value) -> bool {
+    let verbs = strings(&rule["verbs"]);
+    let has = |list: &Value, x: &str| strings(list).iter().any(|v| *v == "*" || *v == x);
+    let urls = strings(&rule["nonResourceURLs"]);
+    if !urls.is_empty() {
+        return urls.iter().all(|u| {
+            verbs.iter().all(|v| {
+                held.iter().any(|h| {
+                    has(&h["verbs"], v)
+                        && strings(&h["nonResourceURLs"]).iter().any(|hu| {
+                            *hu == "*"
+                                || hu == u
+                                || hu.strip_suffix('*').is_some_and(|p| u.starts_with(p))
+                        })
+                })
+            })
+        });
+    }
+    let names = strings(&rule["resourceNames"]);
+    let groups = strings(&rule["apiGroups"]);
+    let resources = strings(&rule["resources"]);
+    verbs.iter().all(|v| {
+        groups.iter().all(|g| {
+            resources.iter().all(|r| {
+                held.iter().any(|h| {
+                    let held_names = strings(&h["resourceNames"]);
+                    has(&h["verbs"], v)
+                        && has(&h["apiGroups"], g)
+                        && has(&h["resources"], r)
+                        && (held_names.is_empty()
+                            || (!names.is_empty() && names.iter().all(|n| held_names.contains(n))))
+                })
+            })
+        })
+    })
+}
+
+/// The rules of the role `role_ref` names (a Role in `ns`, or a ClusterRole).
+pub fn role_rules(store: &Store, role_ref: &Value, ns: Option<&str>) -> Vec<Value> {
     let name = role_ref["name"].as_str().unwrap_or_default();
     let role = match role_ref["kind"].as_str() {
         Some("ClusterRole") => store.get("clusterroles.rbac.authorization.k8s.io", None, name),
@@ -545,7 +585,7 @@ mod tests {
 
     #[test]
     fn request_attributes() {
-        let a = Attributes::of_request("GET", "/api/v1/namespaces/ns1/pods", "watch=true");
+        let a = Attributes::of_request("GET", "/api/v1/namespaces/ns1/pods", true);
         assert_eq!(
             (a.verb.as_str(), a.resource.as_str(), a.namespace.as_str()),
             ("watch", "pods", "ns1")
@@ -553,23 +593,28 @@ mod tests {
         let a = Attributes::of_request(
             "POST",
             "/api/v1/namespaces/ns1/serviceaccounts/sa/token",
-            "",
+            false,
         );
         assert_eq!(
             (a.verb.as_str(), a.subresource.as_str(), a.name.as_str()),
             ("create", "token", "sa")
         );
-        let a = Attributes::of_request("DELETE", "/api/v1/namespaces/ns1", "");
+        let a = Attributes::of_request("DELETE", "/api/v1/namespaces/ns1", false);
         assert_eq!(
             (a.verb.as_str(), a.resource.as_str(), a.name.as_str()),
             ("delete", "namespaces", "ns1")
         );
-        let a = Attributes::of_request("GET", "/apis/apps/v1/deployments", "");
+        let a = Attributes::of_request("GET", "/apis/apps/v1/deployments", false);
         assert_eq!(
             (a.verb.as_str(), a.group.as_str(), a.namespace.as_str()),
             ("list", "apps", "")
         );
-        let a = Attributes::of_request("GET", "/healthz", "");
+        let a = Attributes::of_request("PUT", "/api/v1/namespaces/a/status", false);
+        assert_eq!(
+            (a.resource.as_str(), a.subresource.as_str(), a.name.as_str()),
+            ("namespaces", "status", "a")
+        );
+        let a = Attributes::of_request("GET", "/healthz", false);
         assert!(!a.resource_request);
     }
 
@@ -577,11 +622,11 @@ mod tests {
     fn rules_match_like_rbac() {
         let rule =
             json!({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list"]});
-        let mut a = Attributes::of_request("GET", "/api/v1/namespaces/x/pods", "");
+        let mut a = Attributes::of_request("GET", "/api/v1/namespaces/x/pods", false);
         assert!(rule_allows(&rule, &a));
         a.verb = "delete".into();
         assert!(!rule_allows(&rule, &a));
-        let exec = Attributes::of_request("POST", "/api/v1/namespaces/x/pods/p/exec", "");
+        let exec = Attributes::of_request("POST", "/api/v1/namespaces/x/pods/p/exec", false);
         assert!(!rule_allows(
             &json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}),
             &exec
@@ -589,16 +634,16 @@ mod tests {
         let named = json!({"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"], "verbs": ["get"]});
         assert!(rule_allows(
             &named,
-            &Attributes::of_request("GET", "/api/v1/namespaces/x/configmaps/a", "")
+            &Attributes::of_request("GET", "/api/v1/namespaces/x/configmaps/a", false)
         ));
         assert!(!rule_allows(
             &named,
-            &Attributes::of_request("GET", "/api/v1/namespaces/x/configmaps", "")
+            &Attributes::of_request("GET", "/api/v1/namespaces/x/configmaps", false)
         ));
         let urls = json!({"nonResourceURLs": ["/apis/*"], "verbs": ["get"]});
         assert!(rule_allows(
             &urls,
-            &Attributes::of_request("GET", "/apis/apps", "")
+            &Attributes::of_request("GET", "/apis/apps", false)
         ));
     }
 }

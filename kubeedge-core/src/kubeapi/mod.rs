@@ -313,7 +313,12 @@ impl Api {
     /// stands for.
     pub fn authenticate_token(&self, token: &str) -> Option<auth::User> {
         let issuer = self.tokens.as_ref()?;
-        issuer.verify(&self.store, token).ok().map(|(user, _)| user)
+        // Only tokens meant for this API: one issued for another audience is that audience's.
+        issuer
+            .verify(&self.store, token)
+            .ok()
+            .filter(|(_, audiences)| audiences.iter().any(|a| a == auth::DEFAULT_AUDIENCE))
+            .map(|(user, _)| user)
     }
 
     /// Sends watch bookmarks every `interval` instead of [`BOOKMARK_INTERVAL`].
@@ -471,7 +476,22 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
 /// Query parameters, keeping repeats.
 struct Query(Vec<(String, String)>);
 
+/// Whether a request to `uri` is a watch, read as the API reads it (authorization must see the
+/// same verb the request is served as).
+pub(crate) fn is_watch(uri: &axum::http::Uri) -> bool {
+    Query::of(uri).flag("watch")
+}
+
 impl Query {
+    /// The decoded query of `uri`.
+    fn of(uri: &axum::http::Uri) -> Query {
+        Query(
+            axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+                .map(|q| q.0)
+                .unwrap_or_default(),
+        )
+    }
+
     fn get(&self, k: &str) -> Option<&str> {
         self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
@@ -510,6 +530,36 @@ enum FieldValidation {
 }
 
 impl Target {
+    /// Whether the requester may `verb` the named object (always, when the API is served without
+    /// authorization, and for superusers).
+    fn may(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        api: &Api,
+    ) -> bool {
+        match &self.user {
+            None => true,
+            Some(u) if u.is_master() => true,
+            Some(u) => auth::authorize(
+                &api.store,
+                u,
+                &auth::Attributes {
+                    verb: verb.into(),
+                    resource_request: true,
+                    group: group.into(),
+                    resource: resource.into(),
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    ..auth::Attributes::default()
+                },
+            ),
+        }
+    }
+
     fn warn(&self, w: String) {
         if let Ok(mut ws) = self.warnings.lock() {
             ws.push(w);
@@ -557,11 +607,7 @@ impl Target {
 
 async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let query = Query(
-        axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-            .map(|q| q.0)
-            .unwrap_or_default(),
-    );
+    let query = Query::of(&parts.uri);
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -601,7 +647,8 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    if answer_protobuf {
+    // Watches frame their own events; everything else is re-encoded whole.
+    if answer_protobuf && !query.flag("watch") {
         to_protobuf(response).await
     } else {
         response
@@ -1117,7 +1164,7 @@ async fn serve_target(
             patch(api, t, headers, query, body)
         }
         (Method::DELETE, Some(_), None) => delete(api, t, query, body),
-        (Method::DELETE, None, None) => delete_collection(api, t, query, body),
+        (Method::DELETE, None, None) if !is_namespace(t) => delete_collection(api, t, query, body),
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -1288,6 +1335,23 @@ fn normalize(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         return Err(ApiError::new(422, "Invalid", "metadata must be an object"));
     }
+    for part in ["spec", "status"] {
+        if obj
+            .get(part)
+            .is_some_and(|v| !v.is_object() && !v.is_null())
+            && t.resource.schema.is_none()
+        {
+            return Err(ApiError::bad_request(format!("{part} must be an object")));
+        }
+    }
+    // Built-in kinds are typed: what does not fit Kubernetes' types is refused, as the
+    // apiserver's decoder refuses it.
+    if let Err(protobuf::Error::Encode { field, why }) = protobuf::encode(obj) {
+        return Err(ApiError::bad_request(format!(
+            "{} in body: {field}: {why}",
+            t.resource.kind
+        )));
+    }
     if let (Some(url_ns), Some(body_ns)) = (
         ns(t),
         obj.pointer("/metadata/namespace").and_then(Value::as_str),
@@ -1329,7 +1393,13 @@ fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiErro
         apply::record_update(&json!({}), &mut obj, &t.manager, None, "Update");
     }
     let mut obj = views::inward(&t.resource, obj);
-    if t.resource.group == "certificates.k8s.io"
+    if is_csr(t)
+        && let Some(o) = obj.as_object_mut()
+    {
+        // Approval and the certificate come later, from the approver and the signer.
+        o.remove("status");
+    }
+    if is_csr(t)
         && let Some(user) = &t.user
         && obj["spec"].is_object()
     {
@@ -1342,6 +1412,7 @@ fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiErro
     }
     defaults::apply(&t.resource, &mut obj);
     validation::check(&t.resource, &obj)?;
+    rbac_escalation(api, t, &obj)?;
     if t.resource.plural == "customresourcedefinitions" {
         accept_crd(&mut obj);
     }
@@ -1397,11 +1468,38 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
         .get(&store_name, ns(t), name(t))
         .map_err(|e| store_error(&t.resource, e))?;
     let given_rv = obj.pointer("/metadata/resourceVersion").cloned();
+    if is_csr(t) && t.sub.as_deref() == Some("approval") {
+        // Approving for a signer takes the `approve` verb on that signer.
+        let signer = current
+            .pointer("/spec/signerName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let domain = format!("{}/*", signer.split('/').next().unwrap_or_default());
+        if ![signer, domain.as_str()]
+            .iter()
+            .any(|n| t.may("approve", "certificates.k8s.io", "signers", "", n, api))
+        {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("user not permitted to approve requests with signerName {signer:?}"),
+            ));
+        }
+    }
+    rbac_escalation(api, t, &obj)?;
     match t.sub.as_deref() {
         Some(sub @ ("status" | "ephemeralcontainers" | "approval")) => {
             // Only the subresource's part changes.
             let mut next = current.clone();
             match sub {
+                "status" if is_csr(t) => {
+                    // The signer writes the certificate; approval is /approval's.
+                    next["status"] = obj.get("status").cloned().unwrap_or(Value::Null);
+                    next["status"]["conditions"] = current
+                        .pointer("/status/conditions")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                }
                 "status" => next["status"] = obj.get("status").cloned().unwrap_or(Value::Null),
                 "ephemeralcontainers" => {
                     next["spec"]["ephemeralContainers"] = obj
@@ -1422,6 +1520,17 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
             obj = next;
         }
         _ => {
+            if is_namespace(t) {
+                // Only the namespace controller finalizes.
+                obj["spec"]["finalizers"] = current
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+            }
+            if is_csr(t) {
+                // A request cannot be changed once made.
+                obj["spec"] = current.get("spec").cloned().unwrap_or(Value::Null);
+            }
             if t.resource.status {
                 // The status belongs to the subresource.
                 match current.get("status") {
@@ -1541,6 +1650,9 @@ fn patch(
                 ));
             }
         }
+        if !next.get("metadata").is_some_and(Value::is_object) {
+            return Err(ApiError::new(422, "Invalid", "metadata must be an object"));
+        }
         // The patch applies to what was read: pin that version unless the patch set one itself.
         if patch_doc.pointer("/metadata/resourceVersion").is_none() {
             next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
@@ -1562,6 +1674,71 @@ fn patch(
         "Conflict",
         "too many concurrent writes; try again",
     ))
+}
+
+/// RBAC's escalation rule: a Role or ClusterRole may only grant what its writer holds (or the
+/// writer has `escalate` on it), a binding only bind what its writer holds (or `bind` on the
+/// role).
+fn rbac_escalation(api: &Api, t: &Target, obj: &Value) -> Result<(), ApiError> {
+    if t.resource.group != "rbac.authorization.k8s.io" || t.sub.is_some() {
+        return Ok(());
+    }
+    let Some(user) = t.user.as_ref().filter(|u| !u.is_master()) else {
+        return Ok(());
+    };
+    let namespace = ns(t).unwrap_or_default();
+    let held = auth::rules_for(&api.store, user, ns(t));
+    let (granted, verb, resource, role_name) = match t.resource.plural.as_str() {
+        "roles" | "clusterroles" => (
+            obj["rules"].as_array().cloned().unwrap_or_default(),
+            "escalate",
+            t.resource.plural.as_str(),
+            name(t).to_owned(),
+        ),
+        "rolebindings" | "clusterrolebindings" => {
+            let role_ref = &obj["roleRef"];
+            let role_ns = (role_ref["kind"] == "Role").then_some(namespace);
+            let rules = auth::role_rules(&api.store, role_ref, role_ns);
+            let kind = if role_ref["kind"] == "Role" {
+                "roles"
+            } else {
+                "clusterroles"
+            };
+            (
+                rules,
+                "bind",
+                kind,
+                role_ref["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+        _ => return Ok(()),
+    };
+    if granted.iter().all(|r| auth::covers(&held, r))
+        || t.may(
+            verb,
+            "rbac.authorization.k8s.io",
+            resource,
+            namespace,
+            &role_name,
+            api,
+        )
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        403,
+        "Forbidden",
+        format!(
+            "{} {:?} is forbidden: user {:?} is attempting to grant RBAC permissions not currently held",
+            t.resource.plural,
+            name(t),
+            user.name
+        ),
+    ))
+}
+
+fn is_csr(t: &Target) -> bool {
+    t.resource.group == "certificates.k8s.io" && t.resource.plural == "certificatesigningrequests"
 }
 
 fn is_namespace(t: &Target) -> bool {
@@ -1599,6 +1776,9 @@ fn delete_options(query: &Query, body: &Bytes) -> Result<Value, ApiError> {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
+    if !options.is_object() {
+        return Err(ApiError::bad_request("DeleteOptions must be an object"));
+    }
     if let Some(g) = query.get("gracePeriodSeconds") {
         let g = g
             .parse::<i64>()
@@ -1668,6 +1848,10 @@ fn delete_object(
         finalizers.push(json!("foregroundDeletion"));
     }
     let graceful = graceful_pod(t, &current) && grace != Some(0);
+    // A namespace being deleted goes when the namespace controller has emptied it.
+    if is_namespace(t) && current.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok((StatusCode::OK, current));
+    }
     // A namespace goes once its content is gone (the `kubernetes` finalizer in its spec).
     if is_namespace(t)
         && current
@@ -1714,6 +1898,8 @@ fn delete_object(
             .unwrap_or(30)
             .max(0);
         let mut next = current.clone();
+        // At most a year ahead: a deadline no clock can hold is not a grace period.
+        let grace = grace.min(365 * 86_400);
         let at = SystemTime::now() + Duration::from_secs(u64::try_from(grace).unwrap_or(0));
         next["metadata"]["deletionTimestamp"] = json!(store::rfc3339(at));
         next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);

@@ -64,7 +64,7 @@ fn malformed(what: impl Into<String>) -> Error {
 
 /// How deeply messages may nest (JSON bodies are held to 128 levels by the JSON parser): a
 /// body of nested schemas cannot run the stack out.
-const MAX_DEPTH: usize = 100;
+const MAX_DEPTH: usize = 64;
 
 thread_local! {
     static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -595,10 +595,9 @@ fn decode_values(ty: &FieldType, wire: Wire<'_>) -> Result<Vec<Value>, Error> {
         (FieldType::Scalar(s), Wire::Len(mut packed)) => {
             let mut out = Vec::new();
             while !packed.is_empty() {
+                // Only doubles and floats are fixed width among the types Kubernetes uses.
                 let wire = match s {
-                    Scalar::Double | Scalar::Uint64 if packed.len() >= 8 => {
-                        Wire::Fixed64(packed.get_u64_le())
-                    }
+                    Scalar::Double if packed.len() >= 8 => Wire::Fixed64(packed.get_u64_le()),
                     Scalar::Float if packed.len() >= 4 => Wire::Fixed32(packed.get_u32_le()),
                     Scalar::Double | Scalar::Float => return Err(malformed("truncated packed")),
                     _ => Wire::Varint(

@@ -145,6 +145,9 @@ pub(crate) fn token_request(api: &Api, t: &Target, body: Bytes) -> Result<Respon
     } else {
         parse_body(&body)?
     };
+    if request.get("spec").is_some_and(|s| !s.is_object()) {
+        return Err(ApiError::bad_request("spec must be an object"));
+    }
     let sa = api
         .store
         .get("serviceaccounts", ns(t), name(t))

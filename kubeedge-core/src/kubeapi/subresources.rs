@@ -197,7 +197,8 @@ fn scaled(v: &Value, total: i64) -> Option<i64> {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => {
             let p: i64 = s.strip_suffix('%')?.parse().ok()?;
-            Some((p * total + 99) / 100)
+            let p = p.clamp(0, 100);
+            Some((p * total).saturating_add(99) / 100)
         }
         _ => None,
     }
@@ -240,11 +241,11 @@ pub(crate) fn evict(api: &Api, t: &Target, body: Bytes) -> Result<Response, ApiE
             let desired = if let Some(min) = pdb["spec"].get("minAvailable") {
                 scaled(min, expected).unwrap_or(0)
             } else if let Some(max) = pdb["spec"].get("maxUnavailable") {
-                expected - scaled(max, expected).unwrap_or(0)
+                expected.saturating_sub(scaled(max, expected).unwrap_or(0))
             } else {
                 0
             };
-            if healthy - desired <= 0 {
+            if healthy.saturating_sub(desired) <= 0 {
                 let pdb_name = pdb["metadata"]["name"].as_str().unwrap_or_default();
                 return Err(ApiError::with(
                     429,

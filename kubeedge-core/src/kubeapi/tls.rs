@@ -289,7 +289,7 @@ async fn guard(api: Api, allowed: Arc<Vec<String>>, mut request: Request, next: 
     let attributes = Attributes::of_request(
         request.method().as_str(),
         request.uri().path(),
-        request.uri().query().unwrap_or(""),
+        super::is_watch(request.uri()),
     );
     let superuser = user.groups.iter().any(|g| allowed.contains(g));
     if superuser || authorize(api.store(), &user, &attributes) {

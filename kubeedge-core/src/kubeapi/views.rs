@@ -49,6 +49,9 @@ pub(crate) fn inward(r: &Resource, obj: Value) -> Value {
     let mut core = rename(obj, EVENT_FIELDS.iter().copied(), "v1");
     // Core readers show where an event came from by its source.
     if core.pointer("/source/component").is_none()
+        && core
+            .get("source")
+            .is_none_or(|s| s.is_object() || s.is_null())
         && let Some(c) = core.get("reportingComponent").cloned()
     {
         core["source"]["component"] = c;
