@@ -198,6 +198,9 @@ YAML
   # delete --all, then the namespace with everything in it.
   k delete cm --all -n shop >/dev/null
   test -z "$(k get cm -n shop -o name | grep -v kube-root-ca.crt || true)" || fail "delete --all"
+  # ... and the namespace's CA bundle comes back, as its controller puts it back.
+  for _ in $(seq 1 50); do k get cm kube-root-ca.crt -n shop >/dev/null 2>&1 && break; sleep 0.1; done
+  k get cm kube-root-ca.crt -n shop >/dev/null || fail "kube-root-ca.crt not put back"
   k delete ns shop --wait=false >/dev/null
   for _ in $(seq 1 100); do k get ns shop >/dev/null 2>&1 || break; sleep 0.1; done
   if k get ns shop >/dev/null 2>&1; then fail "namespace not deleted"; fi

@@ -194,7 +194,8 @@ impl ControlPlane {
             true,
         )?;
         // The control plane's own controllers: namespaces being deleted go once their content is
-        // gone; approved client certificate requests are signed by the CA.
+        // gone; every namespace keeps its default ServiceAccount and CA bundle; approved client
+        // certificate requests are signed by the CA.
         let finalizer = {
             let api = api.clone();
             let signer = std::sync::Arc::new(Ca::from_der(ca.cert_der(), ca.key_sec1())?);
@@ -206,6 +207,9 @@ impl ControlPlane {
                     let _ = tokio::task::spawn_blocking(move || {
                         if let Err(e) = api.finalize_namespaces() {
                             tracing::warn!(error = %e, "finalizing deleted namespaces");
+                        }
+                        if let Err(e) = api.publish_namespace_defaults() {
+                            tracing::warn!(error = %e, "publishing namespace defaults");
                         }
                         if let Err(e) = sign_approved(&api, &signer) {
                             tracing::warn!(error = %e, "signing certificate requests");

@@ -33,7 +33,8 @@ pub fn unknown_conditions(node: &Value, now: &str) -> Option<Value> {
             changed = true;
             c["status"] = json!("Unknown");
             c["reason"] = json!(REASON_UNKNOWN);
-            c["message"] = json!("Kubelet stopped posting node status.");
+            c["message"] =
+                json!("The edge node has not reported for longer than its grace period.");
             c["lastTransitionTime"] = json!(now);
             if c["lastHeartbeatTime"].is_null() {
                 c["lastHeartbeatTime"] = json!(now);

@@ -576,7 +576,7 @@ pub(crate) fn apply(
                 409,
                 "Conflict",
                 format!(
-                    "Apply failed with {n} conflict{}: {}",
+                    "the apply conflicts with {n} field{} owned by other managers: {}",
                     if n == 1 { "" } else { "s" },
                     conflicts.join("\n")
                 ),

@@ -158,14 +158,36 @@ impl Api {
                 "configmaps",
                 json!({"apiVersion": "v1", "kind": "ConfigMap",
                        "metadata": {"name": "kube-root-ca.crt",
-                                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                                    "annotations": {"kubernetes.io/description": "The CA that signs the API server's certificate, for clients that reach it from inside the cluster (kubernetes.default.svc)."}},
                        "data": {"ca.crt": ca.as_ref()}}),
             ),
         ];
         for (resource, obj) in wanted {
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            if !matches!(
+                self.store.get(resource, Some(ns), name),
+                Err(store::Error::NotFound { .. })
+            ) {
+                continue;
+            }
             match self.store.create(resource, Some(ns), obj) {
                 Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back what every namespace has (the `default` ServiceAccount, `kube-root-ca.crt`)
+    /// where it was deleted, as the ServiceAccount and root-CA controllers do; namespaces being
+    /// deleted are left alone. Run by the control plane now and then.
+    pub fn publish_namespace_defaults(&self) -> Result<(), store::Error> {
+        for ns in self.store.list_all("namespaces", None)? {
+            if ns.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
+                self.namespace_defaults(name)?;
             }
         }
         Ok(())
@@ -1372,9 +1394,7 @@ fn require_namespace(api: &Api, t: &Target) -> Result<(), ApiError> {
                 return Err(ApiError::new(
                     403,
                     "Forbidden",
-                    format!(
-                        "unable to create new content in namespace {ns} because it is being terminated"
-                    ),
+                    format!("namespace {ns} is being deleted: nothing new can be created in it"),
                 ));
             }
             Ok(_) => {}
@@ -1729,7 +1749,7 @@ fn rbac_escalation(api: &Api, t: &Target, obj: &Value) -> Result<(), ApiError> {
         403,
         "Forbidden",
         format!(
-            "{} {:?} is forbidden: user {:?} is attempting to grant RBAC permissions not currently held",
+            "{} {:?} is forbidden: user {:?} may only grant permissions it holds itself (or needs the escalate or bind verb)",
             t.resource.plural,
             name(t),
             user.name

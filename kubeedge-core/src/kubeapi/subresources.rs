@@ -251,7 +251,7 @@ pub(crate) fn evict(api: &Api, t: &Target, body: Bytes) -> Result<Response, ApiE
                     429,
                     "TooManyRequests",
                     format!(
-                        "Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {pdb_name} needs {desired} healthy pods and has {healthy} currently"
+                        "evicting this pod would break PodDisruptionBudget {pdb_name}: it needs {desired} healthy pods and {healthy} are healthy now"
                     ),
                 ));
             }
