@@ -60,6 +60,13 @@ for minor in "${minors[@]}"; do
   k expose pod web -n shop --port=8080 --target-port=80 --name=web >/dev/null
   test "$(k get svc web -n shop -o jsonpath='{.spec.ports[0].targetPort}')" = 80 || fail "expose target port"
   test "$(k get svc web -n shop -o jsonpath='{.spec.selector.app}')" = web || fail "expose selector"
+  [[ $(k get svc web -n shop -o jsonpath='{.spec.clusterIP}') == 10.9[6-9].* ]] || fail "ClusterIP allocated"
+  k create service nodeport edge-ui -n shop --tcp=80:8080 >/dev/null
+  np=$(k get svc edge-ui -n shop -o jsonpath='{.spec.ports[0].nodePort}')
+  ((np >= 30000 && np <= 32767)) || fail "node port allocated: $np"
+  ip=$(k get svc edge-ui -n shop -o jsonpath='{.spec.clusterIP}')
+  k label svc edge-ui -n shop tier=edge >/dev/null
+  test "$(k get svc edge-ui -n shop -o jsonpath='{.spec.clusterIP}:{.spec.ports[0].nodePort}')" = "$ip:$np" || fail "allocations kept"
   k create deployment api -n shop --image=busybox:1.36 --replicas=2 >/dev/null
   k scale deployment api -n shop --replicas=5 >/dev/null
   test "$(k get deploy api -n shop -o jsonpath='{.spec.replicas}')" = 5 || fail "scale"

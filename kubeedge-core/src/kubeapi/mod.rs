@@ -34,6 +34,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod registry;
 mod reviews;
+pub mod services;
 mod subresources;
 mod table;
 pub mod tls;
@@ -76,6 +77,8 @@ pub struct Api {
     /// `kube-root-ca.crt` carries (see [`Api::control_plane`]).
     tokens: Option<auth::TokenIssuer>,
     root_ca: Option<Arc<str>>,
+    /// Held while a Service's addresses are chosen and stored.
+    allocating: Arc<std::sync::Mutex<()>>,
     /// Flipped to `true` when serving stops: open watches end, so that connections close.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -103,6 +106,7 @@ impl Api {
             minor: Arc::from(KUBE_MINOR),
             tokens: None,
             root_ca: None,
+            allocating: Arc::new(std::sync::Mutex::new(())),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
@@ -1436,6 +1440,11 @@ fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiErro
     if t.resource.plural == "customresourcedefinitions" {
         accept_crd(&mut obj);
     }
+    // Addresses are handed out and stored under one lock: two Services never get the same.
+    let _allocating = is_service(t).then(|| api.allocating.lock());
+    if is_service(t) {
+        services::allocate(&api.store, &mut obj)?;
+    }
     let mut stored = t
         .store(api)
         .create(&t.resource.store_name(), ns(t), obj)
@@ -1579,6 +1588,10 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
         }
     }
     validation::check(&t.resource, &obj)?;
+    let _allocating = is_service(t).then(|| api.allocating.lock());
+    if is_service(t) {
+        services::keep(&api.store, &current, &mut obj)?;
+    }
     let store = t.store(api);
     let mut updated = store
         .update(&store_name, ns(t), name(t), obj)
@@ -1755,6 +1768,10 @@ fn rbac_escalation(api: &Api, t: &Target, obj: &Value) -> Result<(), ApiError> {
             user.name
         ),
     ))
+}
+
+fn is_service(t: &Target) -> bool {
+    t.resource.group.is_empty() && t.resource.plural == "services" && t.sub.is_none()
 }
 
 fn is_csr(t: &Target) -> bool {
