@@ -419,6 +419,9 @@ pub struct ApiError {
     pub reason: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// The Status `details` (the object's name and kind, and the `causes` naming each field that
+    /// is wrong), when there are any.
+    pub details: Option<Value>,
 }
 
 impl ApiError {
@@ -427,7 +430,14 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
+    }
+
+    /// This error with Status `details`.
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -445,8 +455,12 @@ impl ApiError {
 
     /// The `Status` body.
     pub fn status(&self) -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": self.message, "reason": self.reason, "code": self.code})
+        let mut status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": self.message, "reason": self.reason, "code": self.code});
+        if let Some(d) = &self.details {
+            status["details"] = d.clone();
+        }
+        status
     }
 }
 

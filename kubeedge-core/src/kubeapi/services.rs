@@ -24,10 +24,9 @@ fn in_range(ip: Ipv4Addr) -> bool {
 }
 
 fn invalid(field: &str, value: &Value, why: &str) -> ApiError {
-    ApiError::with(
-        422,
-        "Invalid",
-        format!("Service is invalid: {field}: Invalid value: {value}: {why}"),
+    let what = format!("Invalid value: {value}: {why}");
+    ApiError::with(422, "Invalid", format!("Service is invalid: {field}: {what}")).with_details(
+        json!({"kind": "Service", "causes": [{"reason": "FieldValueInvalid", "message": what, "field": field}]}),
     )
 }
 

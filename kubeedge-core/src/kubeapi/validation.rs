@@ -24,10 +24,32 @@ fn invalid(r: &Resource, obj: &Value, causes: Vec<String>) -> ApiError {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // Each cause reads "<field>: <what>"; the Status names them one by one.
+    let details: Vec<Value> = causes
+        .iter()
+        .map(|c| {
+            let (field, what) = c.split_once(": ").unwrap_or(("", c.as_str()));
+            let reason = if what.starts_with("Required value") {
+                "FieldValueRequired"
+            } else if what.starts_with("Unsupported value") {
+                "FieldValueNotSupported"
+            } else if what.starts_with("Too long") {
+                "FieldValueTooLong"
+            } else if what.starts_with("Too many") {
+                "FieldValueTooMany"
+            } else {
+                "FieldValueInvalid"
+            };
+            serde_json::json!({"reason": reason, "message": what, "field": field})
+        })
+        .collect();
     ApiError::with(
         422,
         "Invalid",
         format!("{} {name:?} is invalid: {}", r.kind, causes.join(", ")),
+    )
+    .with_details(
+        serde_json::json!({"name": name, "kind": r.kind, "group": r.group, "causes": details}),
     )
 }
 
@@ -463,7 +485,12 @@ mod tests {
         ] {
             let e = check(&cm(), &bad).unwrap_err();
             assert_eq!(e.code, 422, "{bad}");
+            assert!(e.details.is_some(), "{bad}");
         }
+        let e = check(&cm(), &json!({"metadata": {"name": "c"}, "data": {"k": 5}})).unwrap_err();
+        let causes = &e.status()["details"]["causes"];
+        assert_eq!(causes[0]["field"], "data[\"k\"]");
+        assert_eq!(causes[0]["reason"], "FieldValueInvalid");
         let big = json!({"metadata": {"name": "c"}, "data": {"k": "x".repeat(MAX_OBJECT_BYTES)}});
         assert_eq!(check(&cm(), &big).unwrap_err().code, 413);
     }
