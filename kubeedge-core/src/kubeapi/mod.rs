@@ -167,6 +167,12 @@ impl Api {
             ),
         ];
         for (resource, obj) in wanted {
+            // Not into a namespace that is going or gone (checked again for each object).
+            match self.store.get("namespaces", None, ns) {
+                Ok(n) if n.pointer("/metadata/deletionTimestamp").is_none() => {}
+                Ok(_) | Err(store::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            }
             let name = obj["metadata"]["name"].as_str().unwrap_or_default();
             if !matches!(
                 self.store.get(resource, Some(ns), name),
@@ -190,8 +196,11 @@ impl Api {
             if ns.pointer("/metadata/deletionTimestamp").is_some() {
                 continue;
             }
-            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str) {
-                self.namespace_defaults(name)?;
+            if let Some(name) = ns.pointer("/metadata/name").and_then(Value::as_str)
+                && let Err(e) = self.namespace_defaults(name)
+            {
+                // The others still get theirs.
+                tracing::warn!(namespace = name, error = %e, "publishing namespace defaults");
             }
         }
         Ok(())
@@ -1506,6 +1515,8 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
     normalize(t, &mut obj)?;
     let mut obj = views::inward(&t.resource, obj);
     let store_name = t.resource.store_name();
+    // A Service's addresses are read, chosen and stored under one lock.
+    let _allocating = is_service(t).then(|| api.allocating.lock());
     let current = api
         .store
         .get(&store_name, ns(t), name(t))
@@ -1602,7 +1613,6 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
         }
     }
     validation::check(&t.resource, &obj)?;
-    let _allocating = is_service(t).then(|| api.allocating.lock());
     if is_service(t) {
         services::keep(&api.store, &current, &mut obj)?;
     }

@@ -84,20 +84,61 @@ fn taken(
 /// Fills in (or checks) a new Service's ClusterIP and node ports, against what `store` holds.
 pub(crate) fn allocate(store: &Store, svc: &mut Value) -> Result<(), ApiError> {
     let (ips, ports) = taken(store, None)?;
-    assign(svc, &ips, &ports)
+    assign(svc, None, &ips, &ports)
 }
 
-fn assign(svc: &mut Value, ips: &HashSet<Ipv4Addr>, ports: &HashSet<i64>) -> Result<(), ApiError> {
+/// Addresses below this offset are for Services that ask for one (as the apiserver keeps a low
+/// band for static addresses such as the cluster DNS's 10.96.0.10); automatic ones come after.
+const STATIC_BAND: u32 = 256;
+/// Node ports below `30000 + this` likewise.
+const STATIC_PORTS: i64 = 86;
+
+/// Assigns `svc`'s addresses; `current` is the stored Service on an update (what it already holds
+/// is kept without being checked again). `ips` and `ports` are everyone else's.
+fn assign(
+    svc: &mut Value,
+    current: Option<&Value>,
+    ips: &HashSet<Ipv4Addr>,
+    ports: &HashSet<i64>,
+) -> Result<(), ApiError> {
     let Some(spec) = svc.get_mut("spec").filter(|s| s.is_object()) else {
         return Ok(());
     };
-    if gets_cluster_ip(spec) {
-        let ip = match spec["clusterIP"].as_str() {
-            None | Some("") => {
+    let old_ip = current
+        .and_then(|c| c.pointer("/spec/clusterIP"))
+        .and_then(Value::as_str);
+    if !gets_cluster_ip(spec) {
+        // ExternalName: no address; one it held before is given back.
+        match spec.get("clusterIP").and_then(Value::as_str) {
+            None | Some("") => {}
+            Some(ip) if Some(ip) == old_ip => {}
+            Some(_) => {
+                return Err(invalid(
+                    "spec.clusterIP",
+                    &spec["clusterIP"],
+                    "may not be set for an ExternalName service",
+                ));
+            }
+        }
+        if let Some(o) = spec.as_object_mut() {
+            o.remove("clusterIP");
+            o.remove("clusterIPs");
+        }
+    } else {
+        let ip = match spec.get("clusterIP") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(invalid("spec.clusterIP", other, "must be a string"));
+            }
+        };
+        let ip = match ip.as_deref() {
+            None => {
                 let (net, len) = SERVICE_RANGE;
                 let size = 1u32 << (32 - u32::from(len));
-                // .1 is the API's own (default/kubernetes); the last is the broadcast address.
-                let free = (10..size - 1)
+                // The last address is the range's broadcast address.
+                let free = (STATIC_BAND..size - 1)
                     .map(|i| Ipv4Addr::from(u32::from(net) + i))
                     .find(|ip| !ips.contains(ip))
                     .ok_or_else(|| {
@@ -105,31 +146,31 @@ fn assign(svc: &mut Value, ips: &HashSet<Ipv4Addr>, ports: &HashSet<i64>) -> Res
                     })?;
                 Some(free.to_string())
             }
+            Some("None") if gets_node_ports(spec) => {
+                return Err(invalid(
+                    "spec.clusterIP",
+                    &spec["clusterIP"],
+                    "may not be None (headless) for a NodePort or LoadBalancer service",
+                ));
+            }
             Some("None") => None,
+            Some(given) if Some(given) == old_ip => Some(given.to_owned()),
             Some(given) => {
-                let ip: Ipv4Addr = given.parse().map_err(|_| {
-                    invalid(
-                        "spec.clusterIP",
-                        &spec["clusterIP"],
-                        "must be a valid IPv4 address or None",
-                    )
-                })?;
-                if !in_range(ip) {
-                    return Err(invalid(
-                        "spec.clusterIP",
-                        &spec["clusterIP"],
-                        &format!(
-                            "provided IP is not in the valid range {}/{}",
-                            SERVICE_RANGE.0, SERVICE_RANGE.1
-                        ),
-                    ));
-                }
-                if ips.contains(&ip) {
-                    return Err(invalid(
-                        "spec.clusterIP",
-                        &spec["clusterIP"],
-                        "provided IP is already allocated",
-                    ));
+                let parsed: Option<Ipv4Addr> = given.parse().ok();
+                let (net, len) = SERVICE_RANGE;
+                let broadcast = Ipv4Addr::from(u32::from(net) | (u32::MAX >> u32::from(len)));
+                let why = match parsed {
+                    None => Some("must be a valid IPv4 address or None".to_owned()),
+                    Some(ip) if !in_range(ip) || ip == net || ip == broadcast => {
+                        Some(format!("provided IP is not in the valid range {net}/{len}"))
+                    }
+                    Some(ip) if ips.contains(&ip) => {
+                        Some("provided IP is already allocated".into())
+                    }
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    return Err(invalid("spec.clusterIP", &spec["clusterIP"], &why));
                 }
                 Some(given.to_owned())
             }
@@ -139,47 +180,83 @@ fn assign(svc: &mut Value, ips: &HashSet<Ipv4Addr>, ports: &HashSet<i64>) -> Res
         spec["clusterIPs"] = json!([shown]);
         if ip.is_some() {
             spec["ipFamilies"] = json!(["IPv4"]);
-            spec["ipFamilyPolicy"] = json!("SingleStack");
+            if spec.get("ipFamilyPolicy").is_none_or(Value::is_null) {
+                spec["ipFamilyPolicy"] = json!("SingleStack");
+            }
         }
     }
-    if gets_node_ports(spec) {
-        let mut used = ports.clone();
-        if let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-            for (i, p) in list.iter_mut().enumerate().filter(|(_, p)| p.is_object()) {
-                match p.get("nodePort").filter(|n| !n.is_null() && **n != 0) {
-                    None => {
-                        let free =
-                            NODE_PORTS
-                                .clone()
-                                .find(|n| !used.contains(n))
-                                .ok_or_else(|| {
-                                    ApiError::with(
-                                        500,
-                                        "InternalError",
-                                        "the node port range is full",
-                                    )
-                                })?;
-                        used.insert(free);
-                        p["nodePort"] = json!(free);
-                    }
-                    Some(n) => {
-                        let field = format!("spec.ports[{i}].nodePort");
-                        let port =
-                            n.as_i64()
-                                .filter(|n| NODE_PORTS.contains(n))
-                                .ok_or_else(|| {
-                                    invalid(
-                                        &field,
-                                        n,
-                                        "provided port is not in the valid range 30000-32767",
-                                    )
-                                })?;
-                        if !used.insert(port) {
-                            return Err(invalid(&field, n, "provided port is already allocated"));
-                        }
-                    }
+    let old_ports: HashSet<i64> = current
+        .and_then(|c| c.pointer("/spec/ports"))
+        .and_then(Value::as_array)
+        .map(|ps| ps.iter().filter_map(|p| p["nodePort"].as_i64()).collect())
+        .unwrap_or_default();
+    let wants_ports = gets_node_ports(spec);
+    let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    // One port number may serve several protocols of the same Service.
+    let mut mine: HashSet<(i64, String)> = HashSet::new();
+    let mut next_free = NODE_PORTS.start() + STATIC_PORTS;
+    for (i, p) in list.iter_mut().enumerate().filter(|(_, p)| p.is_object()) {
+        let field = format!("spec.ports[{i}].nodePort");
+        let protocol = p["protocol"].as_str().unwrap_or("TCP").to_owned();
+        let given = p
+            .get("nodePort")
+            .filter(|n| !n.is_null() && **n != 0)
+            .cloned();
+        if !wants_ports {
+            match given {
+                // Left over from a NodePort type: given back.
+                Some(n) if n.as_i64().is_some_and(|n| old_ports.contains(&n)) => {}
+                Some(n) => {
+                    return Err(invalid(
+                        &field,
+                        &n,
+                        "may not be used when the type is not NodePort or LoadBalancer",
+                    ));
                 }
+                None => {}
             }
+            if let Some(o) = p.as_object_mut() {
+                o.remove("nodePort");
+            }
+            continue;
+        }
+        let port = match given {
+            None => {
+                let free = (next_free..=*NODE_PORTS.end())
+                    .chain(*NODE_PORTS.start()..next_free)
+                    .find(|n| !ports.contains(n) && !mine.iter().any(|(m, _)| m == n))
+                    .ok_or_else(|| {
+                        ApiError::with(500, "InternalError", "the node port range is full")
+                    })?;
+                next_free = free + 1;
+                p["nodePort"] = json!(free);
+                free
+            }
+            Some(n) => {
+                let port = n
+                    .as_i64()
+                    .filter(|v| NODE_PORTS.contains(v))
+                    .ok_or_else(|| {
+                        invalid(
+                            &field,
+                            &n,
+                            "provided port is not in the valid range 30000-32767",
+                        )
+                    })?;
+                if ports.contains(&port) && !old_ports.contains(&port) {
+                    return Err(invalid(&field, &n, "provided port is already allocated"));
+                }
+                port
+            }
+        };
+        if !mine.insert((port, protocol)) {
+            return Err(invalid(
+                &field,
+                &json!(port),
+                "provided port is already allocated",
+            ));
         }
     }
     Ok(())
@@ -199,32 +276,23 @@ pub(crate) fn keep(store: &Store, current: &Value, next: &mut Value) -> Result<(
         match spec.get("clusterIP") {
             None | Some(Value::Null) => {
                 spec["clusterIP"] = old_ip.clone();
-                spec["clusterIPs"] = current
-                    .pointer("/spec/clusterIPs")
-                    .cloned()
-                    .unwrap_or(Value::Null);
             }
             Some(Value::String(s)) if s.is_empty() => {
                 spec["clusterIP"] = old_ip.clone();
-                spec["clusterIPs"] = current
-                    .pointer("/spec/clusterIPs")
-                    .cloned()
-                    .unwrap_or(Value::Null);
             }
             Some(given) if *given != old_ip => {
                 return Err(invalid("spec.clusterIP", given, "field is immutable"));
             }
             Some(_) => {}
         }
-        for field in ["ipFamilies", "ipFamilyPolicy"] {
-            if spec.get(field).is_none_or(Value::is_null)
-                && let Some(v) = current.pointer(&format!("/spec/{field}"))
-            {
-                spec[field] = v.clone();
-            }
+        if spec.get("ipFamilyPolicy").is_none_or(Value::is_null)
+            && let Some(v) = current.pointer("/spec/ipFamilyPolicy")
+        {
+            spec["ipFamilyPolicy"] = v.clone();
         }
     }
-    // A port keeps its node port when the update names none.
+    // A port keeps its node port when the update names none (0 included), matched by name, or
+    // by number and protocol for unnamed ports.
     let old_ports: Vec<Value> = current
         .pointer("/spec/ports")
         .and_then(Value::as_array)
@@ -234,18 +302,19 @@ pub(crate) fn keep(store: &Store, current: &Value, next: &mut Value) -> Result<(
         && let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut)
     {
         for p in list.iter_mut().filter(|p| p.is_object()) {
-            if p.get("nodePort").is_some_and(|n| !n.is_null()) {
+            if p.get("nodePort").is_some_and(|n| !n.is_null() && *n != 0) {
                 continue;
             }
-            if let Some(n) = old_ports
-                .iter()
-                .find(|o| o["port"] == p["port"] && o["protocol"] == p["protocol"])
-                .and_then(|o| o.get("nodePort"))
-            {
+            let same = |o: &&Value| match p["name"].as_str().filter(|n| !n.is_empty()) {
+                Some(name) => o["name"] == name,
+                None => o["port"] == p["port"] && o["protocol"] == p["protocol"],
+            };
+            if let Some(n) = old_ports.iter().find(same).and_then(|o| o.get("nodePort")) {
                 p["nodePort"] = n.clone();
             }
         }
     }
+    // The Service's own address and ports are not among the others'.
     let ns = current
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -254,9 +323,8 @@ pub(crate) fn keep(store: &Store, current: &Value, next: &mut Value) -> Result<(
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    // The Service's own address and ports are not among the others': kept, they check out.
     let (ips, ports) = taken(store, Some((ns, name)))?;
-    assign(next, &ips, &ports)
+    assign(next, Some(current), &ips, &ports)
 }
 
 #[cfg(test)]
@@ -264,34 +332,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn updates_keep_what_the_service_holds_and_give_back_what_it_no_longer_needs() {
+        let current = json!({"metadata": {"name": "s", "namespace": "d"}, "spec": {"type": "NodePort",
+            "clusterIP": "10.96.5.5", "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 31000}]}});
+        // Left out (or 0): kept.
+        let mut next = json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 8080, "protocol": "TCP", "nodePort": 0}]}});
+        let (ips, ports) = (HashSet::new(), HashSet::new());
+        // As keep() carries them over, then assign() checks.
+        next["spec"]["clusterIP"] = json!("10.96.5.5");
+        next["spec"]["ports"][0]["nodePort"] = json!(31000);
+        assign(&mut next, Some(&current), &ips, &ports).unwrap();
+        assert_eq!(next["spec"]["ports"][0]["nodePort"], 31000);
+        // Becoming ClusterIP gives the node port back; becoming ExternalName gives the address back.
+        let mut to_cluster = json!({"spec": {"type": "ClusterIP", "clusterIP": "10.96.5.5",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "nodePort": 31000}]}});
+        assign(&mut to_cluster, Some(&current), &ips, &ports).unwrap();
+        assert!(to_cluster["spec"]["ports"][0].get("nodePort").is_none());
+        let mut to_external = json!({"spec": {"type": "ExternalName", "externalName": "x", "clusterIP": "10.96.5.5"}});
+        assign(&mut to_external, Some(&current), &ips, &ports).unwrap();
+        assert!(to_external["spec"].get("clusterIP").is_none());
+    }
+
+    #[test]
     fn addresses_and_ports_are_handed_out_once() {
         let mut taken_ips =
-            HashSet::from([Ipv4Addr::new(10, 96, 0, 1), Ipv4Addr::new(10, 96, 0, 10)]);
+            HashSet::from([Ipv4Addr::new(10, 96, 0, 1), Ipv4Addr::new(10, 96, 1, 0)]);
         let mut svc =
             json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "protocol": "TCP"}]}});
-        assign(&mut svc, &taken_ips, &HashSet::from([30_000])).unwrap();
-        assert_eq!(svc["spec"]["clusterIP"], "10.96.0.11");
-        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30_001);
+        assign(&mut svc, None, &taken_ips, &HashSet::from([30_086])).unwrap();
+        // Above the static band, past what is taken.
+        assert_eq!(svc["spec"]["clusterIP"], "10.96.1.1");
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30_087);
         taken_ips.insert(Ipv4Addr::new(10, 96, 0, 11));
         let mut clash = json!({"spec": {"clusterIP": "10.96.0.11"}});
         assert_eq!(
-            assign(&mut clash, &taken_ips, &HashSet::new())
+            assign(&mut clash, None, &taken_ips, &HashSet::new())
                 .unwrap_err()
                 .code,
             422
         );
-        let mut outside = json!({"spec": {"clusterIP": "192.168.0.1"}});
-        assert_eq!(
-            assign(&mut outside, &taken_ips, &HashSet::new())
-                .unwrap_err()
-                .code,
-            422
-        );
+        let mut dns = json!({"spec": {"clusterIP": "10.96.0.10"}});
+        assign(&mut dns, None, &taken_ips, &HashSet::new()).unwrap();
+        for bad in ["192.168.0.1", "10.96.0.0", "10.111.255.255", "x"] {
+            let mut s = json!({"spec": {"clusterIP": bad}});
+            assert_eq!(
+                assign(&mut s, None, &taken_ips, &HashSet::new())
+                    .unwrap_err()
+                    .code,
+                422,
+                "{bad}"
+            );
+        }
         let mut headless = json!({"spec": {"clusterIP": "None"}});
-        assign(&mut headless, &taken_ips, &HashSet::new()).unwrap();
+        assign(&mut headless, None, &taken_ips, &HashSet::new()).unwrap();
         assert_eq!(headless["spec"]["clusterIP"], "None");
+        let mut headless_np = json!({"spec": {"type": "NodePort", "clusterIP": "None"}});
+        assert!(assign(&mut headless_np, None, &taken_ips, &HashSet::new()).is_err());
         let mut external = json!({"spec": {"type": "ExternalName", "externalName": "x.example"}});
-        assign(&mut external, &taken_ips, &HashSet::new()).unwrap();
+        assign(&mut external, None, &taken_ips, &HashSet::new()).unwrap();
         assert!(external["spec"].get("clusterIP").is_none());
+        // One node port for TCP and UDP of the same Service.
+        let mut dns_np = json!({"spec": {"type": "NodePort", "ports": [
+            {"port": 53, "protocol": "UDP", "nodePort": 30053}, {"port": 53, "protocol": "TCP", "nodePort": 30053}]}});
+        assign(&mut dns_np, None, &taken_ips, &HashSet::new()).unwrap();
     }
 }
