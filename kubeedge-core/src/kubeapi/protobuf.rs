@@ -154,7 +154,14 @@ const QUANTITY: &str = "apimachinery.pkg.api.resource.Quantity";
 const QUANTITY_VALUE: &str = "apimachinery.pkg.api.resource.QuantityValue";
 const INT_OR_STRING: &str = "apimachinery.pkg.util.intstr.IntOrString";
 const RAW_EXTENSION: &str = "apimachinery.pkg.runtime.RawExtension";
-const APIEXT: &str = "apiextensions_apiserver.pkg.apis.apiextensions.v1";
+const APIEXT_JSON: &str = "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSON";
+const SCHEMA_PROPS: &str = "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaProps";
+const PROPS_OR_BOOL: &str =
+    "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrBool";
+const PROPS_OR_ARRAY: &str =
+    "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrArray";
+const PROPS_OR_STRINGS: &str =
+    "apiextensions_apiserver.pkg.apis.apiextensions.v1.JSONSchemaPropsOrStringArray";
 
 /// The proto package of each API group's directory (`api.<dir>.<version>`).
 const GROUP_DIRS: &[(&str, &str)] = &[
@@ -231,7 +238,7 @@ fn is_inline(message: &str, field: &str) -> bool {
 
 /// JSON names that are not valid proto field names (JSON-schema's).
 fn json_name(message: &str, proto: &str) -> String {
-    if message == format!("{APIEXT}.JSONSchemaProps") {
+    if message == SCHEMA_PROPS {
         match proto {
             "ref" => return "$ref".into(),
             "schema" => return "$schema".into(),
@@ -686,16 +693,7 @@ fn decode_special(name: &str, bytes: &[u8]) -> Result<Option<Value>, Error> {
                 Value::from(int)
             }
         }
-        RAW_EXTENSION | FIELDS_V1 => {
-            let mut raw: &[u8] = &[];
-            for f in Reader(bytes) {
-                if let (1, Wire::Len(b)) = f? {
-                    raw = b;
-                }
-            }
-            embedded_json(raw)?
-        }
-        n if n == format!("{APIEXT}.JSON") => {
+        RAW_EXTENSION | FIELDS_V1 | APIEXT_JSON => {
             let mut raw: &[u8] = &[];
             for f in Reader(bytes) {
                 if let (1, Wire::Len(b)) = f? {
@@ -713,42 +711,27 @@ fn decode_special(name: &str, bytes: &[u8]) -> Result<Option<Value>, Error> {
             }
             Value::Array(items)
         }
-        n if n == format!("{APIEXT}.JSONSchemaPropsOrBool") => {
+        PROPS_OR_BOOL => {
             let (mut allows, mut schema) = (false, None);
             for f in Reader(bytes) {
                 match f? {
                     (1, Wire::Varint(a)) => allows = a != 0,
-                    (2, Wire::Len(b)) => {
-                        schema = Some(decode_message(&format!("{APIEXT}.JSONSchemaProps"), b)?)
-                    }
+                    (2, Wire::Len(b)) => schema = Some(decode_message(SCHEMA_PROPS, b)?),
                     _ => {}
                 }
             }
             schema.unwrap_or(Value::Bool(allows))
         }
-        n if n == format!("{APIEXT}.JSONSchemaPropsOrArray") => {
+        // A schema (field 1), or a list (field 2) of schemas or of strings.
+        PROPS_OR_ARRAY | PROPS_OR_STRINGS => {
             let (mut schema, mut array) = (None, Vec::new());
             for f in Reader(bytes) {
                 match f? {
-                    (1, Wire::Len(b)) => {
-                        schema = Some(decode_message(&format!("{APIEXT}.JSONSchemaProps"), b)?)
+                    (1, Wire::Len(b)) => schema = Some(decode_message(SCHEMA_PROPS, b)?),
+                    (2, Wire::Len(b)) if name == PROPS_OR_STRINGS => {
+                        array.push(Value::String(utf8(b)?))
                     }
-                    (2, Wire::Len(b)) => {
-                        array.push(decode_message(&format!("{APIEXT}.JSONSchemaProps"), b)?)
-                    }
-                    _ => {}
-                }
-            }
-            schema.unwrap_or(Value::Array(array))
-        }
-        n if n == format!("{APIEXT}.JSONSchemaPropsOrStringArray") => {
-            let (mut schema, mut array) = (None, Vec::new());
-            for f in Reader(bytes) {
-                match f? {
-                    (1, Wire::Len(b)) => {
-                        schema = Some(decode_message(&format!("{APIEXT}.JSONSchemaProps"), b)?)
-                    }
-                    (2, Wire::Len(b)) => array.push(Value::String(utf8(b)?)),
+                    (2, Wire::Len(b)) => array.push(decode_message(SCHEMA_PROPS, b)?),
                     _ => {}
                 }
             }
@@ -983,8 +966,7 @@ fn encode_special(name: &str, v: &Value, out: &mut Vec<u8>, path: &str) -> Resul
             }
             _ => return Err(encode_error(path, "expected an integer or a string")),
         },
-        RAW_EXTENSION | FIELDS_V1 => put_len(out, 1, v.to_string().as_bytes()),
-        n if n == format!("{APIEXT}.JSON") => put_len(out, 1, v.to_string().as_bytes()),
+        RAW_EXTENSION | FIELDS_V1 | APIEXT_JSON => put_len(out, 1, v.to_string().as_bytes()),
         n if n == VERBS || n.ends_with(".ExtraValue") => {
             for item in v
                 .as_array()
@@ -996,19 +978,17 @@ fn encode_special(name: &str, v: &Value, out: &mut Vec<u8>, path: &str) -> Resul
                 put_len(out, 1, s.as_bytes());
             }
         }
-        n if n == format!("{APIEXT}.JSONSchemaPropsOrBool") => match v {
+        PROPS_OR_BOOL => match v {
             Value::Bool(b) => put_varint(out, 1, u64::from(*b)),
             _ => {
                 put_varint(out, 1, 1);
                 let mut inner = Vec::new();
-                encode_message(&format!("{APIEXT}.JSONSchemaProps"), v, &mut inner, path)?;
+                encode_message(SCHEMA_PROPS, v, &mut inner, path)?;
                 put_len(out, 2, &inner);
             }
         },
-        n if n == format!("{APIEXT}.JSONSchemaPropsOrArray")
-            || n == format!("{APIEXT}.JSONSchemaPropsOrStringArray") =>
-        {
-            let strings = n.ends_with("StringArray");
+        PROPS_OR_ARRAY | PROPS_OR_STRINGS => {
+            let strings = name == PROPS_OR_STRINGS;
             match v {
                 Value::Array(items) => {
                     for item in items {
@@ -1019,15 +999,14 @@ fn encode_special(name: &str, v: &Value, out: &mut Vec<u8>, path: &str) -> Resul
                             put_len(out, 2, s.as_bytes());
                         } else {
                             let mut inner = Vec::new();
-                            let props = format!("{APIEXT}.JSONSchemaProps");
-                            encode_message(&props, item, &mut inner, path)?;
+                            encode_message(SCHEMA_PROPS, item, &mut inner, path)?;
                             put_len(out, 2, &inner);
                         }
                     }
                 }
                 _ => {
                     let mut inner = Vec::new();
-                    encode_message(&format!("{APIEXT}.JSONSchemaProps"), v, &mut inner, path)?;
+                    encode_message(SCHEMA_PROPS, v, &mut inner, path)?;
                     put_len(out, 1, &inner);
                 }
             }
@@ -1079,9 +1058,11 @@ fn is_leaf(name: &str) -> bool {
             | QUANTITY_VALUE
             | INT_OR_STRING
             | RAW_EXTENSION
+            | APIEXT_JSON
+            | PROPS_OR_BOOL
+            | PROPS_OR_ARRAY
+            | PROPS_OR_STRINGS
     ) || name.ends_with(".ExtraValue")
-        || (name.starts_with(APIEXT)
-            && (name.ends_with(".JSON") || name.contains("JSONSchemaPropsOr")))
 }
 
 fn walk_unknown(name: &str, v: &Value, path: &str, out: &mut Vec<String>, root: bool) {
@@ -1404,7 +1385,10 @@ mod tests {
         }
         let mut validation = Vec::new();
         put_len(&mut validation, 1, &inner);
-        let err = decode_message(&format!("{APIEXT}.CustomResourceValidation"), &validation);
+        let err = decode_message(
+            "apiextensions_apiserver.pkg.apis.apiextensions.v1.CustomResourceValidation",
+            &validation,
+        );
         assert!(matches!(err, Err(Error::Malformed(m)) if m.contains("nested")));
         // The counter is back at zero: the next body decodes.
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}});
