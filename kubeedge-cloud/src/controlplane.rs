@@ -128,7 +128,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    finalizer: tokio::task::JoinHandle<()>,
+    housekeeping: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPlane {
@@ -196,7 +196,7 @@ impl ControlPlane {
         // The control plane's own controllers: namespaces being deleted go once their content is
         // gone; every namespace keeps its default ServiceAccount and CA bundle; approved client
         // certificate requests are signed by the CA.
-        let finalizer = {
+        let housekeeping = {
             let api = api.clone();
             let signer = std::sync::Arc::new(Ca::from_der(ca.cert_der(), ca.key_sec1())?);
             tokio::spawn(async move {
@@ -235,7 +235,7 @@ impl ControlPlane {
             kubeconfig: kubeconfig_path,
             stop: Some(stop),
             task,
-            finalizer,
+            housekeeping,
         })
     }
 
@@ -260,8 +260,8 @@ impl ControlPlane {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.finalizer.abort();
-        let _ = (&mut self.finalizer).await;
+        self.housekeeping.abort();
+        let _ = (&mut self.housekeeping).await;
         if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
             .is_err()
@@ -282,6 +282,6 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.task.abort();
-        self.finalizer.abort();
+        self.housekeeping.abort();
     }
 }

@@ -471,15 +471,7 @@ pub(crate) fn apply(
             "PATCH with application/apply-patch+yaml requires a fieldManager",
         ));
     }
-    if config
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .is_some_and(|n| n != name(t))
-    {
-        return Err(ApiError::bad_request(
-            "the name of the object does not match the name on the URL",
-        ));
-    }
+    super::check_name(t, &config)?;
     if config.get("metadata").is_some_and(|m| !m.is_object()) {
         return Err(ApiError::bad_request("metadata must be an object"));
     }
@@ -626,7 +618,7 @@ pub(crate) fn apply(
         next["metadata"]["resourceVersion"] = precondition
             .clone()
             .unwrap_or_else(|| current["metadata"]["resourceVersion"].clone());
-        match super::write(api, t, next) {
+        match super::write(api, t, next, super::Ownership::Recorded) {
             Err(ApiError {
                 code: 409,
                 reason: "Conflict",

@@ -202,6 +202,26 @@ pub struct Attributes {
 }
 
 impl Attributes {
+    /// `verb` on the object `name` of `resource` in `group` (and `namespace`; empty strings for
+    /// none), as the API's own checks ask (approve, bind, escalate, impersonate, create).
+    pub fn resource(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Attributes {
+        Attributes {
+            verb: verb.into(),
+            resource_request: true,
+            group: group.into(),
+            resource: resource.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            ..Attributes::default()
+        }
+    }
+
     /// The attributes of `method` on `path`; `watch` when the query asks for a watch (read as the
     /// API reads it).
     pub fn of_request(method: &str, path: &str, watch: bool) -> Attributes {

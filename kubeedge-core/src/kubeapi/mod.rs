@@ -90,15 +90,12 @@ impl Api {
     /// The API over `store`; creates the default namespaces if missing.
     pub fn new(store: Store) -> Result<Api, store::Error> {
         for ns in DEFAULT_NAMESPACES {
-            match store.create(
+            store.create_if_missing(
                 "namespaces",
                 None,
                 json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
                        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
-            ) {
-                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            )?;
         }
         Ok(Api {
             store,
@@ -117,10 +114,8 @@ impl Api {
         for crd in crds {
             let mut crd = crd.clone();
             accept_crd(&mut crd);
-            match self.store.create(registry::CRD_RESOURCE, None, crd) {
-                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            self.store
+                .create_if_missing(registry::CRD_RESOURCE, None, crd)?;
         }
         Ok(())
     }
@@ -133,10 +128,7 @@ impl Api {
         self.tokens = Some(auth::TokenIssuer::load_or_create(&self.store)?);
         self.root_ca = Some(Arc::from(ca_pem));
         for (resource, obj) in auth::default_roles() {
-            match self.store.create(resource, None, obj) {
-                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            self.store.create_if_missing(resource, None, obj)?;
         }
         let namespaces = self.store.list_all("namespaces", None)?;
         for ns in namespaces {
@@ -173,17 +165,7 @@ impl Api {
                 Ok(_) | Err(store::Error::NotFound { .. }) => return Ok(()),
                 Err(e) => return Err(e),
             }
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
-            if !matches!(
-                self.store.get(resource, Some(ns), name),
-                Err(store::Error::NotFound { .. })
-            ) {
-                continue;
-            }
-            match self.store.create(resource, Some(ns), obj) {
-                Ok(_) | Err(store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            self.store.create_if_missing(resource, Some(ns), obj)?;
         }
         Ok(())
     }
@@ -579,8 +561,14 @@ enum FieldValidation {
 }
 
 impl Target {
-    /// Whether the requester may `verb` the named object (always, when the API is served without
-    /// authorization, and for superusers).
+    /// Whether the requester may do `a` (always, when the API is served without authorization).
+    fn allowed(&self, api: &Api, a: &auth::Attributes) -> bool {
+        self.user
+            .as_ref()
+            .is_none_or(|u| auth::authorize(&api.store, u, a))
+    }
+
+    /// Whether the requester may `verb` the named object (see [`Target::allowed`]).
     fn may(
         &self,
         verb: &str,
@@ -590,23 +578,10 @@ impl Target {
         name: &str,
         api: &Api,
     ) -> bool {
-        match &self.user {
-            None => true,
-            Some(u) if u.is_master() => true,
-            Some(u) => auth::authorize(
-                &api.store,
-                u,
-                &auth::Attributes {
-                    verb: verb.into(),
-                    resource_request: true,
-                    group: group.into(),
-                    resource: resource.into(),
-                    namespace: namespace.into(),
-                    name: name.into(),
-                    ..auth::Attributes::default()
-                },
-            ),
-        }
+        self.allowed(
+            api,
+            &auth::Attributes::resource(verb, group, resource, namespace, name),
+        )
     }
 
     fn warn(&self, w: String) {
@@ -1507,13 +1482,20 @@ fn accept_crd(crd: &mut Value) {
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "lastTransitionTime": now}]});
 }
 
+/// Who the fields a [`write`] sets belong to.
+#[derive(Debug, Clone, Copy)]
+enum Ownership<'a> {
+    /// The request's manager, updating through `subresource` (if any): recorded by `write`.
+    Update(Option<&'a str>),
+    /// Already recorded in the object (server-side apply).
+    Recorded,
+}
+
 /// Writes `obj` over the stored object as an update of the main resource or of a subresource
 /// (`status`, `ephemeralcontainers`, `approval`), keeping the parts the others own; removes an
 /// object whose deletion only waited for its finalizers.
-fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
-    let mut obj = obj;
+fn write(api: &Api, t: &Target, mut obj: Value, ownership: Ownership) -> Result<Value, ApiError> {
     normalize(t, &mut obj)?;
-    let mut obj = views::inward(&t.resource, obj);
     let store_name = t.resource.store_name();
     // A Service's addresses are read, chosen and stored under one lock.
     let _allocating = is_service(t).then(|| api.allocating.lock());
@@ -1521,6 +1503,12 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
         .store
         .get(&store_name, ns(t), name(t))
         .map_err(|e| store_error(&t.resource, e))?;
+    if let Ownership::Update(subresource) = ownership {
+        // Ownership is recorded in the resource's own view of the object.
+        let shown = views::outward(&t.resource, current.clone());
+        apply::record_update(&shown, &mut obj, &t.manager, subresource, "Update");
+    }
+    let mut obj = views::inward(&t.resource, obj);
     let given_rv = obj.pointer("/metadata/resourceVersion").cloned();
     if is_csr(t) && t.sub.as_deref() == Some("approval") {
         // Approving for a signer takes the `approve` verb on that signer.
@@ -1642,8 +1630,8 @@ fn write(api: &Api, t: &Target, obj: Value) -> Result<Value, ApiError> {
     Ok(updated)
 }
 
-fn update(api: &Api, t: &Target, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let obj = parse_body(&body)?;
+/// Refuses a body that names another object than the URL does.
+fn check_name(t: &Target, obj: &Value) -> Result<(), ApiError> {
     if obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -1653,12 +1641,13 @@ fn update(api: &Api, t: &Target, headers: &HeaderMap, body: Bytes) -> Result<Res
             "the name of the object does not match the name on the URL",
         ));
     }
-    let mut obj = obj;
-    if let Ok(current) = api.store.get(&t.resource.store_name(), ns(t), name(t)) {
-        let current = views::outward(&t.resource, current);
-        apply::record_update(&current, &mut obj, &t.manager, t.sub.as_deref(), "Update");
-    }
-    let written = write(api, t, obj)?;
+    Ok(())
+}
+
+fn update(api: &Api, t: &Target, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let obj = parse_body(&body)?;
+    check_name(t, &obj)?;
+    let written = write(api, t, obj, Ownership::Update(t.sub.as_deref()))?;
     Ok(json_response(
         StatusCode::OK,
         &render_one(t, headers, written),
@@ -1684,7 +1673,6 @@ fn patch(
         let force = query.flag("force");
         return apply::apply(api, t, headers, patch_doc, manager, force);
     }
-    let manager = t.manager.clone();
     let store_name = t.resource.store_name();
     // Retry on a concurrent write between read and update.
     for _ in 0..5 {
@@ -1714,8 +1702,7 @@ fn patch(
         if patch_doc.pointer("/metadata/resourceVersion").is_none() {
             next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
         }
-        apply::record_update(&current, &mut next, &manager, t.sub.as_deref(), "Update");
-        match write(api, t, next) {
+        match write(api, t, next, Ownership::Update(t.sub.as_deref())) {
             Err(ApiError {
                 code: 409,
                 reason: "Conflict",
@@ -1901,66 +1888,45 @@ fn delete_object(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    // A namespace goes once its content is gone (the `kubernetes` finalizer in its spec); one
+    // already being deleted goes when the namespace controller has emptied it.
+    let finalizing_namespace = is_namespace(t)
+        && current
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+    if is_namespace(t) && current.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok((StatusCode::OK, current));
+    }
     // Foreground deletion waits for the dependents, which the garbage collector removes.
     if options["propagationPolicy"] == "Foreground"
+        && !finalizing_namespace
         && !finalizers.iter().any(|f| f == "foregroundDeletion")
         && current.pointer("/metadata/deletionTimestamp").is_none()
     {
         finalizers.push(json!("foregroundDeletion"));
     }
     let graceful = graceful_pod(t, &current) && grace != Some(0);
-    // A namespace being deleted goes when the namespace controller has emptied it.
-    if is_namespace(t) && current.pointer("/metadata/deletionTimestamp").is_some() {
-        return Ok((StatusCode::OK, current));
-    }
-    // A namespace goes once its content is gone (the `kubernetes` finalizer in its spec).
-    if is_namespace(t)
-        && current
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty())
-        && current.pointer("/metadata/deletionTimestamp").is_none()
-    {
-        let mut next = current.clone();
-        next["metadata"]["deletionTimestamp"] = json!(store::rfc3339(SystemTime::now()));
-        next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        next["status"]["phase"] = json!("Terminating");
-        let mut marked = t
-            .store(api)
-            .update(&store_name, None, &obj_name, next)
-            .map_err(|e| store_error(&t.resource, e))?;
-        if t.dry_run {
-            marked["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-            return Ok((StatusCode::OK, marked));
-        }
-        let emptied = api
-            .empty_namespace(&obj_name)
-            .map_err(|e| store_error(&t.resource, e))?;
-        if emptied {
-            match api.store.delete(&store_name, None, &obj_name, None) {
-                Ok(gone) => return Ok((StatusCode::OK, gone)),
-                Err(store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_error(&t.resource, e)),
-            }
-        }
-        return Ok((StatusCode::OK, marked));
-    }
     let store = t.store(api);
-    if !finalizers.is_empty() || graceful {
+    if !finalizers.is_empty() || graceful || finalizing_namespace {
         if current.pointer("/metadata/deletionTimestamp").is_some() {
             return Ok((StatusCode::OK, current));
         }
-        let grace = grace
-            .or_else(|| {
-                current
-                    .pointer("/spec/terminationGracePeriodSeconds")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(30)
-            .max(0);
+        // A namespace is marked now; others after their grace period, at most a year ahead (a
+        // deadline no clock can hold is not a grace period).
+        let grace = if finalizing_namespace {
+            0
+        } else {
+            grace
+                .or_else(|| {
+                    current
+                        .pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30)
+                .clamp(0, 365 * 86_400)
+        };
         let mut next = current.clone();
-        // At most a year ahead: a deadline no clock can hold is not a grace period.
-        let grace = grace.min(365 * 86_400);
         let at = SystemTime::now() + Duration::from_secs(u64::try_from(grace).unwrap_or(0));
         next["metadata"]["deletionTimestamp"] = json!(store::rfc3339(at));
         next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
@@ -1975,8 +1941,18 @@ fn delete_object(
             .map_err(|e| store_error(&t.resource, e))?;
         if t.dry_run {
             marked["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        } else if finalizing_namespace
+            && api
+                .empty_namespace(&obj_name)
+                .map_err(|e| store_error(&t.resource, e))?
+        {
+            match api.store.delete(&store_name, None, &obj_name, None) {
+                Ok(gone) => return Ok((StatusCode::OK, gone)),
+                Err(store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error(&t.resource, e)),
+            }
         }
-        let code = if graceful {
+        let code = if graceful || finalizing_namespace {
             StatusCode::OK
         } else {
             StatusCode::ACCEPTED

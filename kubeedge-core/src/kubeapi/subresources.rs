@@ -158,8 +158,7 @@ pub(crate) fn scale(
         warnings: Default::default(),
         user: t.user.clone(),
     };
-    super::apply::record_update(&current, &mut next, &t.manager, Some("scale"), "Update");
-    let written = write(api, &main, next)?;
+    let written = write(api, &main, next, super::Ownership::Update(Some("scale")))?;
     Ok(json_response(StatusCode::OK, &scale_of(&paths, &written)))
 }
 

@@ -218,15 +218,7 @@ fn impersonated(
             || authorize(
                 api.store(),
                 user,
-                &Attributes {
-                    verb: "impersonate".into(),
-                    resource_request: true,
-                    group: String::new(),
-                    resource: resource.into(),
-                    namespace: namespace.into(),
-                    name: object.into(),
-                    ..Attributes::default()
-                },
+                &Attributes::resource("impersonate", "", resource, namespace, object),
             )
     };
     let sa = name

@@ -550,6 +550,31 @@ impl Store {
         .map(|ev| ev.object.clone())
     }
 
+    /// Creates `object` unless one of its name is stored already (that one is left as it is);
+    /// whether it created it. Looks first, so that an object that is there costs no write.
+    pub fn create_if_missing(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        object: Value,
+    ) -> Result<bool, Error> {
+        let name = object
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        match self.get(resource, namespace, &name) {
+            Ok(_) => return Ok(false),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match self.create(resource, namespace, object) {
+            Ok(_) => Ok(true),
+            Err(Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Replaces an object. If `object` carries a `metadata.resourceVersion`, it must be the stored
     /// one. `uid` and `creationTimestamp` are kept; `generation` goes up when anything outside
     /// `metadata` and `status` changed.
