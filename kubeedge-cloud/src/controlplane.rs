@@ -27,9 +27,10 @@ use crate::Error;
 pub const ADMIN_USER: &str = "kubernetes-admin";
 /// The admin kubeconfig's file name in the data directory.
 pub const ADMIN_KUBECONFIG: &str = "admin.kubeconfig";
-/// The ClusterIP of the `default/kubernetes` Service (the first address of the default service
-/// range, 10.96.0.0/12).
-pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+/// The ClusterIP of the `default/kubernetes` Service: the first address of the service range
+/// ([`SERVICE_RANGE`](kubeedge_core::kubeapi::services::SERVICE_RANGE), so 10.96.0.1).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr =
+    Ipv4Addr::from_bits(kubeedge_core::kubeapi::services::SERVICE_RANGE.0.to_bits() + 1);
 /// How long the admin certificate is valid.
 const ADMIN_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
 

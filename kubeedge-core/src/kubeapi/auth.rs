@@ -302,6 +302,15 @@ fn strings(v: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// Whether a rule's non-resource URL (`*`, a path, or a prefix ending in `*`) covers `path`.
+fn url_matches(pattern: &str, path: &str) -> bool {
+    pattern == "*"
+        || pattern == path
+        || pattern
+            .strip_suffix('*')
+            .is_some_and(|prefix| path.starts_with(prefix))
+}
+
 /// Whether one PolicyRule allows `a`.
 pub fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     let verbs = strings(&rule["verbs"]);
@@ -309,12 +318,9 @@ pub fn rule_allows(rule: &Value, a: &Attributes) -> bool {
         return false;
     }
     if !a.resource_request {
-        return strings(&rule["nonResourceURLs"]).iter().any(|u| {
-            *u == "*"
-                || *u == a.path
-                || u.strip_suffix('*')
-                    .is_some_and(|prefix| a.path.starts_with(prefix))
-        });
+        return strings(&rule["nonResourceURLs"])
+            .iter()
+            .any(|u| url_matches(u, &a.path));
     }
     let groups = strings(&rule["apiGroups"]);
     if !groups.iter().any(|g| *g == "*" || *g == a.group) {
@@ -370,11 +376,9 @@ pub fn covers(held: &[Value], rule: &Value) -> bool {
             verbs.iter().all(|v| {
                 held.iter().any(|h| {
                     has(&h["verbs"], v)
-                        && strings(&h["nonResourceURLs"]).iter().any(|hu| {
-                            *hu == "*"
-                                || hu == u
-                                || hu.strip_suffix('*').is_some_and(|p| u.starts_with(p))
-                        })
+                        && strings(&h["nonResourceURLs"])
+                            .iter()
+                            .any(|hu| url_matches(hu, u))
                 })
             })
         });
@@ -420,7 +424,7 @@ pub fn role_rules(store: &Store, role_ref: &Value, ns: Option<&str>) -> Vec<Valu
         .into_iter()
         .flatten()
     {
-        let text = super::subresources::selector_text(sel);
+        let text = store::selector_text(sel);
         if let Ok(selector) = LabelSelector::parse(&text) {
             for other in list_all(store, "clusterroles.rbac.authorization.k8s.io", None) {
                 if selector.matches(&other) && other["metadata"]["name"] != role["metadata"]["name"]
@@ -438,19 +442,13 @@ pub fn role_rules(store: &Store, role_ref: &Value, ns: Option<&str>) -> Vec<Valu
 pub fn rules_for(store: &Store, user: &User, namespace: Option<&str>) -> Vec<Value> {
     let mut rules = Vec::new();
     for b in list_all(store, "clusterrolebindings.rbac.authorization.k8s.io", None) {
-        if strings_subjects(&b)
-            .iter()
-            .any(|s| subject_matches(s, user))
-        {
+        if binds(&b, user) {
             rules.extend(role_rules(store, &b["roleRef"], None));
         }
     }
     if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
         for b in list_all(store, "rolebindings.rbac.authorization.k8s.io", Some(ns)) {
-            if strings_subjects(&b)
-                .iter()
-                .any(|s| subject_matches(s, user))
-            {
+            if binds(&b, user) {
                 rules.extend(role_rules(store, &b["roleRef"], Some(ns)));
             }
         }
@@ -458,8 +456,11 @@ pub fn rules_for(store: &Store, user: &User, namespace: Option<&str>) -> Vec<Val
     rules
 }
 
-fn strings_subjects(binding: &Value) -> Vec<Value> {
-    binding["subjects"].as_array().cloned().unwrap_or_default()
+/// Whether a binding names `user` among its subjects.
+fn binds(binding: &Value, user: &User) -> bool {
+    binding["subjects"]
+        .as_array()
+        .is_some_and(|subjects| subjects.iter().any(|s| subject_matches(s, user)))
 }
 
 /// Whether `user` may do `a`: superusers always, everyone else by RBAC.

@@ -11,46 +11,11 @@ use super::{
     Api, ApiError, Target, delete_object, json_response, name, ns, parse_body, patch, store_error,
     write,
 };
-use crate::store::{FieldSelector, LabelSelector};
+use crate::store::{FieldSelector, LabelSelector, selector_text};
 
 /// `.spec.replicas` as a JSON pointer.
 fn pointer(path: &str) -> String {
-    path.trim_start_matches('.')
-        .split('.')
-        .fold(String::new(), |mut acc, p| {
-            acc.push('/');
-            acc.push_str(p);
-            acc
-        })
-}
-
-/// A `metav1.LabelSelector` as selector text (`a=b,c in (x,y)`); strings pass as they are.
-pub(crate) fn selector_text(sel: &Value) -> String {
-    if let Some(s) = sel.as_str() {
-        return s.to_owned();
-    }
-    let mut parts: Vec<String> = sel["matchLabels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let key = e["key"].as_str().unwrap_or_default();
-        let values: Vec<&str> = e["values"]
-            .as_array()
-            .map(|v| v.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        parts.push(match e["operator"].as_str().unwrap_or_default() {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_owned(),
-            _ => format!("!{key}"),
-        });
-    }
-    parts.join(",")
+    format!("/{}", path.trim_start_matches('.').replace('.', "/"))
 }
 
 fn scale_of(paths: &ScalePaths, obj: &Value) -> Value {

@@ -40,7 +40,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::sync::stamp::IdGen;
-pub use selector::{FieldSelector, LabelSelector};
+pub use selector::{FieldSelector, LabelSelector, selector_text};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");

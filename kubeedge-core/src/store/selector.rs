@@ -64,6 +64,36 @@ fn set(values: &str) -> Vec<String> {
         .collect()
 }
 
+/// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`) as selector text
+/// (`a=b,c in (x,y)`) for [`LabelSelector::parse`]; a string passes as it is.
+pub fn selector_text(sel: &Value) -> String {
+    if let Some(s) = sel.as_str() {
+        return s.to_owned();
+    }
+    let mut parts: Vec<String> = sel["matchLabels"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        parts.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_owned(),
+            _ => format!("!{key}"),
+        });
+    }
+    parts.join(",")
+}
+
 impl LabelSelector {
     /// Parses a label selector.
     pub fn parse(s: &str) -> Result<Self, Error> {
