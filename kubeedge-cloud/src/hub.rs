@@ -19,7 +19,7 @@ use std::time::Instant;
 use kubeedge_core::message::{Message, Operation, Route, names};
 use kubeedge_core::pki;
 use kubeedge_core::sync::cloud;
-use kubeedge_core::transport::driver::{self, Handle};
+use kubeedge_core::transport::driver::{self, Handle, LastHeard};
 use kubeedge_core::transport::ws::{self, Connection};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -81,6 +81,8 @@ struct Slot {
     conns: mpsc::Sender<Box<Connection>>,
     presence: Arc<Presence>,
     acked: Acked,
+    /// When the node was last heard from (a connection admitted, or any frame).
+    heard: LastHeard,
     /// The node's task (it owns the session and the live connection).
     task: tokio::task::JoinHandle<()>,
 }
@@ -122,7 +124,7 @@ impl Hub {
                 tls,
                 index,
                 uplink,
-                started: Instant::now(),
+                started: driver::now(),
                 nodes: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
             }),
@@ -206,22 +208,26 @@ impl Hub {
                 since: Mutex::new(Instant::now()),
             });
             let acked = Acked::default();
+            let heard = LastHeard::default();
             let task = tokio::spawn(node_task(
                 self.shared.clone(),
                 node.clone(),
                 rx,
                 presence.clone(),
                 acked.clone(),
+                heard.clone(),
             ));
             Slot {
                 conns: tx,
                 presence,
                 acked,
+                heard,
                 task,
             }
         });
         // Mark it up now, so that the limit counts it before its task runs.
         slot.presence.set(true);
+        slot.heard.mark(driver::now());
         let conns = slot.conns.clone();
         drop(nodes);
         tracing::info!(peer = %addr, node, "cloudhub: node connected");
@@ -278,6 +284,18 @@ impl Hub {
         }
     }
 
+    /// How long `node` has been silent: the time since its last frame or since its connection was
+    /// admitted, whichever came last (since this hub started if it never connected). Unlike
+    /// [`Hub::offline_for`], this grows on a half-open link while the connection still looks up.
+    pub fn silent_for(&self, node: &str) -> std::time::Duration {
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let last = nodes
+            .get(node)
+            .and_then(|s| s.heard.get())
+            .unwrap_or(self.shared.started);
+        driver::now().saturating_duration_since(last)
+    }
+
     /// What `node` has confirmed durable since this hub started: object key → version (an acked
     /// delete removes the key). Empty for a node never seen.
     pub fn acked(&self, node: &str) -> HashMap<String, Option<u64>> {
@@ -308,6 +326,7 @@ async fn node_task(
     mut conns: mpsc::Receiver<Box<Connection>>,
     presence: Arc<Presence>,
     acked: Acked,
+    heard: LastHeard,
 ) {
     let mut session = cloud::Session::new(
         node.clone(),
@@ -316,7 +335,8 @@ async fn node_task(
         driver::wall_clock(),
         driver::now(),
     );
-    let (handle, mut pump) = driver::channel::<cloud::Session>(256);
+    let (handle, pump) = driver::channel::<cloud::Session>(256);
+    let mut pump = pump.with_last_heard(heard);
     let mut wake = shared.index.subscribe(&node);
     let mut next = conns.recv().await;
     while let Some(conn) = next.take() {

@@ -12,7 +12,8 @@
 //! * [`certserver`]: cloudhub's HTTPS side, `/ca.crt` and token-authorized `/edge.crt` CSR signing.
 //! * [`uplink`]: what edges send up (node registration and status, pod status, leases, events),
 //!   applied under node authorization: a node reads and writes only its own objects.
-//! * [`lifecycle`]: nodes whose connection is gone past a grace period turn `Ready=Unknown`.
+//! * [`lifecycle`]: nodes silent past a grace period (no frame, even on a half-open link) turn
+//!   `Ready=Unknown`.
 //! * [`CloudCore`]: all of it wired together, as the `cloudcore` binary runs it.
 //!
 //! The crate picks no Kubernetes version feature of `k8s-openapi` (libraries must not); the final

@@ -1,4 +1,4 @@
-//! Node lifecycle: an edge node whose connection has been gone longer than a grace period turns
+//! Node lifecycle: an edge node not heard from for longer than a grace period turns
 //! `Ready=Unknown` (every condition it reported becomes Unknown, reason `NodeStatusUnknown`), as
 //! the Kubernetes node lifecycle controller does. Its pods are left alone: no taints, no eviction
 //! (edge pods keep running offline, and the edge reports their real state when it is back).
@@ -44,24 +44,28 @@ pub fn unknown_conditions(node: &Value, now: &str) -> Option<Value> {
     changed.then_some(Value::Array(conditions))
 }
 
-/// Checks every edge node each `grace / 4` (at least every second) forever.
+/// Checks every edge node every second, forever: a node silent for `grace` (no frame and no new
+/// connection: its keepalives, lease renewals and status reports all count) turns Unknown, whether
+/// or not its connection still looks up (a half-open link is noticed here, not only when the
+/// session's keepalive timeout ends it). It turns Ready again when the edge reports its status,
+/// which it does on every reconnect.
 pub async fn run(client: Client, index: Arc<Index>, hub: Hub, grace: Duration) {
-    let period = (grace / 4).max(Duration::from_secs(1));
+    let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         for node in index.edge_nodes() {
             let name = meta(&node, "name");
-            if hub.offline_for(name).is_none_or(|off| off < grace) {
+            if hub.silent_for(name) < grace {
                 continue;
             }
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
             let Some(conditions) = unknown_conditions(&node, &now) else {
                 continue;
             };
-            // The edge may have come back meanwhile: its own report wins.
-            if hub.offline_for(name).is_none() {
+            // The edge may have spoken meanwhile: its own report wins.
+            if hub.silent_for(name) < grace {
                 continue;
             }
             let patch = json!({"status": {"conditions": conditions}});
@@ -71,7 +75,8 @@ pub async fn run(client: Client, index: Arc<Index>, hub: Hub, grace: Duration) {
             {
                 Ok(_) => tracing::info!(
                     node = name,
-                    "node unreachable past its grace period: Ready=Unknown"
+                    silent = ?hub.silent_for(name),
+                    "node silent past its grace period: Ready=Unknown"
                 ),
                 Err(e) => tracing::warn!(node = name, error = %e, "marking a node unreachable"),
             }

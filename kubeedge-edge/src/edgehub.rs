@@ -87,6 +87,8 @@ pub struct EdgeHub {
     store: MetaStore,
     seq: Arc<AtomicU64>,
     connected: Arc<AtomicBool>,
+    /// Connections made so far (changes on every (re)connect).
+    connections: Arc<tokio::sync::watch::Sender<u64>>,
     redial: Arc<tokio::sync::Notify>,
 }
 
@@ -131,6 +133,7 @@ impl EdgeHub {
             // Sequence numbers of status updates: above anything an earlier run used.
             seq: Arc::new(AtomicU64::new(unix_ms.saturating_mul(1000))),
             connected: Arc::new(AtomicBool::new(false)),
+            connections: Arc::new(tokio::sync::watch::Sender::new(0)),
             redial: Arc::new(tokio::sync::Notify::new()),
         };
         let worker = tokio::spawn(hub.clone().work(events));
@@ -141,6 +144,12 @@ impl EdgeHub {
     /// Whether a connection to the cloud is up.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// How many connections to the cloud were made so far: the receiver sees a change on every
+    /// (re)connect (the node reports a fresh status then, so that the cloud sees it is back).
+    pub fn connections(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.subscribe()
     }
 
     /// Drops the current connection and dials again (e.g. with a renewed certificate). What was
@@ -218,6 +227,7 @@ impl EdgeHub {
                     tracing::info!(cloud = %config.cloud_url, negotiated = conn.peer().negotiated, "edgehub: connected");
                     backoff = config.backoff_min;
                     self.connected.store(true, Ordering::SeqCst);
+                    self.connections.send_modify(|n| *n += 1);
                     let end = tokio::select! {
                         end = pump.drive(conn, &mut session, &events) => Some(end),
                         () = self.redial.notified() => None,

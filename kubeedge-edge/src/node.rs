@@ -1,6 +1,7 @@
 //! The node's own status: registers its Node (labels `node-role.kubernetes.io/edge` and
 //! `node-role.kubernetes.io/agent`), renews its Lease every 10 s (40 s duration, as the kubelet),
-//! and reports its status when it changes or at least every 5 minutes.
+//! and reports its status when it changes, on every (re)connect to the cloud (so that a node the
+//! cloud marked Unknown turns Ready as soon as it is back), and at least every 5 minutes.
 
 use std::time::{Duration, SystemTime};
 
@@ -112,8 +113,14 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
     let mut last_status = Value::Null;
     let mut last_report = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(LEASE_RENEW);
+    let mut connections = hub.connections();
+    connections.mark_unchanged();
     loop {
-        tick.tick().await;
+        let reconnected = tokio::select! {
+            _ = tick.tick() => false,
+            // `hub` holds the sender, so this cannot end while the loop runs.
+            changed = connections.changed() => changed.is_ok(),
+        };
         let now = rfc3339(SystemTime::now());
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": node, "namespace": "kube-node-lease"},
@@ -130,7 +137,7 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
             tracing::warn!(error = %e, "queueing the lease renewal");
         }
         let current = machine_status(&address, &runtime_version);
-        if current != last_status || last_report.elapsed() >= STATUS_REPORT {
+        if reconnected || current != last_status || last_report.elapsed() >= STATUS_REPORT {
             let mut status = current.clone();
             status["conditions"] = ready(&now);
             let patch = json!({"status": status}).to_string();

@@ -14,7 +14,9 @@
 //!   `terminationGracePeriodSeconds` (SIGTERM, then SIGKILL), its sandbox removed, and the
 //!   deletion confirmed to the cloud. Sandboxes of pods the store no longer has are removed.
 //! * Restarts of edgecore: sandboxes carry the pod's UID in a label and are adopted again, so
-//!   running containers are kept, and dead ones restarted, from the store alone (offline too).
+//!   running containers are kept, and dead ones restarted at once, from the store alone (offline
+//!   too). The status goes into the local store as well as to the cloud, so the metaserver shows
+//!   the node's own view at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -225,13 +227,27 @@ impl<R: Runtime> PodManager<R> {
             for c in self.rt.list_containers(&s.id).await.unwrap_or_default() {
                 let slot = run.containers.entry(c.name.clone()).or_default();
                 if c.attempt >= slot.attempt {
+                    // One that ended while nobody watched restarts at once (if its policy wants
+                    // it), as the kubelet does on its first restart; backoff starts after that.
+                    slot.next_start =
+                        matches!(c.state, ContainerState::Exited { .. }).then(Instant::now);
                     slot.id = Some(c.id);
                     slot.attempt = c.attempt;
                     slot.restarts = c.attempt;
                     slot.state = Some(c.state);
                 }
             }
-            tracing::info!(uid, sandbox = %s.id, "adopted a running pod");
+            let exited: Vec<&str> = run
+                .containers
+                .iter()
+                .filter(|(_, c)| matches!(c.state, Some(ContainerState::Exited { .. })))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            if exited.is_empty() {
+                tracing::info!(uid, sandbox = %s.id, "adopted a running pod");
+            } else {
+                tracing::info!(uid, sandbox = %s.id, ?exited, "adopted a pod whose containers ended while edgecore was down");
+            }
             self.pods.insert(uid, run);
         }
     }

@@ -80,8 +80,27 @@ pub fn channel<S: crate::sync::Endpoint>(capacity: usize) -> (Handle<S>, Pump<S>
         Pump {
             commands: rx,
             stash: None,
+            heard: LastHeard::default(),
         },
     )
+}
+
+/// When the peer was last heard from: the start of a connection, then every frame read from it
+/// (keepalives included). Shared between a [`Pump`] and whoever watches the peer's liveness (a
+/// half-open link shows as silence here long before the session's keepalive timeout ends it).
+#[derive(Debug, Clone, Default)]
+pub struct LastHeard(std::sync::Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl LastHeard {
+    /// The last time, `None` if never.
+    pub fn get(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `at`.
+    pub fn mark(&self, at: Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
 }
 
 /// Why [`Pump::drive`] returned without an error.
@@ -157,6 +176,7 @@ pub struct Pump<S: crate::sync::Endpoint> {
     commands: mpsc::Receiver<Command<S>>,
     /// An event that did not fit in the event channel; delivered before anything else is read.
     stash: Option<S::Event>,
+    heard: LastHeard,
 }
 
 impl<S: crate::sync::Endpoint> std::fmt::Debug for Pump<S> {
@@ -168,6 +188,17 @@ impl<S: crate::sync::Endpoint> std::fmt::Debug for Pump<S> {
 }
 
 impl<S: crate::sync::Endpoint> Pump<S> {
+    /// Records when the peer was last heard from in `heard` (instead of a record of its own).
+    pub fn with_last_heard(mut self, heard: LastHeard) -> Self {
+        self.heard = heard;
+        self
+    }
+
+    /// When the peer was last heard from (see [`LastHeard`]).
+    pub fn last_heard(&self) -> LastHeard {
+        self.heard.clone()
+    }
+
     /// Runs `session` over `conn` until the connection ends. Calls `connected` first and
     /// `disconnected` last, whatever the outcome.
     pub async fn drive(
@@ -177,7 +208,9 @@ impl<S: crate::sync::Endpoint> Pump<S> {
         events: &mpsc::Sender<S::Event>,
     ) -> Result<End, DriveError> {
         let negotiated = conn.peer().negotiated;
-        session.connected(now(), negotiated);
+        let t = now();
+        self.heard.mark(t);
+        session.connected(t, negotiated);
         let (ws, max_frame, peer) = conn.into_parts();
         let (sink, stream) = ws.split();
         // One batch in the channel, one being written: reading never waits on the peer reading.
@@ -272,14 +305,18 @@ impl<S: crate::sync::Endpoint> Pump<S> {
                 frame = stream.next(), if !backpressure => match frame {
                     None => return Ok(End::PeerClosed),
                     Some(Err(e)) => return Err(Error::from_ws(e).into()),
-                    Some(Ok(frame)) => match decode_frame(frame, max_frame) {
-                        Ok(Some(msg)) => session.handle_frame(now(), msg)?,
-                        Ok(None) => {}
-                        Err(Error::Decode(e)) => {
-                            tracing::warn!(peer = %peer.addr, node = %peer.node_id, error = %e, "dropping an undecodable frame");
+                    Some(Ok(frame)) => {
+                        let t = now();
+                        self.heard.mark(t);
+                        match decode_frame(frame, max_frame) {
+                            Ok(Some(msg)) => session.handle_frame(t, msg)?,
+                            Ok(None) => {}
+                            Err(Error::Decode(e)) => {
+                                tracing::warn!(peer = %peer.addr, node = %peer.node_id, error = %e, "dropping an undecodable frame");
+                            }
+                            Err(e) => return Err(e.into()),
                         }
-                        Err(e) => return Err(e.into()),
-                    },
+                    }
                 },
                 permit = events.reserve(), if backpressure => match (permit, self.stash.take()) {
                     (Ok(permit), Some(ev)) => permit.send(ev),

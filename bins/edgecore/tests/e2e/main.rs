@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod devices;
 mod devices_opcua;
+mod faults;
 mod join;
 mod pods;
 mod process;

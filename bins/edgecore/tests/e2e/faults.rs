@@ -1,0 +1,257 @@
+//! Faults of the link and of the node: a half-open link (a proxy that stops passing bytes without
+//! closing anything) turns the node Unknown within the grace period after its last frame and Ready
+//! again as soon as the link is back; an offline reboot shows the restarted pods on the metaserver
+//! at once.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use kubeedge_edge::{EdgeCore, PodRuntime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::common::{self, TempDir, eventually, kubectl};
+
+/// A TCP proxy that can black-hole its link: while closed it reads and writes nothing and dials
+/// nothing (bytes wait in the kernels' buffers, nobody sees a FIN or a reset), as a dead route does.
+struct Proxy {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn wait_open(open: &mut watch::Receiver<bool>) -> bool {
+    open.wait_for(|o| *o).await.is_ok()
+}
+
+/// Copies `from` to `to` while the link is open; holds what it read while it is not.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !wait_open(&mut open).await {
+            return;
+        }
+        let n = tokio::select! {
+            n = from.read(&mut buf) => n.unwrap_or(0),
+            _ = open.changed() => continue,
+        };
+        if !wait_open(&mut open).await {
+            return;
+        }
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            let _ = to.shutdown().await;
+            return;
+        }
+    }
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (open, rx) = watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((down, _)) = accepted else { continue };
+                        let mut open = rx.clone();
+                        links.spawn(async move {
+                            if !wait_open(&mut open).await {
+                                return;
+                            }
+                            let Ok(up) = TcpStream::connect(upstream).await else { return };
+                            let (down_rd, down_wr) = down.into_split();
+                            let (up_rd, up_wr) = up.into_split();
+                            tokio::join!(
+                                pump(down_rd, up_wr, open.clone()),
+                                pump(up_rd, down_wr, open),
+                            );
+                        });
+                    }
+                    Some(_) = links.join_next(), if !links.is_empty() => {}
+                }
+            }
+        });
+        Proxy { addr, open, task }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+fn ready_status(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_link_turns_the_node_unknown_and_its_return_ready() {
+    let dir = TempDir::new("halfopen");
+    let cloud = common::cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let proxy = Proxy::start(cloud.hub_addr()).await;
+    let mut ec = common::edge_config(&dir, &cloud);
+    ec.cloud_url = format!("wss://{}", proxy.addr);
+    let edge = EdgeCore::start(ec).await.unwrap();
+    let nodes: Api<Node> = Api::all(cloud.client().clone());
+    let status = async || {
+        nodes
+            .get_opt("e1")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| ready_status(&n))
+    };
+    eventually(30, "e1 Ready", async || {
+        status().await.as_deref() == Some("True")
+    })
+    .await;
+
+    // The link goes dead without a word: the last frame was before this instant, and the cloud's
+    // grace period is 40 s.
+    proxy.set_open(false);
+    eventually(45, "e1 Unknown within 45 s of its last frame", async || {
+        status().await.as_deref() == Some("Unknown")
+    })
+    .await;
+    proxy.set_open(true);
+    eventually(
+        15,
+        "e1 Ready within 15 s of the link's return",
+        async || status().await.as_deref() == Some("True"),
+    )
+    .await;
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+/// Kills every process the process runtime recorded under `root`; returns how many.
+fn kill_all(root: &Path) -> usize {
+    let mut killed = 0;
+    for sandbox in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let dir = sandbox.path().join("containers");
+        for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(f.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(pid) = v["pid"]
+                .as_i64()
+                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+                && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+            {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// (restartCount, running, containerID) of a pod's first container.
+fn first_container(pod: &Pod) -> Option<(i32, bool, String)> {
+    let c = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .clone();
+    let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+    Some((c.restart_count, running, c.container_id.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_reboot_shows_the_restarted_pods_at_once() {
+    let dir = TempDir::new("reboot");
+    let cloud = common::cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let mut ec = common::edge_config(&dir, &cloud);
+    ec.runtime = PodRuntime::Process;
+    // Crash-loop backoff long enough that only an immediate restart passes this test.
+    ec.restart_backoff = Duration::from_secs(60);
+    let edge = EdgeCore::start(ec.clone()).await.unwrap();
+    let file = dir.0.join("pod.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: app
+spec:
+  nodeName: e1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: ["/bin/sh", "-c", "exec sleep 3600"]
+"#,
+    )
+    .unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    let local = || -> Api<Pod> { Api::namespaced(common::metaserver_client(&edge), "default") };
+    let mut before = None;
+    eventually(60, "app Running on the metaserver", async || {
+        before = local()
+            .get_opt("app")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|p| first_container(&p));
+        before
+            .as_ref()
+            .is_some_and(|(n, running, _)| *n == 0 && *running)
+    })
+    .await;
+    let (_, _, old_id) = before.unwrap();
+
+    // The cloud goes away, then the node "reboots": edgecore stops and its processes die.
+    cloud.stop().await;
+    edge.stop().await;
+    assert_eq!(kill_all(&dir.0.join("edge/process")), 1);
+    let edge = EdgeCore::start(ec).await.unwrap();
+    let local: Api<Pod> = Api::namespaced(common::metaserver_client(&edge), "default");
+    eventually(
+        15,
+        "the metaserver shows app restarted, offline",
+        async || {
+            local
+                .get_opt("app")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|p| first_container(&p))
+                .is_some_and(|(n, running, id)| n == 1 && running && id != old_id)
+        },
+    )
+    .await;
+    let pod = local.get("app").await.unwrap();
+    let last = pod.status.unwrap().container_statuses.unwrap()[0]
+        .last_state
+        .clone()
+        .and_then(|s| s.terminated)
+        .expect("the lost run is reported as terminated");
+    assert_eq!(last.exit_code, 137);
+    edge.stop().await;
+}
