@@ -172,10 +172,11 @@ impl ControlPlane {
                 step: format!("binding the API server to {bind}"),
                 source,
             })?;
-        let listener = TlsListener::new(tcp, server_tls, auth).map_err(|source| Error::Io {
-            step: "reading the API server's address".into(),
-            source,
-        })?;
+        let listener =
+            TlsListener::new("apiserver", tcp, server_tls, auth).map_err(|source| Error::Io {
+                step: "reading the API server's address".into(),
+                source,
+            })?;
         let addr = listener.local_addr();
         let host = if addr.ip().is_unspecified() {
             IpAddr::V4(Ipv4Addr::LOCALHOST)

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use kubeedge_core::admission::{AdmissionConfig, Admitted, Gate};
 use kubeedge_core::message::{Message, Operation, Route, names};
 use kubeedge_core::pki;
 use kubeedge_core::sync::cloud;
@@ -27,9 +28,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::index::{Entry, Index, Kind, Object, meta};
 use crate::uplink::Uplink;
-
-/// Most edge handshakes (TLS and WebSocket upgrade) in progress at once.
-pub const MAX_HANDSHAKES: usize = 256;
 
 /// cloudhub settings.
 #[derive(Debug, Clone)]
@@ -131,30 +129,36 @@ impl Hub {
         }
     }
 
-    /// Accepts edges on `listener` until the returned future is dropped. At most
-    /// [`MAX_HANDSHAKES`] handshakes run at once; more connections wait in the kernel's backlog.
+    /// Accepts edges on `listener` until the returned future is dropped, through an admission
+    /// [`Gate`] (`server="cloudhub"`): connections that stay silent never hold a handshake slot,
+    /// so idle connections cannot keep edges from reconnecting; each handshake (TLS and WebSocket
+    /// upgrade) is bounded by the session's handshake timeout.
     pub async fn serve(&self, listener: TcpListener) {
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+        self.serve_with(listener, AdmissionConfig::default()).await
+    }
+
+    /// [`Hub::serve`] with admission settings of one's own.
+    pub async fn serve_with(&self, listener: TcpListener, admission: AdmissionConfig) {
+        let mut gate = match Gate::new("cloudhub", listener, admission) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "cloudhub: cannot serve its listener");
                 return;
-            };
-            let (tcp, addr) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cloudhub: accepting a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+            }
+        };
+        while let Some(admitted) = gate.accept().await {
             let hub = self.clone();
             tokio::spawn(async move {
-                let accepted = ws::accept(tcp, &hub.shared.tls).await;
-                drop(permit);
+                let Admitted { stream, peer, slot } = admitted;
+                let accepted = ws::accept(stream, &hub.shared.tls).await;
+                if accepted.is_err() {
+                    slot.failed();
+                }
+                drop(slot);
                 match accepted {
                     Ok(conn) => hub.admit(conn),
                     Err(e) => {
-                        tracing::info!(peer = %addr, error = %e, "cloudhub: handshake failed")
+                        tracing::info!(peer = %peer, error = %e, "cloudhub: handshake failed")
                     }
                 }
             });

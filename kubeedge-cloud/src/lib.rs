@@ -236,7 +236,7 @@ impl CloudCore {
                 "binding the HTTPS server to {}",
                 config.https_addr
             )))?;
-        let https = TlsListener::new(https_tcp, https_tls, auth)
+        let https = TlsListener::new("cloudhub-https", https_tcp, https_tls, auth)
             .map_err(io_err("reading the HTTPS server's address"))?;
         let https_addr = https.local_addr();
         let routes = certserver::router(ca.clone(), config.edge_cert_validity, index.clone());

@@ -21,6 +21,8 @@
 //!   kube-rs and client-go.
 //! * [`store`] (feature `store`): a redb-backed versioned object store with watch, for the
 //!   embedded control plane and the edge metastore.
+//! * [`admission`] (feature `admission`): connection admission that idle-connection floods cannot
+//!   starve, for every listening server; [`metrics`]: Prometheus counters.
 //!
 //! What it is not: no Kubernetes client and no controllers; those live in the cloud and edge crates. With `--no-default-features` it builds without tokio, sockets or a clock, for embedding the
 //! protocol in any runtime.
@@ -38,10 +40,13 @@
 //! assert_eq!(Message::from_json(&bytes, 1 << 20).unwrap(), msg);
 //! ```
 
+#[cfg(feature = "admission")]
+pub mod admission;
 pub mod api;
 #[cfg(feature = "kubeapi")]
 pub mod kubeapi;
 pub mod message;
+pub mod metrics;
 #[cfg(feature = "pki")]
 pub mod pki;
 pub mod resource;

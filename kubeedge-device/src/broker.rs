@@ -12,7 +12,8 @@
 //! Bad input closes that one connection with a log line and nothing else: a packet over the size
 //! limit, a malformed packet, a publish to a wildcard topic, a first packet that is not CONNECT. A
 //! client that does not read its messages loses the ones that do not fit its queue (counted in
-//! the log), so that it cannot stall the others.
+//! the log), so that it cannot stall the others. Connections come in through an admission gate
+//! (`server="mqtt"`, see `kubeedge_core::admission`): idle connections cannot starve clients.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), kubeedge_device::Error> {
@@ -28,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use kubeedge_core::admission::{AdmissionConfig, Admitted, Gate, HandshakeSlot};
 use rumqttc::mqttbytes::{self, QoS};
 use rumqttc::{
     ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
@@ -171,25 +173,30 @@ impl Broker {
             source,
         })?;
         let state = Arc::new(Mutex::new(State::default()));
+        // Silent connections hold nothing; one that spoke holds a slot until its CONNECT is read.
+        let mut gate =
+            Gate::new("mqtt", listener, AdmissionConfig::default()).map_err(|source| {
+                Error::Io {
+                    step: "admitting MQTT connections".into(),
+                    source,
+                }
+            })?;
         let task = tokio::spawn(async move {
             let ids = AtomicU64::new(1);
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, peer)) => {
+                    admitted = gate.accept() => match admitted {
+                        Some(Admitted { stream, peer, slot }) => {
                             let id = ids.fetch_add(1, Ordering::Relaxed);
                             let state = state.clone();
                             connections.spawn(async move {
-                                if let Err(e) = serve(id, stream, state).await {
+                                if let Err(e) = serve(id, stream, state, slot).await {
                                     tracing::info!(%peer, error = %e, "MQTT connection closed");
                                 }
                             });
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "MQTT accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
+                        None => return,
                     },
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 }
@@ -240,12 +247,21 @@ async fn read_packet(
     }
 }
 
-async fn serve(id: u64, stream: TcpStream, state: Arc<Mutex<State>>) -> Result<(), String> {
+async fn serve(
+    id: u64,
+    stream: TcpStream,
+    state: Arc<Mutex<State>>,
+    slot: HandshakeSlot,
+) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(4096);
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut buf)).await
-    {
+    let connect = tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut buf)).await;
+    if !matches!(connect, Ok(Ok(Some(Packet::Connect(_))))) {
+        slot.failed();
+    }
+    drop(slot);
+    let connect = match connect {
         Ok(Ok(Some(Packet::Connect(c)))) => c,
         Ok(Ok(Some(other))) => return Err(format!("first packet is not CONNECT: {other:?}")),
         Ok(Ok(None)) => return Ok(()),

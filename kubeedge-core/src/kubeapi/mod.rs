@@ -360,14 +360,21 @@ impl Api {
     }
 
     /// Like [`serve`](Self::serve), with `router` (this API's [`router`](Self::router) with layers
-    /// of the caller's, e.g. an authorization guard).
+    /// of the caller's, e.g. an authorization guard). Connections come in through an admission
+    /// [`Gate`](crate::admission::Gate) (`server="metaserver"`), so idle connections cannot
+    /// starve the server.
     pub async fn serve_router(
         &self,
         listener: tokio::net::TcpListener,
         router: Router,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, router)
+        let gate = crate::admission::Gate::new(
+            "metaserver",
+            listener,
+            crate::admission::AdmissionConfig::default(),
+        )?;
+        axum::serve(GatedListener(gate), router)
             .with_graceful_shutdown(self.closing_after(shutdown))
             .await
     }
@@ -396,6 +403,27 @@ impl Api {
         Router::new()
             .fallback(handle)
             .with_state(Arc::new(self.clone()))
+    }
+}
+
+/// Plain TCP for axum, admitted through a gate; the handshake slot is given back when hyper takes
+/// the connection.
+struct GatedListener(crate::admission::Gate);
+
+impl axum::serve::Listener for GatedListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.0.accept().await {
+            Some(admitted) => (admitted.stream, admitted.peer),
+            // The gate only stops when dropped, with this listener.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.0.local_addr())
     }
 }
 
@@ -770,6 +798,15 @@ async fn dispatch(
             Ok(json_response(StatusCode::OK, &version(&api.minor)))
         }
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["metrics"] => {
+            discovery_only()?;
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                crate::metrics::render(),
+            )
+                .into_response())
+        }
         ["api"] => {
             discovery_only()?;
             if let Some(version) = aggregated_discovery(headers) {

@@ -21,21 +21,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::auth::{Attributes, authorize};
 use super::{Api, ApiError};
+use crate::admission::{AdmissionConfig, Admitted, Gate};
 use crate::pki;
 use crate::transport::tls::ClientAuth;
 
 pub use super::auth::{MASTERS_GROUP, User};
 
-/// How long a client may take to finish the TLS handshake.
+/// How long a client that spoke may take to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; more connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 256;
 
 /// One accepted connection: where it came from and who it authenticated as.
 #[derive(Debug, Clone)]
@@ -52,8 +51,9 @@ impl Connected<IncomingStream<'_, TlsListener>> for TlsPeer {
     }
 }
 
-/// A TCP listener that completes TLS handshakes (concurrently, each bounded in time) and
-/// authenticates each connection's client certificate; an axum [`Listener`].
+/// A TCP listener that completes TLS handshakes (concurrently, each bounded in time, admitted
+/// through a [`Gate`] so that silent connections hold no handshake slot) and authenticates each
+/// connection's client certificate; an axum [`Listener`].
 #[derive(Debug)]
 pub struct TlsListener {
     local: SocketAddr,
@@ -70,15 +70,17 @@ impl Drop for TlsListener {
 impl TlsListener {
     /// Wraps `tcp`: handshakes with `tls` (see
     /// [`server_config_optional_client`](crate::transport::tls::server_config_optional_client)) and
-    /// checks client certificates with `auth`.
+    /// checks client certificates with `auth`. `server` names it in the admission counters.
     pub fn new(
+        server: &str,
         tcp: TcpListener,
         tls: Arc<rustls::ServerConfig>,
         auth: ClientAuth,
     ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
+        let gate = Gate::new(server, tcp, AdmissionConfig::default())?;
         let (tx, accepted) = mpsc::channel(64);
-        let task = tokio::spawn(accept_loop(tcp, TlsAcceptor::from(tls), auth, tx));
+        let task = tokio::spawn(accept_loop(gate, TlsAcceptor::from(tls), auth, tx));
         Ok(TlsListener {
             local,
             accepted,
@@ -93,44 +95,33 @@ impl TlsListener {
 }
 
 async fn accept_loop(
-    tcp: TcpListener,
+    mut gate: Gate,
     acceptor: TlsAcceptor,
     auth: ClientAuth,
     tx: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, addr) = match tcp.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "accepting a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some(Admitted { stream, peer, slot }) = gate.accept().await {
         let acceptor = acceptor.clone();
         let auth = auth.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let _ = stream.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                    slot.failed();
+                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(peer = %addr, "TLS handshake timed out");
+                    slot.failed();
+                    tracing::debug!(peer = %peer, "TLS handshake timed out");
                     return;
                 }
             };
+            drop(slot);
             let user = authenticate(&tls, &auth);
-            let _ = tx.send((tls, TlsPeer { addr, user })).await;
+            let _ = tx.send((tls, TlsPeer { addr: peer, user })).await;
         });
     }
 }

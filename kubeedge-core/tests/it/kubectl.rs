@@ -44,7 +44,7 @@ async fn cluster() -> Cluster {
     )
     .unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listener = TlsListener::new(tcp, server_tls, auth).unwrap();
+    let listener = TlsListener::new("test", tcp, server_tls, auth).unwrap();
     let port = listener.local_addr().port();
     let admin = pki.client("kubernetes-admin", MASTERS_GROUP).unwrap();
     let server = format!("https://127.0.0.1:{port}");

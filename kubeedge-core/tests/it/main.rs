@@ -1,6 +1,7 @@
 //! Integration tests of kubeedge-core: one binary, one module per area.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod admission;
 mod kubectl;
 mod message_golden;
 mod pki;

@@ -255,3 +255,48 @@ spec:
     assert_eq!(last.exit_code, 137);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_reconnects_at_once_through_a_thousand_idle_connections() {
+    let dir = TempDir::new("flood");
+    let cloud = common::cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let edge = EdgeCore::start(common::edge_config(&dir, &cloud))
+        .await
+        .unwrap();
+    eventually(30, "e1 connected", async || cloud.hub().is_connected("e1")).await;
+
+    // 1,000 connections that never say a word, from the edge's own address.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(cloud.hub_addr()).await.unwrap());
+    }
+    let mut connections = edge.hub().connections();
+    let before = *connections.borrow_and_update();
+    edge.hub().redial();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        connections.wait_for(|n| *n > before),
+    )
+    .await
+    .expect("the edge reconnects within 2 s while idle connections flood cloudhub")
+    .unwrap();
+    eventually(5, "e1 connected again", async || {
+        cloud.hub().is_connected("e1")
+    })
+    .await;
+
+    // The refusals are counted where Prometheus scrapes them.
+    let metrics = kubectl(&dir, &["get", "--raw", "/metrics"]);
+    let evicted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("kubeedge_connections_refused_total{server=\"cloudhub\",reason=\"source_waiting_limit\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(evicted >= 900, "{metrics}");
+    drop(idle);
+    edge.stop().await;
+    cloud.stop().await;
+}
