@@ -6,7 +6,8 @@
 # apply --server-side (a conflict without --force-conflicts, a dropped field removed),
 # apply --dry-run=server (nothing stored), auth can-i as a ServiceAccount bound to `view`, a
 # client certificate requested, approved and signed (and one denied), and
-# bad input (a truncated protobuf body, a CR breaking its schema, an unknown field with
+# bad input (a truncated protobuf body, a ConfigMap value that is not a string (422 naming the
+# key), a CR breaking its schema, an unknown field with
 # --validate=strict, a 3 MiB object), after which the server still serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -160,6 +161,13 @@ YAML
     --key "$work/d/certs/admin.key" -H 'Content-Type: application/vnd.kubernetes.protobuf' \
     --data-binary @"$work/truncated.pb" "$api/api/v1/namespaces/shop/configmaps")
   test "$code" = 400 || fail "truncated protobuf: $code $(cat "$work/body")"
+  # A ConfigMap value that is not a string: 422 Invalid, the cause naming the key.
+  code=$(curl -s -o "$work/body" -w '%{http_code}' --cacert "$work/d/ca/rootCA.crt" --cert "$work/d/certs/admin.crt" \
+    --key "$work/d/certs/admin.key" -H 'Content-Type: application/json' \
+    --data '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typed"},"data":{"port":8080}}' \
+    "$api/api/v1/namespaces/shop/configmaps")
+  test "$code" = 422 || fail "non-string ConfigMap value: $code $(cat "$work/body")"
+  expect "$(cat "$work/body")" '"field": *"data\[port\]"' "the cause names the key"
   printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: strict\n  namespace: shop\nbogus: 1\ndata:\n  a: b\n' >"$work/strict.yaml"
   if out=$(k create --validate=strict -f "$work/strict.yaml" 2>&1); then fail "unknown field accepted: $out"; fi
   expect "$out" 'unknown field "bogus"' "strict field validation"
@@ -197,7 +205,7 @@ YAML
   head -c $((3 * 1024 * 1024)) /dev/zero | tr '\0' 'x' >"$work/big.txt"
   if out=$(k create configmap big -n shop --from-file=big="$work/big.txt" 2>&1); then fail "3 MiB object accepted"; fi
   expect "$out" "too large\|Too Large\|exceeds" "3 MiB object refused"
-  for n in truncated strict bad big; do
+  for n in truncated typed strict bad big; do
     if k get cm "$n" -n shop >/dev/null 2>&1 || k get gadget "$n" -n shop >/dev/null 2>&1; then fail "$n was stored"; fi
   done
   k get ns shop >/dev/null || fail "the server stopped serving"

@@ -1405,6 +1405,12 @@ fn normalize(t: &Target, obj: &mut Value) -> Result<(), ApiError> {
             return Err(ApiError::bad_request(format!("{part} must be an object")));
         }
     }
+    // A ConfigMap or Secret value that is not a string is refused as invalid, naming the key
+    // (422 with a cause), before the type check below would refuse the whole body.
+    if t.resource.group.is_empty() && matches!(t.resource.plural.as_str(), "configmaps" | "secrets")
+    {
+        validation::check(&t.resource, obj)?;
+    }
     // Built-in kinds are typed: what does not fit Kubernetes' types is refused, as the
     // apiserver's decoder refuses it.
     if let Err(protobuf::Error::Encode { field, why }) = protobuf::encode(obj) {

@@ -202,24 +202,29 @@ fn config_data(r: &Resource, obj: &Value, causes: &mut Vec<String>) {
         };
         let base64 = r.plural == "secrets" || field == "binaryData";
         for (k, v) in map {
+            // Kubernetes' field path of a map key (`data[port]`); quoted when the key itself is
+            // not valid, so that the path stays one token.
+            let at = if is_config_key(k) {
+                format!("{field}[{k}]")
+            } else {
+                format!("{field}[{k:?}]")
+            };
             if !is_config_key(k) {
-                causes.push(format!("{field}[{k:?}]: Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                causes.push(format!("{at}: Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
             }
             if !seen.insert(k.clone()) {
                 causes.push(format!(
-                    "{field}[{k:?}]: Invalid value: duplicate of key {k:?} in data"
+                    "{at}: Invalid value: duplicate of key {k:?} in data"
                 ));
             }
             match v.as_str() {
                 Some(s) if base64 => {
                     if base64::engine::general_purpose::STANDARD.decode(s).is_err() {
-                        causes.push(format!("{field}[{k:?}]: Invalid value: not base64"));
+                        causes.push(format!("{at}: Invalid value: not base64"));
                     }
                 }
                 Some(_) => {}
-                None => causes.push(format!(
-                    "{field}[{k:?}]: Invalid value: {v}: values must be strings"
-                )),
+                None => causes.push(format!("{at}: Invalid value: {v}: values must be strings")),
             }
         }
     }
@@ -489,7 +494,7 @@ mod tests {
         }
         let e = check(&cm(), &json!({"metadata": {"name": "c"}, "data": {"k": 5}})).unwrap_err();
         let causes = &e.status()["details"]["causes"];
-        assert_eq!(causes[0]["field"], "data[\"k\"]");
+        assert_eq!(causes[0]["field"], "data[k]");
         assert_eq!(causes[0]["reason"], "FieldValueInvalid");
         let big = json!({"metadata": {"name": "c"}, "data": {"k": "x".repeat(MAX_OBJECT_BYTES)}});
         assert_eq!(check(&cm(), &big).unwrap_err().code, 413);

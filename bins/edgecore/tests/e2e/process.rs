@@ -1,6 +1,7 @@
 //! Pods as host processes (`--runtime process`, appliances without containers), driven from the
 //! cloud with the real kubectl: the pod runs with its ConfigMap (env and volume), reports the node's
-//! address, comes back when its process is killed by hand, and is gone when deleted.
+//! address, comes back when its process is killed by hand, and is gone when deleted. Its Secret is
+//! written with `stringData` (folded into `data` by the API, as Kubernetes does).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +55,13 @@ data:
   greeting: hello-appliance
 ---
 apiVersion: v1
+kind: Secret
+metadata:
+  name: app-secret
+stringData:
+  password: s3cret
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: app
@@ -63,11 +71,14 @@ spec:
   containers:
   - name: main
     image: busybox
-    command: ["/bin/sh", "-c", "echo $GREETING; cat etc/app/greeting; echo; exec sleep 3600"]
+    command: ["/bin/sh", "-c", "echo $GREETING; cat etc/app/greeting; echo; echo $PASSWORD; exec sleep 3600"]
     env:
     - name: GREETING
       valueFrom:
         configMapKeyRef: {name: app-config, key: greeting}
+    - name: PASSWORD
+      valueFrom:
+        secretKeyRef: {name: app-secret, key: password}
     volumeMounts:
     - {name: cfg, mountPath: /etc/app}
   volumes:
@@ -107,13 +118,13 @@ spec:
             .flatten()
             .filter_map(|uid| std::fs::read_to_string(uid.path().join("logs/main_0.log")).ok())
             .collect();
-        output.lines().count() >= 2
+        output.lines().count() >= 3
     })
     .await;
-    assert_eq!(output, "hello-appliance\nhello-appliance\n");
+    assert_eq!(output, "hello-appliance\nhello-appliance\ns3cret\n");
     let server = format!("http://{}", edge.metaserver_addr());
     let logs = kubectl_server(&dir, &server, &["logs", "app", "--tail", "1"]);
-    assert_eq!(logs, "hello-appliance\n");
+    assert_eq!(logs, "s3cret\n");
 
     // `kubectl logs -f` follows until the process runs again
     let follow = std::process::Command::new("kubectl")
@@ -144,7 +155,7 @@ spec:
     assert!(followed.status.success());
     assert_eq!(
         String::from_utf8_lossy(&followed.stdout),
-        "hello-appliance\nhello-appliance\n"
+        "hello-appliance\nhello-appliance\ns3cret\n"
     );
 
     // kubectl delete waits for the node; no process is left
