@@ -1,6 +1,9 @@
 //! Validation of written objects, as the apiserver does it before storing anything.
 //!
-//! * Every object: label keys and values, annotation keys and total size, the stored size.
+//! * Every object: its name (a DNS subdomain; a DNS label for Namespaces, DNS-1035 for Services;
+//!   a path segment for RBAC objects and CSRs), label keys and values, annotation keys and total
+//!   size, the stored size.
+//! * Pods: containers present, with unique DNS-label names and an image; the restart policy; ports.
 //! * ConfigMaps and Secrets: keys, string values, base64 `data`.
 //! * Custom resources: the CRD's structural schema (`openAPIV3Schema`): types, `required`,
 //!   `enum`, bounds, lengths, item counts, `nullable`, `x-kubernetes-int-or-string`; `default`s
@@ -35,6 +38,8 @@ fn invalid(r: &Resource, obj: &Value, causes: Vec<String>) -> ApiError {
                 "FieldValueNotSupported"
             } else if what.starts_with("Too long") {
                 "FieldValueTooLong"
+            } else if what.starts_with("Duplicate value") {
+                "FieldValueDuplicate"
             } else if what.starts_with("Too many") {
                 "FieldValueTooMany"
             } else {
@@ -97,9 +102,84 @@ fn is_config_key(k: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The rule `r`'s object names follow, as the apiserver's validation of each kind has it.
+fn name_problem(r: &Resource, name: &str) -> Option<&'static str> {
+    let ok = match (r.group.as_str(), r.plural.as_str()) {
+        // Path segments: anything but `/`, `%`, `.` and `..` ("system:aggregate-to-edit").
+        ("rbac.authorization.k8s.io", _) | ("certificates.k8s.io", _) => {
+            return (name.contains('/') || name.contains('%') || name == "." || name == "..")
+                .then_some("may not contain '/' or '%', nor be '.' or '..'");
+        }
+        ("", "namespaces") => is_dns_label(name, 63),
+        // DNS-1035: a service name becomes a DNS label and an environment variable prefix.
+        ("", "services") => {
+            is_dns_label(name, 63) && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        }
+        _ => is_dns_subdomain(name),
+    };
+    if ok {
+        return None;
+    }
+    Some(match (r.group.as_str(), r.plural.as_str()) {
+        ("", "namespaces") => {
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (at most 63)"
+        }
+        ("", "services") => {
+            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (at most 63)"
+        }
+        _ => {
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (at most 253)"
+        }
+    })
+}
+
+/// The basics of a pod spec: containers with unique DNS-label names and an image, a known restart
+/// policy, ports in range.
+fn pod_spec(spec: &Value, at: &str, causes: &mut Vec<String>) {
+    let mut names = std::collections::HashSet::new();
+    for list in ["initContainers", "containers"] {
+        let containers = spec[list].as_array().map(Vec::as_slice).unwrap_or_default();
+        if list == "containers" && containers.is_empty() {
+            causes.push(format!("{at}.containers: Required value"));
+        }
+        for (i, c) in containers.iter().enumerate() {
+            let here = format!("{at}.{list}[{i}]");
+            match c["name"].as_str() {
+                None | Some("") => causes.push(format!("{here}.name: Required value")),
+                Some(n) if !is_dns_label(n, 63) => causes.push(format!("{here}.name: Invalid value: {n:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'")),
+                Some(n) if !names.insert(n.to_owned()) => {
+                    causes.push(format!("{here}.name: Duplicate value: {n:?}"))
+                }
+                Some(_) => {}
+            }
+            if c["image"].as_str().is_none_or(|i| i.trim().is_empty()) {
+                causes.push(format!("{here}.image: Required value"));
+            }
+            for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
+                let port = p["containerPort"].as_i64().unwrap_or(0);
+                if !(1..=65535).contains(&port) {
+                    causes.push(format!("{here}.ports[{j}].containerPort: Invalid value: {port}: must be between 1 and 65535, inclusive"));
+                }
+            }
+        }
+    }
+    match spec["restartPolicy"].as_str() {
+        None | Some("Always" | "OnFailure" | "Never") => {}
+        Some(other) => causes.push(format!("{at}.restartPolicy: Unsupported value: {other:?}: supported values: \"Always\", \"OnFailure\", \"Never\"")),
+    }
+}
+
 /// Checks `obj` (defaults applied) before it is stored as `r`.
 pub fn check(r: &Resource, obj: &Value) -> Result<(), ApiError> {
     let mut causes = Vec::new();
+    if let Some(name) = obj.pointer("/metadata/name").and_then(Value::as_str)
+        && let Some(problem) = name_problem(r, name)
+    {
+        causes.push(format!("metadata.name: Invalid value: {name:?}: {problem}"));
+    }
+    if r.group.is_empty() && r.plural == "pods" && obj["spec"].is_object() {
+        pod_spec(&obj["spec"], "spec", &mut causes);
+    }
     match obj.pointer("/metadata/labels") {
         None | Some(Value::Null) => {}
         Some(Value::Object(labels)) => {
@@ -476,6 +556,71 @@ mod tests {
             .into_iter()
             .find(|r| r.plural == "configmaps")
             .unwrap()
+    }
+
+    fn resource(group: &str, plural: &str, kind: &str) -> Resource {
+        let mut r = cm();
+        r.group = group.into();
+        r.plural = plural.into();
+        r.kind = kind.into();
+        r
+    }
+
+    #[test]
+    fn names_follow_their_kind_and_pods_their_basics() {
+        let named = |n: &str| json!({"metadata": {"name": n}});
+        assert!(check(&cm(), &named("a.b-c")).is_ok());
+        assert!(check(&cm(), &named("Bad_Name")).is_err());
+        let svc = resource("", "services", "Service");
+        assert!(check(&svc, &named("web")).is_ok());
+        let e = check(&svc, &named("1web")).unwrap_err();
+        assert_eq!(e.status()["details"]["causes"][0]["field"], "metadata.name");
+        let ns = resource("", "namespaces", "Namespace");
+        assert!(check(&ns, &named("a.b")).is_err());
+        let role = resource("rbac.authorization.k8s.io", "clusterroles", "ClusterRole");
+        assert!(check(&role, &named("system:aggregate-to-edit")).is_ok());
+        assert!(check(&role, &named("a/b")).is_err());
+
+        let pods = resource("", "pods", "Pod");
+        let pod = |spec: Value| json!({"metadata": {"name": "p"}, "spec": spec});
+        assert!(
+            check(&pods, &pod(json!({"containers": [{"name": "a", "image": "busybox", "ports": [{"containerPort": 80}]}]})))
+                .is_ok()
+        );
+        let e = check(
+            &pods,
+            &pod(json!({"restartPolicy": "Sometimes", "containers": [
+                {"name": "a", "image": "x"}, {"name": "a"}, {"name": "B", "image": "y",
+                 "ports": [{"containerPort": 70000}]}]})),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 422);
+        let fields: Vec<(String, String)> = e.status()["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["field"].as_str().unwrap().to_owned(),
+                    c["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("spec.containers[1].name", "FieldValueDuplicate"),
+            ("spec.containers[1].image", "FieldValueRequired"),
+            ("spec.containers[2].name", "FieldValueInvalid"),
+            (
+                "spec.containers[2].ports[0].containerPort",
+                "FieldValueInvalid",
+            ),
+            ("spec.restartPolicy", "FieldValueNotSupported"),
+        ];
+        assert_eq!(
+            fields,
+            expected.map(|(f, r)| (f.to_owned(), r.to_owned())).to_vec()
+        );
+        assert!(check(&pods, &pod(json!({"containers": []}))).is_err());
     }
 
     #[test]
