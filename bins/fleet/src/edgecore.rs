@@ -65,7 +65,7 @@ async fn sample(pid: u32, pods: usize, window: Duration) -> Sample {
 
 /// Kills what the process runtime under `data` recorded as still running (cleanup after the run,
 /// whatever state edgecore was left in).
-fn kill_recorded(data: &Path) {
+pub fn kill_recorded(data: &Path) {
     let Ok(sandboxes) = std::fs::read_dir(data.join("process")) else {
         return;
     };

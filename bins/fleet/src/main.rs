@@ -19,6 +19,11 @@
 //! * `edgecore`: a real `edgecore` (process runtime) joined to a real cloudcore: RSS and CPU idle
 //!   and with `--edgecore-pods` pods running; binary sizes as built and stripped.
 //!
+//! * `soak` (not run by default): a real cloudcore and edgecore under steady churn (ConfigMap
+//!   updates, pods created and deleted, metaserver lists) for `--soak-secs`: both daemons' RSS and
+//!   open file descriptors every `--soak-sample-secs`, into `soak.csv`, `soak-rss.svg` and
+//!   `soak-fds.svg` under `--plot-dir` (default the working directory).
+//!
 //! `--plot-dir D` draws the fleet runs against N into `D/fleet-latency.svg` and
 //! `D/fleet-memory.svg`. Release builds give the numbers worth reading:
 //! `cargo build --release -p fleet -p cloudcore -p edgecore && target/release/fleet`.
@@ -33,6 +38,7 @@ mod link;
 mod plot;
 mod proc;
 mod sim;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,7 +53,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Cli {
     /// Scenarios to run.
     #[arg(long, value_delimiter = ',', default_value = "fleet,link,edgecore",
-        value_parser = ["fleet", "link", "edgecore"])]
+        value_parser = ["fleet", "link", "edgecore", "soak"])]
     scenarios: Vec<String>,
     /// Fleet sizes (simulated edge nodes), one fleet run each.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
@@ -88,6 +94,12 @@ struct Cli {
     /// Sampling window of the edgecore footprint, seconds.
     #[arg(long, default_value_t = 20)]
     edgecore_secs: u64,
+    /// Length of the soak, seconds.
+    #[arg(long, default_value_t = 3600)]
+    soak_secs: u64,
+    /// Sampling period of the soak, seconds.
+    #[arg(long, default_value_t = 30)]
+    soak_sample_secs: u64,
 }
 
 /// Prints a markdown table after a blank line, under `## title` if given; the first `left`
@@ -179,6 +191,25 @@ async fn run(cli: Cli) -> Result<(), Error> {
         let window = Duration::from_secs(cli.edgecore_secs);
         let report = edgecore::run(&cloudcore, &edgecore, cli.edgecore_pods, window, limit).await?;
         edgecore::print(&report);
+    }
+    if failure.is_none() && wants("soak") {
+        let edgecore = proc::sibling(cli.edgecore.clone(), "edgecore")?;
+        let length = Duration::from_secs(cli.soak_secs);
+        let dir = cli.plot_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        let samples = soak::run(
+            &cloudcore,
+            &edgecore,
+            length,
+            Duration::from_secs(cli.soak_sample_secs.max(1)),
+            &dir,
+        )
+        .await?;
+        soak::print(&samples, length);
+        println!();
+        println!(
+            "Data and plots: {}/soak.csv, soak-rss.svg, soak-fds.svg",
+            dir.display()
+        );
     }
     match failure {
         Some(f) => Err(f.into()),
