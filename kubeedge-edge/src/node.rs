@@ -110,7 +110,8 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
     {
         tracing::error!(error = %e, "queueing the node registration");
     }
-    let mut last_status = Value::Null;
+    // The registration carries the status: the first report is the next change (or reconnect).
+    let mut last_status = machine_status(&address, &runtime_version);
     let mut last_report = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(LEASE_RENEW);
     let mut connections = hub.connections();
@@ -118,8 +119,11 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
     loop {
         let reconnected = tokio::select! {
             _ = tick.tick() => false,
-            // `hub` holds the sender, so this cannot end while the loop runs.
-            changed = connections.changed() => changed.is_ok(),
+            // `hub` holds the sender, so this cannot end while the loop runs. The first
+            // connection carries the registration itself.
+            changed = connections.changed() => {
+                changed.is_ok() && *connections.borrow_and_update() > 1
+            }
         };
         let now = rfc3339(SystemTime::now());
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",

@@ -110,11 +110,26 @@ fn merge_named(target: &mut Value, items: &[Value]) {
     }
 }
 
+/// Most operations in one JSON patch (kube-apiserver's limit).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// Most bytes a JSON patch's `copy` operations may copy in all (kube-apiserver's limit, its
+/// largest request body): without it, a few hundred bytes of copies of the whole document into
+/// itself double it each time.
+pub const MAX_COPIED_BYTES: usize = 3 * 1024 * 1024;
+
 /// RFC 6902: `add`, `remove`, `replace`, `move`, `copy`, `test`, applied in order; all or nothing.
+/// At most [`MAX_JSON_PATCH_OPERATIONS`] operations and [`MAX_COPIED_BYTES`] copied.
 pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), Error> {
     let ops = ops
         .as_array()
         .ok_or_else(|| Error("a JSON patch is an array".into()))?;
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(Error(format!(
+            "the JSON patch has {} operations; at most {MAX_JSON_PATCH_OPERATIONS} are allowed",
+            ops.len()
+        )));
+    }
+    let mut copied = 0usize;
     let mut work = target.clone();
     for op in ops {
         let kind = op["op"]
@@ -147,9 +162,16 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), Error> {
                 let v = if kind == "move" {
                     remove(&mut work, from)?
                 } else {
-                    work.pointer(from)
-                        .cloned()
-                        .ok_or_else(|| Error(format!("no value at {from}")))?
+                    let v = work
+                        .pointer(from)
+                        .ok_or_else(|| Error(format!("no value at {from}")))?;
+                    copied = copied.saturating_add(encoded_len(v, MAX_COPIED_BYTES - copied));
+                    if copied >= MAX_COPIED_BYTES {
+                        return Err(Error(format!(
+                            "the JSON patch copies more than {MAX_COPIED_BYTES} bytes"
+                        )));
+                    }
+                    v.clone()
                 };
                 add(&mut work, path, v)?;
             }
@@ -163,6 +185,31 @@ pub fn json_patch(target: &mut Value, ops: &Value) -> Result<(), Error> {
     }
     *target = work;
     Ok(())
+}
+
+/// The length of `v` encoded as JSON, counted up to `limit` (then `limit`).
+fn encoded_len(v: &Value, limit: usize) -> usize {
+    struct Counter {
+        n: usize,
+        limit: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n >= self.limit {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Counter { n: 0, limit };
+    match serde_json::to_writer(&mut c, v) {
+        Ok(()) => c.n,
+        Err(_) => limit,
+    }
 }
 
 fn split(path: &str) -> Result<(String, String), Error> {
@@ -225,6 +272,28 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn copies_of_the_whole_document_into_itself_are_bounded() {
+        // Each copy doubles the document: 60 of them would need 2^60 times its size.
+        let ops: Vec<Value> = (0..60)
+            .map(|_| json!({"op": "copy", "from": "", "path": "/a/-"}))
+            .collect();
+        let mut doc = json!({"a": [1, 2, 3], "pad": "x".repeat(100)});
+        let before = doc.clone();
+        let e = json_patch(&mut doc, &Value::Array(ops)).unwrap_err();
+        assert!(e.0.contains("copies more than"), "{e}");
+        assert_eq!(doc, before, "all or nothing");
+        // A few copies are fine.
+        let ops = json!([{"op": "copy", "from": "/a/0", "path": "/b"}]);
+        json_patch(&mut doc, &ops).unwrap();
+        assert_eq!(doc["b"], 1);
+        let many = Value::Array(vec![
+            json!({"op": "test", "path": "/b", "value": 1});
+            10_001
+        ]);
+        assert!(json_patch(&mut doc, &many).is_err());
+    }
 
     #[test]
     fn merge_patch_follows_rfc7386() {

@@ -182,7 +182,9 @@ pub struct Page {
 }
 
 struct Inner {
-    db: Database,
+    /// The open database; `None` only while it is being opened again after an I/O error.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    path: PathBuf,
     config: Config,
     live: broadcast::Sender<Arc<Event>>,
     /// Held across commit and broadcast so that live events go out in version order.
@@ -316,6 +318,40 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// The error for a file redb panicked on.
+fn damaged(path: &Path, panic: &(dyn std::any::Any + Send)) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    Error::Corrupt(format!("{} is damaged: {what}", path.display()))
+}
+
+fn open_database(path: &Path, config: &Config) -> Result<Database, Error> {
+    std::panic::catch_unwind(|| open_database_unguarded(path, config))
+        .unwrap_or_else(|panic| Err(damaged(path, panic.as_ref())))
+}
+
+fn open_database_unguarded(path: &Path, config: &Config) -> Result<Database, Error> {
+    let db = Database::builder()
+        .set_cache_size(config.cache_bytes)
+        .create(path)
+        .map_err(|source| Error::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(OBJECTS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(META)?;
+        txn.open_table(AUX)?;
+    }
+    txn.commit()?;
+    Ok(db)
+}
+
 impl Store {
     /// A handle whose writes ([`create`](Self::create), [`update`](Self::update),
     /// [`delete`](Self::delete), [`batch`](Self::batch)) run every check and return what they would
@@ -351,26 +387,13 @@ impl Store {
 
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, config: Config) -> Result<Store, Error> {
-        let db = Database::builder()
-            .set_cache_size(config.cache_bytes)
-            .create(path)
-            .map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-        let txn = db.begin_write()?;
-        {
-            txn.open_table(OBJECTS)?;
-            txn.open_table(EVENTS)?;
-            txn.open_table(META)?;
-            txn.open_table(AUX)?;
-        }
-        txn.commit()?;
+        let db = open_database(path, &config)?;
         let (live, _) = broadcast::channel(config.watch_buffer.max(1));
         Ok(Store {
             dry_run: false,
             inner: Arc::new(Inner {
-                db,
+                db: std::sync::RwLock::new(Some(Arc::new(db))),
+                path: path.to_owned(),
                 config,
                 live,
                 write: Mutex::new(IdGen::new(crate::sync::stamp::random_seed())),
@@ -378,31 +401,107 @@ impl Store {
         })
     }
 
+    /// The open database (opened again first if an I/O error closed it).
+    fn db(&self) -> Result<Arc<Database>, Error> {
+        if let Some(db) = self
+            .inner
+            .db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            return Ok(db.clone());
+        }
+        let mut slot = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(db) = slot.as_ref() {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(open_database(&self.inner.path, &self.inner.config)?);
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Runs `f` on the database. After an I/O error (a full disk, a failing device) redb refuses
+    /// every later call on that handle until it is opened again, even once the cause is gone; so
+    /// the handle is closed here and the next call opens the file again (redb checks and repairs
+    /// it then). What was committed before stays; what failed was not acknowledged.
+    ///
+    /// A damaged file can make redb itself panic on a page it cannot make sense of; that is
+    /// caught here and answered as [`Error::Corrupt`] (and the handle closed the same way), so
+    /// that a bad file is an error for the caller, never a crash of the process.
+    fn guarded<T>(&self, f: impl FnOnce(&Database) -> Result<T, Error>) -> Result<T, Error> {
+        let db = self.db()?;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&db)))
+            .unwrap_or_else(|panic| Err(damaged(&self.inner.path, panic.as_ref())));
+        let broken = match &result {
+            Err(Error::Db(e)) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            Err(Error::Corrupt(_)) => true,
+            _ => false,
+        };
+        if broken {
+            self.close_after_io_error(db);
+        }
+        result
+    }
+
+    fn close_after_io_error(&self, failed: Arc<Database>) {
+        let mut slot = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !slot.as_ref().is_some_and(|db| Arc::ptr_eq(db, &failed)) {
+            // Someone else closed it already.
+            return;
+        }
+        drop(failed);
+        // Calls that took the handle before are failing too; they let go of it in a moment
+        // (new ones wait on the lock held here). The file is closed when the last one does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        tracing::warn!(path = %self.inner.path.display(), "store: I/O error, the database is opened again on the next call");
+        *slot = None;
+    }
+
     /// The current resourceVersion (that of the last write; 0 for an empty store).
     pub fn resource_version(&self) -> Result<u64, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        Ok(meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0))
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            Ok(meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0))
+        })
     }
 
     /// The oldest resourceVersion a watch may resume from.
     pub fn oldest_watchable(&self) -> Result<u64, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        Ok(meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0))
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            Ok(meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0))
+        })
     }
 
     /// One object.
     pub fn get(&self, resource: &str, namespace: Option<&str>, name: &str) -> Result<Value, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let objects = txn.open_table(OBJECTS)?;
-        match objects.get(key(resource, namespace, name).as_str())? {
-            Some(v) => decode(v.value()),
-            None => Err(Error::NotFound {
-                resource: resource.to_owned(),
-                name: name.to_owned(),
-            }),
-        }
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let objects = txn.open_table(OBJECTS)?;
+            match objects.get(key(resource, namespace, name).as_str())? {
+                Some(v) => decode(v.value()),
+                None => Err(Error::NotFound {
+                    resource: resource.to_owned(),
+                    name: name.to_owned(),
+                }),
+            }
+        })
     }
 
     /// Every object of `resource` (in `namespace`, or in all namespaces) that the selectors match,
@@ -440,41 +539,43 @@ impl Store {
         limit: Option<usize>,
         after: Option<&str>,
     ) -> Result<Page, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
-        let objects = txn.open_table(OBJECTS)?;
-        let prefix = prefix(resource, namespace);
-        let start = match after {
-            Some(a) if a.starts_with(&prefix) => a.to_owned(),
-            Some(_) => return Err(Error::Invalid("continue token from another list".into())),
-            None => prefix.clone(),
-        };
-        let mut items = Vec::new();
-        let mut continue_after = None;
-        for entry in objects.range(start.as_str()..)? {
-            let (k, v) = entry?;
-            let k = k.value();
-            if !k.starts_with(&prefix) {
-                break;
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
+            let objects = txn.open_table(OBJECTS)?;
+            let prefix = prefix(resource, namespace);
+            let start = match after {
+                Some(a) if a.starts_with(&prefix) => a.to_owned(),
+                Some(_) => return Err(Error::Invalid("continue token from another list".into())),
+                None => prefix.clone(),
+            };
+            let mut items = Vec::new();
+            let mut continue_after = None;
+            for entry in objects.range(start.as_str()..)? {
+                let (k, v) = entry?;
+                let k = k.value();
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if after == Some(k) {
+                    continue;
+                }
+                let object = decode(v.value())?;
+                if !labels.matches(&object) || !fields.matches(&object) {
+                    continue;
+                }
+                if limit.is_some_and(|l| items.len() >= l) {
+                    continue_after = last_key(resource, namespace, &items);
+                    break;
+                }
+                items.push(object);
             }
-            if after == Some(k) {
-                continue;
-            }
-            let object = decode(v.value())?;
-            if !labels.matches(&object) || !fields.matches(&object) {
-                continue;
-            }
-            if limit.is_some_and(|l| items.len() >= l) {
-                continue_after = last_key(resource, namespace, &items);
-                break;
-            }
-            items.push(object);
-        }
-        Ok(Page {
-            items,
-            rv,
-            continue_after,
+            Ok(Page {
+                items,
+                rv,
+                continue_after,
+            })
         })
     }
 
@@ -675,24 +776,26 @@ impl Store {
 
     /// Every event after `rv`, oldest first; [`Error::Gone`] if some were already dropped.
     pub fn events_since(&self, rv: u64) -> Result<Vec<Arc<Event>>, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        let compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
-        if rv < compacted {
-            return Err(Error::Gone {
-                requested: rv,
-                oldest: compacted,
-            });
-        }
-        let events = txn.open_table(EVENTS)?;
-        let mut out = Vec::new();
-        for entry in events.range(rv + 1..)? {
-            let (_, v) = entry?;
-            let ev: Event =
-                serde_json::from_slice(v.value()).map_err(|e| Error::Corrupt(e.to_string()))?;
-            out.push(Arc::new(ev));
-        }
-        Ok(out)
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let meta = txn.open_table(META)?;
+            let compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+            if rv < compacted {
+                return Err(Error::Gone {
+                    requested: rv,
+                    oldest: compacted,
+                });
+            }
+            let events = txn.open_table(EVENTS)?;
+            let mut out = Vec::new();
+            for entry in events.range(rv + 1..)? {
+                let (_, v) = entry?;
+                let ev: Event =
+                    serde_json::from_slice(v.value()).map_err(|e| Error::Corrupt(e.to_string()))?;
+                out.push(Arc::new(ev));
+            }
+            Ok(out)
+        })
     }
 
     /// Watches every change after `rv` (all resources; filter on the events).
@@ -716,140 +819,150 @@ impl Store {
             op.check()?;
         }
         let mut ids = self.lock_ids();
-        let txn = self.inner.db.begin_write()?;
-        let mut out = Vec::new();
-        {
-            let mut meta = txn.open_table(META)?;
-            let mut rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
-            let mut objects = txn.open_table(OBJECTS)?;
-            let mut aux = txn.open_table(AUX)?;
-            let mut events = txn.open_table(EVENTS)?;
-            for op in ops {
-                let event = match op {
-                    BatchOp::Put {
-                        resource,
-                        namespace,
-                        mut object,
-                    } => {
-                        let ns = namespace.as_deref();
-                        let name = object
-                            .pointer("/metadata/name")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned();
-                        let k = key(&resource, ns, &name);
-                        let existed = objects.get(k.as_str())?.is_some();
-                        rv += 1;
-                        if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-                            match ns {
-                                Some(ns) => m.insert("namespace".into(), Value::String(ns.into())),
-                                None => m.remove("namespace"),
+        self.guarded(|db| {
+            let txn = db.begin_write()?;
+            let mut out = Vec::new();
+            {
+                let mut meta = txn.open_table(META)?;
+                let mut rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
+                let mut objects = txn.open_table(OBJECTS)?;
+                let mut aux = txn.open_table(AUX)?;
+                let mut events = txn.open_table(EVENTS)?;
+                for op in ops {
+                    let event = match op {
+                        BatchOp::Put {
+                            resource,
+                            namespace,
+                            mut object,
+                        } => {
+                            let ns = namespace.as_deref();
+                            let name = object
+                                .pointer("/metadata/name")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_owned();
+                            let k = key(&resource, ns, &name);
+                            let existed = objects.get(k.as_str())?.is_some();
+                            rv += 1;
+                            if let Some(m) =
+                                object.get_mut("metadata").and_then(Value::as_object_mut)
+                            {
+                                match ns {
+                                    Some(ns) => {
+                                        m.insert("namespace".into(), Value::String(ns.into()))
+                                    }
+                                    None => m.remove("namespace"),
+                                };
+                                if !m.contains_key("uid") {
+                                    m.insert("uid".into(), Value::String(ids.next_id()));
+                                }
+                                if !m.contains_key("creationTimestamp") {
+                                    m.insert(
+                                        "creationTimestamp".into(),
+                                        Value::String(rfc3339(SystemTime::now())),
+                                    );
+                                }
+                            }
+                            set_rv(&mut object, rv);
+                            objects.insert(
+                                k.as_str(),
+                                serde_json::to_vec(&object).unwrap_or_default().as_slice(),
+                            )?;
+                            let kind = if existed {
+                                EventType::Modified
+                            } else {
+                                EventType::Added
                             };
-                            if !m.contains_key("uid") {
-                                m.insert("uid".into(), Value::String(ids.next_id()));
-                            }
-                            if !m.contains_key("creationTimestamp") {
-                                m.insert(
-                                    "creationTimestamp".into(),
-                                    Value::String(rfc3339(SystemTime::now())),
-                                );
+                            Some(Event::new(kind, &resource, ns, &name, rv, object))
+                        }
+                        BatchOp::Remove {
+                            resource,
+                            namespace,
+                            name,
+                        } => {
+                            let ns = namespace.as_deref();
+                            let k = key(&resource, ns, &name);
+                            let old = objects.remove(k.as_str())?.map(|v| decode(v.value()));
+                            match old {
+                                Some(old) => {
+                                    let mut old = old?;
+                                    rv += 1;
+                                    set_rv(&mut old, rv);
+                                    Some(Event::new(
+                                        EventType::Deleted,
+                                        &resource,
+                                        ns,
+                                        &name,
+                                        rv,
+                                        old,
+                                    ))
+                                }
+                                None => None,
                             }
                         }
-                        set_rv(&mut object, rv);
-                        objects.insert(
-                            k.as_str(),
-                            serde_json::to_vec(&object).unwrap_or_default().as_slice(),
-                        )?;
-                        let kind = if existed {
-                            EventType::Modified
-                        } else {
-                            EventType::Added
-                        };
-                        Some(Event::new(kind, &resource, ns, &name, rv, object))
-                    }
-                    BatchOp::Remove {
-                        resource,
-                        namespace,
-                        name,
-                    } => {
-                        let ns = namespace.as_deref();
-                        let k = key(&resource, ns, &name);
-                        let old = objects.remove(k.as_str())?.map(|v| decode(v.value()));
-                        match old {
-                            Some(old) => {
-                                let mut old = old?;
-                                rv += 1;
-                                set_rv(&mut old, rv);
-                                Some(Event::new(
-                                    EventType::Deleted,
-                                    &resource,
-                                    ns,
-                                    &name,
-                                    rv,
-                                    old,
-                                ))
-                            }
-                            None => None,
+                        BatchOp::SetAux { key, value } => {
+                            aux.insert(key.as_str(), value.as_slice())?;
+                            None
                         }
+                        BatchOp::RemoveAux { key } => {
+                            aux.remove(key.as_str())?;
+                            None
+                        }
+                    };
+                    if let Some(event) = event {
+                        let bytes = serde_json::to_vec(&event)
+                            .map_err(|e| Error::Invalid(e.to_string()))?;
+                        events.insert(event.rv, bytes.as_slice())?;
+                        out.push(Arc::new(event));
                     }
-                    BatchOp::SetAux { key, value } => {
-                        aux.insert(key.as_str(), value.as_slice())?;
-                        None
-                    }
-                    BatchOp::RemoveAux { key } => {
-                        aux.remove(key.as_str())?;
-                        None
-                    }
-                };
-                if let Some(event) = event {
-                    let bytes =
-                        serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
-                    events.insert(event.rv, bytes.as_slice())?;
-                    out.push(Arc::new(event));
                 }
+                let window = self.inner.config.event_window.max(1);
+                let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+                while rv.saturating_sub(compacted) > window {
+                    let Some((first, _)) = events.pop_first()? else {
+                        break;
+                    };
+                    compacted = compacted.max(first.value());
+                }
+                meta.insert(META_COMPACTED, compacted)?;
+                meta.insert(META_RV, rv)?;
             }
-            let window = self.inner.config.event_window.max(1);
-            let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
-            while rv.saturating_sub(compacted) > window {
-                let Some((first, _)) = events.pop_first()? else {
-                    break;
-                };
-                compacted = compacted.max(first.value());
+            if self.dry_run {
+                txn.abort()?;
+                return Ok(out);
             }
-            meta.insert(META_COMPACTED, compacted)?;
-            meta.insert(META_RV, rv)?;
-        }
-        if self.dry_run {
-            txn.abort()?;
-            return Ok(out);
-        }
-        txn.commit()?;
-        for event in &out {
-            let _ = self.inner.live.send(event.clone());
-        }
-        Ok(out)
+            txn.commit()?;
+            for event in &out {
+                let _ = self.inner.live.send(event.clone());
+            }
+            Ok(out)
+        })
     }
 
     /// An auxiliary record (see [`BatchOp::SetAux`]).
     pub fn aux_get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let aux = txn.open_table(AUX)?;
-        Ok(aux.get(key)?.map(|v| v.value().to_vec()))
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let aux = txn.open_table(AUX)?;
+            Ok(aux.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 
     /// Every auxiliary record whose key starts with `prefix`, in key order.
     pub fn aux_scan(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let aux = txn.open_table(AUX)?;
-        let mut out = Vec::new();
-        for entry in aux.range(prefix..)? {
-            let (k, v) = entry?;
-            if !k.value().starts_with(prefix) {
-                break;
+        self.guarded(|db| {
+            let txn = db.begin_read()?;
+            let aux = txn.open_table(AUX)?;
+            let mut out = Vec::new();
+            for entry in aux.range(prefix..)? {
+                let (k, v) = entry?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                out.push((k.value().to_owned(), v.value().to_vec()));
             }
-            out.push((k.value().to_owned(), v.value().to_vec()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn lock_ids(&self) -> std::sync::MutexGuard<'_, IdGen> {
@@ -868,35 +981,38 @@ impl Store {
         _ids: std::sync::MutexGuard<'_, IdGen>,
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>, u64) -> Result<Event, Error>,
     ) -> Result<Arc<Event>, Error> {
-        let txn = self.inner.db.begin_write()?;
-        let event = {
-            let mut meta = txn.open_table(META)?;
-            let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0) + 1;
-            let mut objects = txn.open_table(OBJECTS)?;
-            let event = f(&mut objects, rv)?;
-            let mut events = txn.open_table(EVENTS)?;
-            let bytes = serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
-            events.insert(rv, bytes.as_slice())?;
-            let window = self.inner.config.event_window.max(1);
-            let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
-            while rv.saturating_sub(compacted) > window {
-                let Some((first, _)) = events.pop_first()? else {
-                    break;
-                };
-                compacted = compacted.max(first.value());
+        self.guarded(|db| {
+            let txn = db.begin_write()?;
+            let event = {
+                let mut meta = txn.open_table(META)?;
+                let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0) + 1;
+                let mut objects = txn.open_table(OBJECTS)?;
+                let event = f(&mut objects, rv)?;
+                let mut events = txn.open_table(EVENTS)?;
+                let bytes =
+                    serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
+                events.insert(rv, bytes.as_slice())?;
+                let window = self.inner.config.event_window.max(1);
+                let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+                while rv.saturating_sub(compacted) > window {
+                    let Some((first, _)) = events.pop_first()? else {
+                        break;
+                    };
+                    compacted = compacted.max(first.value());
+                }
+                meta.insert(META_COMPACTED, compacted)?;
+                meta.insert(META_RV, rv)?;
+                event
+            };
+            if self.dry_run {
+                txn.abort()?;
+                return Ok(Arc::new(event));
             }
-            meta.insert(META_COMPACTED, compacted)?;
-            meta.insert(META_RV, rv)?;
-            event
-        };
-        if self.dry_run {
-            txn.abort()?;
-            return Ok(Arc::new(event));
-        }
-        txn.commit()?;
-        let event = Arc::new(event);
-        let _ = self.inner.live.send(event.clone());
-        Ok(event)
+            txn.commit()?;
+            let event = Arc::new(event);
+            let _ = self.inner.live.send(event.clone());
+            Ok(event)
+        })
     }
 }
 

@@ -159,3 +159,117 @@ async fn kill_9_during_a_burst_loses_nothing_acked() {
     child.wait().unwrap();
     cloud.stop().await;
 }
+
+/// The cloudcore binary (built beside this test's edgecore), on `data` with the given ports
+/// (0 for free ones); returns it and its ready line.
+fn cloudcore(data: &std::path::Path, api: u16, hub: u16, https: u16) -> (Child, String) {
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_edgecore")).with_file_name("cloudcore");
+    assert!(bin.exists(), "build cloudcore first: {}", bin.display());
+    let mut child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--bind-address", "127.0.0.1"])
+        .args(["--api-port", &api.to_string()])
+        .args(["--hub-port", &hub.to_string()])
+        .args(["--https-port", &https.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("cloudcore ready"), "{line:?}");
+    (child, line)
+}
+
+fn port_of(line: &str, field: &str) -> u16 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{field}=")))
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {line:?}"))
+}
+
+async fn admin_client(data: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(data.join("admin.kubeconfig")).unwrap();
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_cloudcore_under_writes_loses_nothing_it_answered() {
+    let dir = TempDir::new("cloudcrash");
+    let data = dir.0.join("cloud");
+    let (mut child, line) = cloudcore(&data, 0, 0, 0);
+    let (api, hub, https) = (
+        port_of(&line, "api"),
+        port_of(&line, "hub"),
+        port_of(&line, "https"),
+    );
+    let client = admin_client(&data).await;
+    let services: Api<Service> = Api::namespaced(client, "default");
+    // Writers create services until the process dies under them; what was answered 201 counts.
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let services = services.clone();
+        let answered = answered.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0.. {
+                let name = w * 100_000 + i;
+                match services
+                    .create(&PostParams::default(), &service(name))
+                    .await
+                {
+                    Ok(_) => answered.lock().unwrap().push(name),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // A random point: somewhere between 50 and 250 answered writes.
+    let at = 50 + (kubeedge_core::transport::driver::random_seed() % 200) as usize;
+    eventually(60, "writes answered", async || {
+        answered.lock().unwrap().len() >= at
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+
+    // Restarted on the same data and ports: every answered write is there.
+    let (mut child, _) = cloudcore(&data, api, hub, https);
+    let services: Api<Service> = Api::namespaced(admin_client(&data).await, "default");
+    let stored: std::collections::HashSet<String> = services
+        .list(&ListParams::default().labels("test=burst"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    for name in &answered {
+        assert!(
+            stored.contains(&format!("svc-{name}")),
+            "svc-{name} was answered 201 but is gone after kill -9 ({} answered, {} stored)",
+            answered.len(),
+            stored.len()
+        );
+    }
+    // ... and it still takes writes.
+    services
+        .create(&PostParams::default(), &service(999_999))
+        .await
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -300,3 +300,123 @@ async fn an_edge_reconnects_at_once_through_a_thousand_idle_connections() {
     edge.stop().await;
     cloud.stop().await;
 }
+
+/// A tmpfs of `mib` MiB mounted at `path` (root only), unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: &Path, mib: u32) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(path)
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (root is needed): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk(path.to_owned())
+    }
+
+    /// Fills what is left with `filler` until the file system says it is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).and_then(|()| f.sync_data()).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_the_edge_loses_nothing_acked_and_recovers() {
+    let dir = TempDir::new("fulldisk");
+    let disk = SmallDisk::mount(&dir.0.join("edge"), 24);
+    let cloud = common::cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let edge = EdgeCore::start(common::edge_config(&dir, &cloud))
+        .await
+        .unwrap();
+    eventually(30, "e1 connected", async || cloud.hub().is_connected("e1")).await;
+    let cms: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(cloud.client().clone(), "default");
+    let create = async |i: usize| {
+        let cm = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("disk-{i:03}"), "labels": {"test": "disk"},
+                         "annotations": {"pad": "x".repeat(16 * 1024)}},
+            "spec": {"ports": [{"port": 80}]}}))
+        .unwrap();
+        cms.create(&kube::api::PostParams::default(), &cm)
+            .await
+            .unwrap();
+    };
+    create(0).await;
+    eventually(30, "the first one acked", async || {
+        cloud
+            .hub()
+            .acked("e1")
+            .contains_key("default/service/disk-000")
+    })
+    .await;
+
+    // The disk fills up: what arrives cannot be stored, and must not be acked.
+    let filler = disk.fill();
+    for i in 1..40 {
+        create(i).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let held = (0..40)
+        .filter(|i| {
+            cloud
+                .hub()
+                .acked("e1")
+                .contains_key(&format!("default/service/disk-{i:03}"))
+        })
+        .count();
+    assert!(held < 40, "the disk was full, yet all 40 were acked");
+    let store_path = dir.0.join("edge/edge.redb");
+    let local = Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+        common::metaserver_client(&edge),
+        "default",
+    );
+    // The metaserver still answers reads.
+    local.list(&Default::default()).await.unwrap();
+
+    // Space comes back: the edge stores and acks everything, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    eventually(90, "all 40 acked after space returned", async || {
+        let acked = cloud.hub().acked("e1");
+        (0..40).all(|i| acked.contains_key(&format!("default/service/disk-{i:03}")))
+    })
+    .await;
+    edge.stop().await;
+    let acked = cloud.hub().acked("e1");
+    let store = kubeedge_edge::MetaStore::open(&store_path).unwrap();
+    for i in 0..40 {
+        let name = format!("disk-{i:03}");
+        assert!(acked.contains_key(&format!("default/service/{name}")));
+        assert!(
+            store
+                .store()
+                .get("services", Some("default"), &name)
+                .is_ok(),
+            "{name} acked but not stored"
+        );
+    }
+    drop(store);
+    cloud.stop().await;
+    drop(disk);
+}
