@@ -1,8 +1,9 @@
 //! The sync link through a network namespace of its own: a real edgecore process in the namespace
 //! dials the cloud across a veth pair whose edge end loses 10 % of its packets both ways behind a
-//! 1 Mbit/s token bucket (iptables' random drop and tc's `tbf`; this kernel has no `netem`, so
-//! latency and reordering are not emulated here), then the link is cut for longer than the grace
-//! period and healed. Everything still reaches the edge, the node turns Unknown while cut and
+//! 1 Mbit/s token bucket (iptables' random drop and tc's `tbf`), through a proxy that delays every
+//! chunk by 100 ms ± 50 ms each way (this kernel has no `netem`; packet reordering is not
+//! emulated: TCP hides it from the program, which sees only the delay it costs), then the link is
+//! cut for longer than the grace period and healed. Everything still reaches the edge, the node turns Unknown while cut and
 //! Ready after, and the edge converges to the cloud's last versions and deletions.
 //!
 //! Needs root (network namespaces); without it the test says so and passes nothing off as done:
@@ -123,8 +124,74 @@ impl Drop for Netns {
     }
 }
 
-/// The edgecore binary inside `ns`, dialling `cloud`.
-fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore) -> Child {
+/// Copies `from` to `to`, each chunk delivered `delay` ± `jitter` after it was read, in order.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    jitter: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut last = tokio::time::Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let spread = jitter.as_millis() as u64;
+        let offset = kubeedge_core::transport::driver::random_seed() % (2 * spread + 1);
+        let due = (tokio::time::Instant::now() + delay + Duration::from_millis(offset) - jitter)
+            .max(last);
+        last = due;
+        if tx.send((due, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// A proxy on `listen` to `upstream` that delays both directions.
+async fn delay_proxy(
+    listen: &str,
+    upstream: std::net::SocketAddr,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut links = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((down, _)) = accepted else { continue };
+                    links.spawn(async move {
+                        let Ok(up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                        let (dr, dw) = down.into_split();
+                        let (ur, uw) = up.into_split();
+                        let (d, j) = (Duration::from_millis(100), Duration::from_millis(50));
+                        tokio::join!(delayed(dr, uw, d, j), delayed(ur, dw, d, j));
+                    });
+                }
+                Some(_) = links.join_next(), if !links.is_empty() => {}
+            }
+        }
+    });
+    (port, task)
+}
+
+/// The edgecore binary inside `ns`, dialling `cloud`'s hub on `hub_port` of the host's address.
+fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore, hub_port: u16) -> Child {
     let token = cloud
         .ca()
         .token(Duration::from_secs(600), SystemTime::now());
@@ -135,7 +202,7 @@ fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore) -> Child {
         .args(["--node-name", "e1", "--runtime", "none"])
         .args(["--mqtt-internal", "127.0.0.1:0", "--metaserver-port", "0"])
         .arg("--cloud")
-        .arg(format!("wss://{}:{}", ns.host_ip, cloud.hub_addr().port()))
+        .arg(format!("wss://{}:{hub_port}", ns.host_ip))
         .arg("--https")
         .arg(format!(
             "https://{}:{}",
@@ -208,7 +275,8 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
     );
     config.advertise = vec![ns.host_ip.parse().unwrap()];
     let cloud = CloudCore::start(config).await.unwrap();
-    let mut edge = edgecore_in(&ns, &dir, &cloud);
+    let (hub_port, proxy) = delay_proxy(&format!("{}:0", ns.host_ip), cloud.hub_addr()).await;
+    let mut edge = edgecore_in(&ns, &dir, &cloud, hub_port);
     eventually(30, "e1 connected", async || cloud.hub().is_connected("e1")).await;
 
     // A weak link: 10 % loss both ways behind a 1 Mbit/s bucket.
@@ -304,5 +372,6 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
     .await;
     edge.kill().unwrap();
     edge.wait().unwrap();
+    proxy.abort();
     cloud.stop().await;
 }
