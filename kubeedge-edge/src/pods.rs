@@ -448,7 +448,7 @@ impl<R: Runtime> PodManager<R> {
                     if k.contains('/') || k.starts_with('.') {
                         continue;
                     }
-                    std::fs::write(dir.join(k), value(val, decode))
+                    write_atomically(&dir, k, value(val, decode).as_bytes())
                         .map_err(|e| format!("volume {name}: {e}"))?;
                 }
                 out.insert(name, (dir, true));
@@ -940,6 +940,19 @@ impl<R: Runtime> PodManager<R> {
 }
 
 /// Conditions keep a fixed transition time so that an unchanged status compares equal.
+/// Writes `dir/name` only if its content changes, and then whole: a temporary file beside it
+/// renamed over it, so that a container reading it never sees it empty or half written (volume
+/// files are refreshed on every pass). Keys never start with `.`, so the temporary name is free.
+fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, &path)
+}
+
 fn strip_times(mut status: Value) -> Value {
     if let Some(conds) = status["conditions"].as_array_mut() {
         for c in conds {
