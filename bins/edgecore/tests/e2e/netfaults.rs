@@ -190,8 +190,18 @@ async fn delay_proxy(
     (port, task)
 }
 
+/// A child process killed (and reaped) when dropped, also when a test fails half-way.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The edgecore binary inside `ns`, dialling `cloud`'s hub on `hub_port` of the host's address.
-fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore, hub_port: u16) -> Child {
+fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore, hub_port: u16) -> Killed {
     let token = cloud
         .ca()
         .token(Duration::from_secs(600), SystemTime::now());
@@ -220,6 +230,7 @@ fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore, hub_port: u16) -> C
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    let child = Killed(child);
     assert!(line.starts_with("edgecore ready"), "{line:?}");
     child
 }
@@ -276,7 +287,7 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
     config.advertise = vec![ns.host_ip.parse().unwrap()];
     let cloud = CloudCore::start(config).await.unwrap();
     let (hub_port, proxy) = delay_proxy(&format!("{}:0", ns.host_ip), cloud.hub_addr()).await;
-    let mut edge = edgecore_in(&ns, &dir, &cloud, hub_port);
+    let edge = edgecore_in(&ns, &dir, &cloud, hub_port);
     eventually(30, "e1 connected", async || cloud.hub().is_connected("e1")).await;
 
     // A weak link: 10 % loss both ways behind a 1 Mbit/s bucket.
@@ -370,8 +381,7 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
             == Some("True")
     })
     .await;
-    edge.kill().unwrap();
-    edge.wait().unwrap();
+    drop(edge);
     proxy.abort();
     cloud.stop().await;
 }
