@@ -105,6 +105,32 @@ where
     Ok(())
 }
 
+/// A real edgecore (process runtime) on `dir` as node `node`, joined to `cloud` with a fresh
+/// token, its metaserver and broker on free ports.
+pub fn start_joined(
+    edgecore: &Path,
+    cloud: &CloudCore,
+    node: &str,
+    dir: &Path,
+) -> Result<Daemon, Error> {
+    let token = cloud
+        .ca()?
+        .token(Duration::from_secs(3600), SystemTime::now());
+    let mut command = Command::new(edgecore);
+    command
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--node-name", node, "--runtime", "process"])
+        .args(["--cloud", &cloud.hub_url()])
+        .args([
+            "--https",
+            &format!("https://127.0.0.1:{}", cloud.https_port),
+        ])
+        .args(["--token", &token])
+        .args(["--metaserver-port", "0", "--mqtt-internal", "127.0.0.1:0"]);
+    Daemon::start(command, dir.to_owned(), "edgecore ready")
+}
+
 /// Runs the scenario.
 pub async fn run(
     cloudcore: &Path,
@@ -114,23 +140,8 @@ pub async fn run(
     limit: Duration,
 ) -> Result<Report, Error> {
     let cloud = CloudCore::start(cloudcore, 4, 32)?;
-    let token = cloud
-        .ca()?
-        .token(Duration::from_secs(3600), SystemTime::now());
     let dir: PathBuf = proc::scratch("edge");
-    let mut command = Command::new(edgecore);
-    command
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--node-name", NODE, "--runtime", "process"])
-        .args(["--cloud", &cloud.hub_url()])
-        .args([
-            "--https",
-            &format!("https://127.0.0.1:{}", cloud.https_port),
-        ])
-        .args(["--token", &token])
-        .args(["--metaserver-port", "0", "--mqtt-internal", "127.0.0.1:0"]);
-    let mut edge = Daemon::start(command, dir.clone(), "edgecore ready")?;
+    let mut edge = start_joined(edgecore, &cloud, NODE, &dir)?;
     let result = measure(&cloud, &edge, pods, window, limit).await;
     // Pods outlive edgecore by design: stop it, then what it left running.
     edge.kill();

@@ -8,8 +8,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -61,23 +60,8 @@ pub async fn run(
     dir: &Path,
 ) -> Result<Vec<Sample>, Error> {
     let cloud = CloudCore::start(cloudcore, 4, 32)?;
-    let token = cloud
-        .ca()?
-        .token(Duration::from_secs(3600), SystemTime::now());
     let data: PathBuf = proc::scratch("soak-edge");
-    let mut command = Command::new(edgecore);
-    command
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--node-name", NODE, "--runtime", "process"])
-        .args(["--cloud", &cloud.hub_url()])
-        .args([
-            "--https",
-            &format!("https://127.0.0.1:{}", cloud.https_port),
-        ])
-        .args(["--token", &token])
-        .args(["--metaserver-port", "0", "--mqtt-internal", "127.0.0.1:0"]);
-    let mut edge = Daemon::start(command, data.clone(), "edgecore ready")?;
+    let mut edge = super::edgecore::start_joined(edgecore, &cloud, NODE, &data)?;
     let result = churn(&cloud, &edge, length, every).await;
     edge.kill();
     super::edgecore::kill_recorded(&data);

@@ -916,16 +916,7 @@ impl Store {
                         out.push(Arc::new(event));
                     }
                 }
-                let window = self.inner.config.event_window.max(1);
-                let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
-                while rv.saturating_sub(compacted) > window {
-                    let Some((first, _)) = events.pop_first()? else {
-                        break;
-                    };
-                    compacted = compacted.max(first.value());
-                }
-                meta.insert(META_COMPACTED, compacted)?;
-                meta.insert(META_RV, rv)?;
+                self.trim_and_stamp(&mut meta, &mut events, rv)?;
             }
             if self.dry_run {
                 txn.abort()?;
@@ -965,6 +956,27 @@ impl Store {
         })
     }
 
+    /// Ends a write transaction's log: drops the oldest events beyond the event window and
+    /// records the new resourceVersion and the compaction point.
+    fn trim_and_stamp(
+        &self,
+        meta: &mut redb::Table<&str, u64>,
+        events: &mut redb::Table<u64, &[u8]>,
+        rv: u64,
+    ) -> Result<(), Error> {
+        let window = self.inner.config.event_window.max(1);
+        let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+        while rv.saturating_sub(compacted) > window {
+            let Some((first, _)) = events.pop_first()? else {
+                break;
+            };
+            compacted = compacted.max(first.value());
+        }
+        meta.insert(META_COMPACTED, compacted)?;
+        meta.insert(META_RV, rv)?;
+        Ok(())
+    }
+
     fn lock_ids(&self) -> std::sync::MutexGuard<'_, IdGen> {
         // A poisoned lock only means a writer panicked; the id generator is still usable.
         self.inner
@@ -992,16 +1004,7 @@ impl Store {
                 let bytes =
                     serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
                 events.insert(rv, bytes.as_slice())?;
-                let window = self.inner.config.event_window.max(1);
-                let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
-                while rv.saturating_sub(compacted) > window {
-                    let Some((first, _)) = events.pop_first()? else {
-                        break;
-                    };
-                    compacted = compacted.max(first.value());
-                }
-                meta.insert(META_COMPACTED, compacted)?;
-                meta.insert(META_RV, rv)?;
+                self.trim_and_stamp(&mut meta, &mut events, rv)?;
                 event
             };
             if self.dry_run {

@@ -138,10 +138,31 @@ pub fn kubectl_server(dir: &TempDir, server: &str, args: &[&str]) -> String {
     text
 }
 
+/// The status of `node`'s Ready condition (`True`, `False`, `Unknown`), if it has one.
+pub fn ready_condition(node: &k8s_openapi::api::core::v1::Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+}
+
 /// Whether `node` reports condition Ready=True.
 pub fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    ready_condition(node).as_deref() == Some("True")
+}
+
+/// The status of node `name`'s Ready condition as the cloud's API has it now.
+pub async fn ready_status(
+    nodes: &kube::Api<k8s_openapi::api::core::v1::Node>,
+    name: &str,
+) -> Option<String> {
+    nodes
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| ready_condition(&n))
 }

@@ -96,16 +96,6 @@ impl Proxy {
     }
 }
 
-fn ready_status(node: &Node) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status.clone())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_open_link_turns_the_node_unknown_and_its_return_ready() {
     let dir = TempDir::new("halfopen");
@@ -115,14 +105,7 @@ async fn a_half_open_link_turns_the_node_unknown_and_its_return_ready() {
     ec.cloud_url = format!("wss://{}", proxy.addr);
     let edge = EdgeCore::start(ec).await.unwrap();
     let nodes: Api<Node> = Api::all(cloud.client().clone());
-    let status = async || {
-        nodes
-            .get_opt("e1")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|n| ready_status(&n))
-    };
+    let status = async || common::ready_status(&nodes, "e1").await;
     eventually(30, "e1 Ready", async || {
         status().await.as_deref() == Some("True")
     })

@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kubeedge_cloud::CloudCore;
 use serde_json::json;
 
-use crate::common::{TempDir, cloud_config, eventually};
+use crate::common::{TempDir, cloud_config, eventually, ready_status};
 
 /// A network namespace joined to the host by a veth pair: the host end `10.213.<n>.1`, the
 /// namespace end `10.213.<n>.2`. Removed on drop.
@@ -235,16 +235,6 @@ fn edgecore_in(ns: &Netns, dir: &TempDir, cloud: &CloudCore, hub_port: u16) -> K
     child
 }
 
-fn ready(node: &Node) -> Option<String> {
-    node.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status.clone())
-}
-
 /// Whether the edge acked every labelled Service (every node holds every one) at its current
 /// version, and nothing deleted.
 async fn converged(cloud: &CloudCore, cms: &Api<Service>) -> bool {
@@ -353,14 +343,7 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
     }
     let nodes: Api<Node> = Api::all(cloud.client().clone());
     eventually(60, "e1 Unknown while cut off", async || {
-        nodes
-            .get_opt("e1")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|n| ready(&n))
-            .as_deref()
-            == Some("Unknown")
+        ready_status(&nodes, "e1").await.as_deref() == Some("Unknown")
     })
     .await;
 
@@ -371,14 +354,7 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
     })
     .await;
     eventually(60, "e1 Ready again", async || {
-        nodes
-            .get_opt("e1")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|n| ready(&n))
-            .as_deref()
-            == Some("True")
+        ready_status(&nodes, "e1").await.as_deref() == Some("True")
     })
     .await;
     drop(edge);
