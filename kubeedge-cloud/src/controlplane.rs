@@ -130,6 +130,7 @@ pub struct ControlPlane {
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     housekeeping: tokio::task::JoinHandle<()>,
+    controllers: Option<crate::workloads::Manager>,
 }
 
 impl ControlPlane {
@@ -221,6 +222,8 @@ impl ControlPlane {
                 }
             })
         };
+        // Workloads: the scheduler, the workload controllers, garbage collection, endpoints.
+        let controllers = crate::workloads::Manager::start(&api, crate::workloads::standard())?;
         let (stop, stopped) = oneshot::channel::<()>();
         let served = api.clone();
         let task = tokio::spawn(async move {
@@ -238,6 +241,7 @@ impl ControlPlane {
             stop: Some(stop),
             task,
             housekeeping,
+            controllers: Some(controllers),
         })
     }
 
@@ -264,6 +268,9 @@ impl ControlPlane {
         }
         self.housekeeping.abort();
         let _ = (&mut self.housekeeping).await;
+        if let Some(c) = self.controllers.take() {
+            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+        }
         if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
             .is_err()

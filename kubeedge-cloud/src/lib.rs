@@ -14,6 +14,8 @@
 //!   applied under node authorization: a node reads and writes only its own objects.
 //! * [`lifecycle`]: nodes silent past a grace period (no frame, even on a half-open link) turn
 //!   `Ready=Unknown`.
+//! * [`workloads`]: the embedded control plane's controllers: scheduler, Deployments,
+//!   ReplicaSets, DaemonSets, Jobs, garbage collection, Service endpoints, taint eviction.
 //! * [`CloudCore`]: all of it wired together, as the `cloudcore` binary runs it.
 //!
 //! The crate picks no Kubernetes version feature of `k8s-openapi` (libraries must not); the final
@@ -26,6 +28,7 @@ pub mod hub;
 pub mod index;
 pub mod lifecycle;
 pub mod uplink;
+pub mod workloads;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

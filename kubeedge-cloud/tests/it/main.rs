@@ -8,3 +8,4 @@ mod common;
 mod conformance;
 mod controlplane;
 mod hub;
+mod workloads;

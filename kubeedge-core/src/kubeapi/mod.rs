@@ -29,6 +29,7 @@
 mod apply;
 pub mod auth;
 pub mod defaults;
+pub mod local;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
@@ -1941,13 +1942,20 @@ fn delete_object(
     if is_namespace(t) && current.pointer("/metadata/deletionTimestamp").is_some() {
         return Ok((StatusCode::OK, current));
     }
-    // Foreground deletion waits for the dependents, which the garbage collector removes.
-    if options["propagationPolicy"] == "Foreground"
+    // Foreground deletion waits for the dependents, which the garbage collector removes; orphan
+    // deletion waits for it to take the owner references off them.
+    let policy_finalizer = match options["propagationPolicy"].as_str() {
+        Some("Foreground") => Some("foregroundDeletion"),
+        Some("Orphan") => Some("orphan"),
+        None if options["orphanDependents"] == true => Some("orphan"),
+        _ => None,
+    };
+    if let Some(f) = policy_finalizer
         && !finalizing_namespace
-        && !finalizers.iter().any(|f| f == "foregroundDeletion")
+        && !finalizers.iter().any(|x| x == f)
         && current.pointer("/metadata/deletionTimestamp").is_none()
     {
-        finalizers.push(json!("foregroundDeletion"));
+        finalizers.push(json!(f));
     }
     let graceful = graceful_pod(t, &current) && grace != Some(0);
     let store = t.store(api);

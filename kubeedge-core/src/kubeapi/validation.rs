@@ -220,6 +220,7 @@ pub fn check(r: &Resource, obj: &Value) -> Result<(), ApiError> {
     if r.group.is_empty() && (r.plural == "configmaps" || r.plural == "secrets") {
         config_data(r, obj, &mut causes);
     }
+    workload(r, obj, &mut causes);
     if r.group == "certificates.k8s.io" && r.plural == "certificatesigningrequests" {
         csr(obj, &mut causes);
     }
@@ -238,6 +239,103 @@ pub fn check(r: &Resource, obj: &Value) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Workloads (apps/v1, batch/v1): counts not negative, a selector that selects the template's
+/// labels (apps/v1 requires one), a valid pod template with a restart policy the kind allows.
+fn workload(r: &Resource, obj: &Value, causes: &mut Vec<String>) {
+    let (template_at, restart): (&str, &[&str]) = match (r.group.as_str(), r.plural.as_str()) {
+        ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets") => {
+            ("/spec/template", &["Always"])
+        }
+        ("batch", "jobs") => ("/spec/template", &["OnFailure", "Never"]),
+        ("batch", "cronjobs") => ("/spec/jobTemplate/spec/template", &["OnFailure", "Never"]),
+        _ => return,
+    };
+    let Some(spec) = obj.get("spec").filter(|s| s.is_object()) else {
+        causes.push("spec: Required value".into());
+        return;
+    };
+    let counts: &[&str] = if r.group == "batch" {
+        &[
+            "parallelism",
+            "completions",
+            "backoffLimit",
+            "activeDeadlineSeconds",
+            "ttlSecondsAfterFinished",
+        ]
+    } else {
+        &[
+            "replicas",
+            "minReadySeconds",
+            "revisionHistoryLimit",
+            "progressDeadlineSeconds",
+        ]
+    };
+    let job_spec = if r.plural == "cronjobs" {
+        &spec["jobTemplate"]["spec"]
+    } else {
+        spec
+    };
+    let prefix = if r.plural == "cronjobs" {
+        "spec.jobTemplate.spec"
+    } else {
+        "spec"
+    };
+    for field in counts {
+        if let Some(n) = job_spec[*field].as_i64()
+            && n < 0
+        {
+            causes.push(format!(
+                "{prefix}.{field}: Invalid value: {n}: must be greater than or equal to 0"
+            ));
+        }
+    }
+    let template_path = template_at.trim_start_matches('/').replace('/', ".");
+    let Some(template) = obj.pointer(template_at).filter(|t| t.is_object()) else {
+        causes.push(format!("{template_path}: Required value"));
+        return;
+    };
+    let selector = if r.plural == "cronjobs" {
+        &job_spec["selector"]
+    } else {
+        &spec["selector"]
+    };
+    let labels = &template["metadata"]["labels"];
+    if r.group == "apps" || !selector.is_null() {
+        let text = crate::store::selector::selector_text(selector);
+        if selector.is_null() {
+            causes.push(format!("{prefix}.selector: Required value"));
+        } else if text.is_empty() {
+            causes.push(format!(
+                "{prefix}.selector: Invalid value: {selector}: empty selector is invalid for {}",
+                r.singular
+            ));
+        } else {
+            match crate::store::selector::LabelSelector::parse(&text) {
+                Ok(sel) if sel.matches(template) => {}
+                Ok(_) => causes.push(format!(
+                    "{template_path}.metadata.labels: Invalid value: {labels}: `selector` does not match template `labels`"
+                )),
+                Err(e) => causes.push(format!("{prefix}.selector: Invalid value: {e}")),
+            }
+        }
+    }
+    if template["spec"].is_object() {
+        let at = format!("{template_path}.spec");
+        pod_spec(&template["spec"], &at, causes);
+        if let Some(p) = template["spec"]["restartPolicy"].as_str()
+            && !restart.contains(&p)
+        {
+            let valid: Vec<String> = restart.iter().map(|v| format!("{v:?}")).collect();
+            causes.push(format!(
+                "{at}.restartPolicy: Unsupported value: {p:?}: supported values: {}",
+                valid.join(", ")
+            ));
+        }
+    } else {
+        causes.push(format!("{template_path}.spec: Required value"));
+    }
 }
 
 fn csr(obj: &Value, causes: &mut Vec<String>) {
