@@ -269,7 +269,7 @@ impl ControlPlane {
         self.housekeeping.abort();
         let _ = (&mut self.housekeeping).await;
         if let Some(c) = self.controllers.take() {
-            let _ = tokio::task::spawn_blocking(move || c.stop()).await;
+            c.stop().await;
         }
         if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await

@@ -538,6 +538,9 @@ impl Worker {
         }
         for (key, version) in plan.delete {
             let kind = kind_of_key(&key);
+            let (ns, name) = ns_name_of_key(&key);
+            let exists = self.shared.index.get(kind, ns, name).is_some();
+            let version = if exists { None } else { version.map(|v| v + 1) };
             changes.push(Change::Delete(key, (version, Arc::new(Value::Null), kind)));
         }
         self.last = desired
@@ -573,14 +576,7 @@ impl Worker {
             if desired.contains_key(&key) {
                 continue;
             }
-            // An object that still exists only left this node's share: delete it without a
-            // version, so that it can come back later at that same version.
-            let exists = self
-                .shared
-                .index
-                .get(kind, meta(&obj, "namespace"), meta(&obj, "name"))
-                .is_some();
-            let version = if exists { None } else { version };
+            let version = self.delete_version(kind, &obj, version);
             changes.push(Change::Delete(key, (version, obj, kind)));
         }
         self.last = desired
@@ -588,6 +584,21 @@ impl Worker {
             .map(|(k, e)| (k, (e.version, e.object, e.kind)))
             .collect();
         self.push(changes).await
+    }
+
+    /// The version a delete of `obj` (last sent at `version`) carries. An object that still
+    /// exists only left this node's share: no version, so that it can come back later at that
+    /// same version. One that is gone was deleted after its last version: the delete carries the
+    /// next one (the store's deletion version is at least that, and anything made later is
+    /// newer), so that the edge cannot take it for a repeat of the last update it holds, which a
+    /// graceful deletion's last update (deletionTimestamp set) already counts as a delete there.
+    fn delete_version(&self, kind: Kind, obj: &Object, version: Option<u64>) -> Option<u64> {
+        let exists = self
+            .shared
+            .index
+            .get(kind, meta(obj, "namespace"), meta(obj, "name"))
+            .is_some();
+        if exists { None } else { version.map(|v| v + 1) }
     }
 
     /// Hands changes to the session; what it has no room for is retried on `Writable`.
@@ -637,6 +648,15 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// The namespace and name of an edge key (`<ns>/<type>/<name>`; `""` for a cluster object's).
+fn ns_name_of_key(key: &str) -> (&str, &str) {
+    let mut parts = key.splitn(3, '/');
+    let ns = parts.next().unwrap_or_default();
+    let _ = parts.next();
+    let name = parts.next().unwrap_or_default();
+    (if ns == "null" { "" } else { ns }, name)
 }
 
 fn kind_of_key(key: &str) -> Kind {

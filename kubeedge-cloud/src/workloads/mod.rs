@@ -4,9 +4,9 @@
 //! collector ([`gc`]: ownerReferences, background, foreground and orphan deletion), Services'
 //! EndpointSlices and Endpoints ([`endpoints`]) and NoExecute taint eviction ([`taints`]).
 //!
-//! They run in process beside the store ([`Manager::start`]): one thread keeps a cache of the
-//! objects they read, fed by the store's watch, and runs the controllers on the keys each change
-//! makes stale (and on every key every [`RESYNC`]). Writes take the API's full write path
+//! They run in process beside the store ([`Manager::start`]): one task keeps a cache of the
+//! objects they read, fed by the store's watch, and runs the controllers (in a blocking thread:
+//! store writes block) on the keys each change makes stale, and on every key every [`RESYNC`]. Writes take the API's full write path
 //! ([`Local`]): defaults, validation, finalizers, graceful pod deletion. A real cluster has its own
 //! controllers; a vendor embedding the control plane starts these on its own [`Api`].
 
@@ -507,11 +507,11 @@ pub trait Controller: Send {
     fn reconcile(&mut self, ctx: &mut Ctx<'_>, key: &Key) -> Result<Option<Duration>, ApiError>;
 }
 
-/// The controller manager: the cache, the controllers, and the thread that runs them.
+/// The controller manager: the cache, the controllers, and the task that runs them.
 #[derive(Debug)]
 pub struct Manager {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The controllers an embedded control plane runs, with their defaults.
@@ -535,26 +535,44 @@ struct Slot {
     timers: BTreeMap<Key, Instant>,
 }
 
+/// What a pass of the controllers works on: moved into a blocking thread for the pass (store
+/// writes block) and back.
+struct State {
+    local: Local,
+    cache: Cache,
+    slots: Vec<Slot>,
+    stop: Arc<AtomicBool>,
+}
+
 impl Manager {
-    /// Starts `controllers` on `api` in a thread of their own (store writes block); they run
-    /// until [`Manager::stop`]. Must be called within a Tokio runtime (the store's watch is
-    /// async).
+    /// Starts `controllers` on `api`; they run until [`Manager::stop`] (or the runtime ends).
+    /// Must be called within a Tokio runtime.
     pub fn start(
         api: &Api,
         controllers: Vec<Box<dyn Controller>>,
     ) -> Result<Manager, store::Error> {
         let local = api.local("kube-controller-manager");
-        let handle = tokio::runtime::Handle::current();
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
         let (cache, watch) = Self::load(&local)?;
-        let thread = std::thread::Builder::new()
-            .name("controllers".into())
-            .spawn(move || run(&local, &handle, cache, watch, controllers, &stopping))
-            .map_err(|e| store::Error::Invalid(format!("starting the controllers: {e}")))?;
+        let slots = controllers
+            .into_iter()
+            .map(|c| Slot {
+                store: store_name(c.kind()),
+                controller: c,
+                dirty: BTreeSet::new(),
+                timers: BTreeMap::new(),
+            })
+            .collect();
+        let state = State {
+            local,
+            cache,
+            slots,
+            stop: stop.clone(),
+        };
+        let task = tokio::spawn(run(state, watch));
         Ok(Manager {
             stop,
-            thread: Some(thread),
+            task: Some(task),
         })
     }
 
@@ -572,11 +590,11 @@ impl Manager {
         Ok((cache, watch))
     }
 
-    /// Stops the controllers (after the pass under way) and waits for their thread.
-    pub fn stop(mut self) {
+    /// Stops the controllers after the pass under way.
+    pub async fn stop(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
         }
     }
 }
@@ -587,100 +605,70 @@ impl Drop for Manager {
     }
 }
 
-fn run(
-    local: &Local,
-    handle: &tokio::runtime::Handle,
-    mut cache: Cache,
-    mut watch: store::Watch,
-    controllers: Vec<Box<dyn Controller>>,
-    stop: &AtomicBool,
-) {
-    let mut slots: Vec<Slot> = controllers
-        .into_iter()
-        .map(|c| Slot {
-            store: store_name(c.kind()),
-            controller: c,
-            dirty: BTreeSet::new(),
-            timers: BTreeMap::new(),
-        })
-        .collect();
+async fn run(mut state: State, mut watch: store::Watch) {
     let mut next_resync = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    while !state.stop.load(Ordering::SeqCst) {
         if Instant::now() >= next_resync {
-            for slot in &mut slots {
-                let keys = slot.controller.resync(&cache);
+            for slot in &mut state.slots {
+                let keys = slot.controller.resync(&state.cache);
                 slot.dirty.extend(keys);
             }
             next_resync = Instant::now() + RESYNC;
         }
         // Wait for a change (or a timer, or the next look at `stop`), then take every change
         // already there.
-        let soonest = slots
+        let soonest = state
+            .slots
             .iter()
             .flat_map(|s| s.timers.values())
             .min()
             .copied()
             .unwrap_or(next_resync)
             .min(next_resync);
-        let any_dirty = slots.iter().any(|s| !s.dirty.is_empty());
-        let wait = if any_dirty {
+        let wait = if state.slots.iter().any(|s| !s.dirty.is_empty()) {
             Duration::ZERO
         } else {
             soonest
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(200))
         };
-        let mut first = true;
-        loop {
-            let next = if first {
-                first = false;
-                handle.block_on(async {
-                    tokio::time::timeout(wait.max(Duration::from_millis(1)), watch.next())
-                        .await
-                        .ok()
-                })
-            } else {
-                handle.block_on(async {
-                    tokio::time::timeout(Duration::from_millis(1), watch.next())
-                        .await
-                        .ok()
-                })
-            };
-            match next {
-                None => break,
-                Some(Ok(ev)) => {
-                    cache.apply(&ev);
-                    for slot in &mut slots {
+        let mut next = tokio::time::timeout(wait, watch.next()).await.ok();
+        while let Some(result) = next {
+            match result {
+                Ok(ev) => {
+                    state.cache.apply(&ev);
+                    for slot in &mut state.slots {
                         if ev.resource == slot.store && !slot.store.is_empty() {
                             slot.dirty.insert((
                                 ev.namespace.clone().unwrap_or_default(),
                                 ev.name.clone(),
                             ));
                         }
-                        let more = slot.controller.affected(&cache, &ev);
+                        let more = slot.controller.affected(&state.cache, &ev);
                         slot.dirty.extend(more);
                     }
                 }
-                Some(Err(e)) => {
+                Err(e) => {
                     // Fell out of the event log: read everything again.
                     tracing::warn!(error = %e, "controllers: watch lost, reloading");
-                    match Manager::load(local) {
+                    match Manager::load(&state.local) {
                         Ok((c, w)) => {
-                            cache = c;
+                            state.cache = c;
                             watch = w;
                             next_resync = Instant::now();
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "controllers: reloading");
-                            std::thread::sleep(Duration::from_secs(1));
+                            tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
                     break;
                 }
             }
+            next = futures_util::FutureExt::now_or_never(watch.next());
         }
         let now = Instant::now();
-        for slot in &mut slots {
+        for slot in &mut state.slots {
             let due: Vec<Key> = slot
                 .timers
                 .iter()
@@ -692,35 +680,76 @@ fn run(
                 slot.dirty.insert(k);
             }
         }
-        // Each controller takes its stale keys in turn; what they write comes back as events.
-        for slot in &mut slots {
-            let keys = std::mem::take(&mut slot.dirty);
-            for key in keys {
-                let mut ctx = Ctx {
-                    cache: &mut cache,
-                    local,
-                    now: SystemTime::now(),
-                };
-                match slot.controller.reconcile(&mut ctx, &key) {
-                    Ok(Some(after)) => {
-                        let at = Instant::now() + after;
-                        let t = slot.timers.entry(key).or_insert(at);
-                        *t = (*t).min(at);
+        if state.slots.iter().all(|s| s.dirty.is_empty()) {
+            continue;
+        }
+        // Store writes block: the pass runs off the async workers.
+        state = match tokio::task::spawn_blocking(move || {
+            pass(&mut state);
+            state
+        })
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "controllers stopped");
+                return;
+            }
+        };
+    }
+}
+
+/// Each controller takes its stale keys in turn; what they write comes back as events. A
+/// reconcile that panics is logged and retried later; the others go on.
+fn pass(state: &mut State) {
+    let State {
+        local,
+        cache,
+        slots,
+        stop,
+    } = state;
+    for slot in slots.iter_mut() {
+        let keys = std::mem::take(&mut slot.dirty);
+        for key in keys {
+            let mut ctx = Ctx {
+                cache,
+                local,
+                now: SystemTime::now(),
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                slot.controller.reconcile(&mut ctx, &key)
+            }));
+            let retry = match result {
+                Ok(Ok(Some(after))) => Some(after),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => {
+                    if e.code != 409 {
+                        tracing::warn!(controller = slot.controller.name(), namespace = key.0, name = key.1,
+                            error = %e.message, "reconcile failed; retrying");
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        if e.code != 409 {
-                            tracing::warn!(controller = slot.controller.name(), namespace = key.0, name = key.1,
-                                error = %e.message, "reconcile failed; retrying");
-                        }
-                        let at = Instant::now()
-                            + Duration::from_millis(if e.code == 409 { 100 } else { 1000 });
-                        slot.timers.insert(key, at);
-                    }
+                    Some(Duration::from_millis(if e.code == 409 {
+                        100
+                    } else {
+                        1000
+                    }))
                 }
-                if stop.load(Ordering::SeqCst) {
-                    return;
+                Err(_) => {
+                    tracing::error!(
+                        controller = slot.controller.name(),
+                        namespace = key.0,
+                        name = key.1,
+                        "reconcile panicked; retrying later"
+                    );
+                    Some(Duration::from_secs(5))
                 }
+            };
+            if let Some(after) = retry {
+                let at = Instant::now() + after;
+                let t = slot.timers.entry(key).or_insert(at);
+                *t = (*t).min(at);
+            }
+            if stop.load(Ordering::SeqCst) {
+                return;
             }
         }
     }

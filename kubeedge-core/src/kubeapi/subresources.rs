@@ -58,33 +58,61 @@ pub(crate) fn scale(
     let Some(paths) = t.resource.scale.clone() else {
         return Err(ApiError::not_found("subresource", "scale"));
     };
+    // A write between read and update is retried, as for any patch, unless the client pinned a
+    // version.
+    for _ in 0..5 {
+        match scale_once(api, t, &paths, method, headers, &body) {
+            Err((e, pinned)) if e.code == 409 && !pinned => continue,
+            other => return other.map_err(|(e, _)| e),
+        }
+    }
+    Err(ApiError::with(
+        409,
+        "Conflict",
+        "too many concurrent writes; try again",
+    ))
+}
+
+/// One read-and-write of `/scale`; the error says whether the client pinned the version.
+fn scale_once(
+    api: &Api,
+    t: &Target,
+    paths: &ScalePaths,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, (ApiError, bool)> {
+    let unpinned = |e: ApiError| (e, false);
     let current = api
         .store
         .get(&t.resource.store_name(), ns(t), name(t))
-        .map_err(|e| store_error(&t.resource, e))?;
-    let scale = scale_of(&paths, &current);
+        .map_err(|e| unpinned(store_error(&t.resource, e)))?;
+    let scale = scale_of(paths, &current);
+    // Whether a patch names a version itself (the Scale read here carries the current one).
+    let mut client_rv = false;
     let wanted = match *method {
         Method::GET => return Ok(json_response(StatusCode::OK, &scale)),
-        Method::PUT => parse_body(&body)?,
+        Method::PUT => parse_body(body).map_err(unpinned)?,
         Method::PATCH => {
-            let doc: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("invalid patch: {e}")))?;
+            let doc: Value = serde_json::from_slice(body)
+                .map_err(|e| unpinned(ApiError::bad_request(format!("invalid patch: {e}"))))?;
+            client_rv = doc.pointer("/metadata/resourceVersion").is_some();
             let kind = super::patch_type(headers);
             let mut next = scale.clone();
             match kind.as_str() {
                 "application/json-patch+json" => patch::json_patch(&mut next, &doc)
-                    .map_err(|e| ApiError::with(422, "Invalid", e.to_string()))?,
+                    .map_err(|e| unpinned(ApiError::with(422, "Invalid", e.to_string())))?,
                 "application/merge-patch+json" => patch::merge(&mut next, &doc),
                 _ => patch::strategic(&mut next, &doc),
             }
             next
         }
         _ => {
-            return Err(ApiError::with(
+            return Err(unpinned(ApiError::with(
                 405,
                 "MethodNotAllowed",
                 format!("{method} is not allowed on scale"),
-            ));
+            )));
         }
     };
     let replicas = wanted
@@ -92,26 +120,32 @@ pub(crate) fn scale(
         .and_then(Value::as_i64)
         .unwrap_or(0);
     if !(0..=i64::from(i32::MAX)).contains(&replicas) {
-        return Err(ApiError::with(
+        return Err(unpinned(ApiError::with(
             422,
             "Invalid",
             format!(
                 "Scale {:?} is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0",
                 name(t)
             ),
-        ));
+        )));
     }
     let mut next = current.clone();
     let target = pointer(&paths.spec_replicas);
     set_pointer(&mut next, &target, json!(replicas));
     // The Scale's resourceVersion, when given, is a precondition on the object.
-    match wanted
+    let pinned = match wanted
         .pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
     {
-        Some(rv) if !rv.is_empty() => next["metadata"]["resourceVersion"] = json!(rv),
-        _ => next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone(),
-    }
+        Some(rv) if !rv.is_empty() && (*method == Method::PUT || client_rv) => {
+            next["metadata"]["resourceVersion"] = json!(rv);
+            true
+        }
+        _ => {
+            next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+            false
+        }
+    };
     let main = Target {
         resource: t.resource.clone(),
         namespace: t.namespace.clone(),
@@ -123,8 +157,9 @@ pub(crate) fn scale(
         warnings: Default::default(),
         user: t.user.clone(),
     };
-    let written = write(api, &main, next, super::Ownership::Update(Some("scale")))?;
-    Ok(json_response(StatusCode::OK, &scale_of(&paths, &written)))
+    let written = write(api, &main, next, super::Ownership::Update(Some("scale")))
+        .map_err(|e| (e, pinned))?;
+    Ok(json_response(StatusCode::OK, &scale_of(paths, &written)))
 }
 
 fn set_pointer(v: &mut Value, pointer: &str, value: Value) {

@@ -328,7 +328,18 @@ impl Session {
         if !pending {
             match self.believed.get(&key) {
                 Some(v) if !deleted && version.is_some() && *v == version => return Ok(()),
-                None if deleted && self.believed_exact => return Ok(()),
+                // A delete newer than the deletion mark the edge acked (a graceful deletion's
+                // last update counts as a delete here) still goes: the edge keeps a marked
+                // object until the real delete comes.
+                None if deleted
+                    && self.believed_exact
+                    && !self
+                        .gone
+                        .get(&key)
+                        .is_some_and(|g| supersedes((version, true), (*g, true))) =>
+                {
+                    return Ok(());
+                }
                 _ => {}
             }
         }

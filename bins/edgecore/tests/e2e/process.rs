@@ -165,6 +165,14 @@ spec:
         live_processes(&root).is_empty()
     })
     .await;
+    // ... and the edge's own store lets go of it too (a pod left behind there grew the edge's
+    // memory by every pod ever deleted)
+    let local = kube::Client::try_from(kube::Config::new(server.parse().unwrap())).unwrap();
+    let local_pods: Api<Pod> = Api::namespaced(local, "default");
+    eventually(30, "the pod gone from the edge's metaserver", async || {
+        local_pods.get_opt("app").await.unwrap().is_none()
+    })
+    .await;
     edge.stop().await;
     cloud.stop().await;
 }
