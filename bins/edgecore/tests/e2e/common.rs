@@ -1,7 +1,7 @@
 //! What every end-to-end test needs: a temporary directory, polling, a cloudcore and an edge
 //! configuration on loopback, and a containerd with both.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
@@ -165,4 +165,36 @@ pub async fn ready_status(
         .ok()
         .flatten()
         .and_then(|n| ready_condition(&n))
+}
+
+/// The live processes the process runtime recorded under `root`: (pid, record file).
+pub fn live_processes(root: &Path) -> Vec<(i32, PathBuf)> {
+    let mut out = Vec::new();
+    for sandbox in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let dir = sandbox.path().join("containers");
+        for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(f.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            let pid = v["pid"].as_i64().unwrap_or(0) as i32;
+            let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.contains(") Z "));
+            if v["exit"].is_null() && running {
+                out.push((pid, f.path()));
+            }
+        }
+    }
+    out
+}
+
+/// Kills every live process the process runtime recorded under `root`; returns how many.
+pub fn kill_all(root: &Path) -> usize {
+    live_processes(root)
+        .into_iter()
+        .filter_map(|(pid, _)| rustix::process::Pid::from_raw(pid))
+        .filter(|pid| rustix::process::kill_process(*pid, rustix::process::Signal::KILL).is_ok())
+        .count()
 }

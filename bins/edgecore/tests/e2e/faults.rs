@@ -129,30 +129,6 @@ async fn a_half_open_link_turns_the_node_unknown_and_its_return_ready() {
     cloud.stop().await;
 }
 
-/// Kills every process the process runtime recorded under `root`; returns how many.
-fn kill_all(root: &Path) -> usize {
-    let mut killed = 0;
-    for sandbox in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let dir = sandbox.path().join("containers");
-        for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let Ok(text) = std::fs::read_to_string(f.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if let Some(pid) = v["pid"]
-                .as_i64()
-                .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-                && rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
-            {
-                killed += 1;
-            }
-        }
-    }
-    killed
-}
-
 /// (restartCount, running, containerID) of a pod's first container.
 fn first_container(pod: &Pod) -> Option<(i32, bool, String)> {
     let c = pod
@@ -212,7 +188,7 @@ spec:
     // The cloud goes away, then the node "reboots": edgecore stops and its processes die.
     cloud.stop().await;
     edge.stop().await;
-    assert_eq!(kill_all(&dir.0.join("edge/process")), 1);
+    assert_eq!(common::kill_all(&dir.0.join("edge/process")), 1);
     let edge = EdgeCore::start(ec).await.unwrap();
     let local: Api<Pod> = Api::namespaced(common::metaserver_client(&edge), "default");
     eventually(

@@ -11,3 +11,4 @@ mod netfaults;
 mod pods;
 mod process;
 mod sync;
+mod workloads;

@@ -3,38 +3,15 @@
 //! address, comes back when its process is killed by hand, and is gone when deleted. Its Secret is
 //! written with `stringData` (folded into `data` by the API, as Kubernetes does).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kubeedge_edge::{EdgeCore, PodRuntime};
 
-use crate::common::{self, TempDir, eventually, kubectl, kubectl_server};
+use crate::common::{self, TempDir, eventually, kubectl, kubectl_server, live_processes};
 
 /// (pid, record path) of every process the runtime recorded under `root` that still runs.
-fn live_processes(root: &Path) -> Vec<(i32, PathBuf)> {
-    let mut out = Vec::new();
-    for sandbox in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let dir = sandbox.path().join("containers");
-        for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let Ok(text) = std::fs::read_to_string(f.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            let pid = v["pid"].as_i64().unwrap_or(0) as i32;
-            let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.contains(") Z "));
-            if v["exit"].is_null() && running {
-                out.push((pid, f.path()));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_as_host_processes() {
     let dir = TempDir::new("process");
