@@ -23,6 +23,9 @@
 //!   updates, pods created and deleted, metaserver lists) for `--soak-secs`: both daemons' RSS and
 //!   open file descriptors every `--soak-sample-secs`, into `soak.csv`, `soak-rss.svg` and
 //!   `soak-fds.svg` under `--plot-dir` (default the working directory).
+//! * `workloads` (not run by default): `--workload-nodes` simulated edges that report the pods
+//!   they receive Running; one Deployment of `--workload-pods` replicas: scheduler decisions per
+//!   second and the time until every replica is available.
 //!
 //! `--plot-dir D` draws the fleet runs against N into `D/fleet-latency.svg` and
 //! `D/fleet-memory.svg`. Release builds give the numbers worth reading:
@@ -39,6 +42,7 @@ mod plot;
 mod proc;
 mod sim;
 mod soak;
+mod workloads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,7 +57,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Cli {
     /// Scenarios to run.
     #[arg(long, value_delimiter = ',', default_value = "fleet,link,edgecore",
-        value_parser = ["fleet", "link", "edgecore", "soak"])]
+        value_parser = ["fleet", "link", "edgecore", "soak", "workloads"])]
     scenarios: Vec<String>,
     /// Fleet sizes (simulated edge nodes), one fleet run each.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
@@ -100,6 +104,12 @@ struct Cli {
     /// Sampling period of the soak, seconds.
     #[arg(long, default_value_t = 30)]
     soak_sample_secs: u64,
+    /// Simulated edge nodes in the workloads scenario.
+    #[arg(long, default_value_t = 1000)]
+    workload_nodes: usize,
+    /// Replicas of the workloads scenario's Deployment.
+    #[arg(long, default_value_t = 10_000)]
+    workload_pods: usize,
 }
 
 /// Prints a markdown table after a blank line, under `## title` if given; the first `left`
@@ -210,6 +220,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
             "Data and plots: {}/soak.csv, soak-rss.svg, soak-fds.svg",
             dir.display()
         );
+    }
+    if failure.is_none() && wants("workloads") {
+        let report =
+            workloads::run(&cloudcore, cli.workload_nodes, cli.workload_pods, limit).await?;
+        workloads::print(&report);
     }
     match failure {
         Some(f) => Err(f.into()),

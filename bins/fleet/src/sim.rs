@@ -61,6 +61,9 @@ pub struct Behaviour {
     /// everything that arrived before it started and acks it when done, and what arrived while it
     /// ran goes into the next one (group commit).
     pub commit: Duration,
+    /// Whether pods the edge receives are reported Running and Ready (as a kubelet would once
+    /// their containers start), with the node's source address as their IP.
+    pub run_pods: bool,
 }
 
 impl Behaviour {
@@ -83,6 +86,7 @@ impl Behaviour {
             storms,
             dials: Arc::new(Semaphore::new(dials)),
             commit,
+            run_pods: false,
         };
         (behaviour, received, storm)
     }
@@ -146,6 +150,41 @@ fn registration(name: &str) -> Message {
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}))
 }
 
+/// The status report of a pod that has started (`None` if it is already reported Running).
+fn running(pod: &serde_json::Value, ip: IpAddr) -> Option<Message> {
+    if pod["status"]["phase"] == "Running" {
+        return None;
+    }
+    let ns = pod["metadata"]["namespace"].as_str()?;
+    let name = pod["metadata"]["name"].as_str()?;
+    let now = kubeedge_core::store::rfc3339(SystemTime::now());
+    let containers: Vec<serde_json::Value> = pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "ready": true, "restartCount": 0,
+                        "started": true, "state": {"running": {"startedAt": now}}})
+        })
+        .collect();
+    let patch = json!({"status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+        "hostIP": ip.to_string(), "startTime": now, "containerStatuses": containers,
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now},
+                       {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
+    Some(
+        Message::new(
+            "",
+            0,
+            Route::new(
+                "edged",
+                names::RESOURCE_GROUP,
+                Operation::Patch,
+                format!("{ns}/podpatch/{name}"),
+            ),
+        )
+        .with_content(json!(patch.to_string())),
+    )
+}
+
 /// One simulated edge, forever: dial, sync, ack; a storm drops the connection and it dials again
 /// with its inventory.
 pub async fn run_edge(idx: usize, edge: Arc<Edge>, mut b: Behaviour) {
@@ -184,8 +223,7 @@ pub async fn run_edge(idx: usize, edge: Arc<Edge>, mut b: Behaviour) {
             edge.clone(),
             handle,
             events,
-            b.reports.clone(),
-            b.commit,
+            b.clone(),
             !registered,
         ));
         let dropped = tokio::select! {
@@ -210,10 +248,10 @@ async fn app(
     edge: Arc<Edge>,
     handle: driver::Handle<edge::Session>,
     mut events: mpsc::Receiver<edge::Event>,
-    reports: mpsc::UnboundedSender<Report>,
-    commit: Duration,
+    b: Behaviour,
     register: bool,
 ) -> bool {
+    let (reports, commit) = (b.reports, b.commit);
     if register {
         let m = registration(&edge.name);
         let _ = handle
@@ -256,6 +294,16 @@ async fn app(
                 message,
             } => {
                 let bytes = message.to_json().len();
+                if b.run_pods && !deleted && key.split('/').nth(1) == Some("pod") {
+                    let status = running(&message.content, edge.ip);
+                    if let Some(m) = status {
+                        let _ = handle
+                            .exec(move |s, _| {
+                                let _ = s.enqueue_uplink(m);
+                            })
+                            .await;
+                    }
+                }
                 if let Ok(mut inv) = edge.inventory.lock() {
                     if deleted {
                         inv.remove(&key);
