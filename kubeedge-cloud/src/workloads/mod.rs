@@ -393,6 +393,8 @@ pub struct Ctx<'a> {
     pub local: &'a Local,
     /// Now.
     pub now: SystemTime,
+    /// Events recorded in this pass, written together at its end (one disk sync).
+    pub events: &'a mut Vec<Value>,
 }
 
 impl Ctx<'_> {
@@ -480,9 +482,20 @@ impl Ctx<'_> {
             "source": {"component": component}, "reportingComponent": component,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         });
-        if let Err(e) = self.local.create(EVENTS, Some(ns), event) {
-            tracing::debug!(error = %e.message, reason, "recording an event");
-        }
+        self.events.push(event);
+    }
+
+    /// Binds a pod to a node (one write) and caches the result.
+    pub fn bind(&mut self, pod: &Value, node: &str) -> Result<Value, ApiError> {
+        let bound = self.local.bind(
+            meta(pod, "namespace"),
+            meta(pod, "name"),
+            meta(pod, "resourceVersion"),
+            node,
+            &store::rfc3339(self.now),
+        )?;
+        self.remember(PODS, &bound);
+        Ok(bound)
     }
 }
 
@@ -708,6 +721,7 @@ fn pass(state: &mut State) {
         slots,
         stop,
     } = state;
+    let mut events = Vec::new();
     for slot in slots.iter_mut() {
         let keys = std::mem::take(&mut slot.dirty);
         for key in keys {
@@ -715,6 +729,7 @@ fn pass(state: &mut State) {
                 cache,
                 local,
                 now: SystemTime::now(),
+                events: &mut events,
             };
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 slot.controller.reconcile(&mut ctx, &key)
@@ -749,9 +764,20 @@ fn pass(state: &mut State) {
                 *t = (*t).min(at);
             }
             if stop.load(Ordering::SeqCst) {
-                return;
+                break;
+            }
+            // Events go out in groups, not one disk sync each.
+            if events.len() >= 256 {
+                flush_events(local, &mut events);
             }
         }
+    }
+    flush_events(local, &mut events);
+}
+
+fn flush_events(local: &Local, events: &mut Vec<Value>) {
+    if let Err(e) = local.create_unchecked(EVENTS, std::mem::take(events)) {
+        tracing::debug!(error = %e.message, "recording events");
     }
 }
 

@@ -15,6 +15,9 @@ use super::{
     owner_ref, random_suffix, ready, ready_since, terminating,
 };
 
+/// Pods a ReplicaSet creates in one pass at most (the rest in the next).
+pub const BURST: usize = 500;
+
 /// The ReplicaSet controller.
 #[derive(Debug, Default)]
 pub struct ReplicaSetController;
@@ -105,8 +108,12 @@ impl Controller for ReplicaSetController {
             .into_iter()
             .filter(|p| active(p))
             .collect();
+        let mut more = false;
         if pods.len() < want {
-            for _ in pods.len()..want {
+            // At most BURST at a time, so that the scheduler and the others take turns.
+            let missing = want - pods.len();
+            more = missing > BURST;
+            for _ in 0..missing.min(BURST) {
                 let name = format!("{}-{}", key.1, random_suffix(5));
                 let pod = pod_from_template(&rs, &rs["spec"]["template"], &name, &[]);
                 match ctx.create(PODS, &key.0, pod) {
@@ -140,6 +147,9 @@ impl Controller for ReplicaSetController {
             "observedGeneration": rs["metadata"]["generation"],
         });
         write_status(ctx, REPLICASETS, &rs, status)?;
+        if more {
+            return Ok(Some(Duration::ZERO));
+        }
         Ok(until_available(&pods, min_ready, ctx.now))
     }
 }

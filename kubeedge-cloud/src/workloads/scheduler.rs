@@ -544,12 +544,7 @@ impl Controller for Scheduler {
             return Ok(None);
         };
         let node_name = meta(node, "name").to_owned();
-        let mut next = (*pod).clone();
-        next["spec"]["nodeName"] = json!(node_name);
-        let written = ctx.update(PODS, next, false)?;
-        let mut with_condition = written.clone();
-        set_condition(&mut with_condition, "PodScheduled", "True", "", "", ctx);
-        let written = ctx.update(PODS, with_condition, true).unwrap_or(written);
+        let written = ctx.bind(&pod, &node_name)?;
         self.account(&written);
         self.pending.remove(key);
         self.told.remove(key);

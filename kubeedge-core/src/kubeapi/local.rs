@@ -139,6 +139,92 @@ impl Local {
         write(&self.api, &t, obj, Ownership::Update(sub))
     }
 
+    /// Binds a pod to `node` in one write, as the `pods/binding` subresource does: sets
+    /// `spec.nodeName` and the `PodScheduled=True` condition (at `now`, RFC 3339). A pod already
+    /// bound, or changed since `resource_version`, is a 409.
+    pub fn bind(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource_version: &str,
+        node: &str,
+        now: &str,
+    ) -> Result<Value, ApiError> {
+        let r = self.resource(("", "pods"))?;
+        let mut pod = self.get(("", "pods"), Some(namespace), name)?;
+        if pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+        {
+            return Err(ApiError::with(
+                409,
+                "Conflict",
+                format!("pod {name} is already assigned to a node"),
+            ));
+        }
+        if pod
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            != Some(resource_version)
+        {
+            return Err(ApiError::with(
+                409,
+                "Conflict",
+                format!("pod {name} changed"),
+            ));
+        }
+        pod["spec"]["nodeName"] = json!(node);
+        if !pod["status"].is_object() {
+            pod["status"] = json!({});
+        }
+        let mut conditions: Vec<Value> = pod["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        conditions.retain(|c| c["type"] != "PodScheduled");
+        conditions.push(
+            json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
+                               "lastTransitionTime": now}),
+        );
+        pod["status"]["conditions"] = Value::Array(conditions);
+        self.api
+            .store
+            .update(&r.store_name(), Some(namespace), name, pod)
+            .map_err(|e| store_error(&r, e))
+    }
+
+    /// Creates new objects of `kind` in one transaction (one disk sync), as they are given: no
+    /// defaults, validation or admission. For the control plane's own records (Events); an object
+    /// whose name is taken replaces the old one.
+    pub fn create_unchecked(&self, kind: Kind<'_>, objects: Vec<Value>) -> Result<(), ApiError> {
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let r = self.resource(kind)?;
+        let ops = objects
+            .into_iter()
+            .map(|mut object| {
+                object["apiVersion"] = json!(r.api_version());
+                object["kind"] = json!(r.kind);
+                crate::store::BatchOp::Put {
+                    resource: r.store_name(),
+                    namespace: object
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .filter(|_| r.namespaced)
+                        .map(str::to_owned),
+                    object,
+                }
+            })
+            .collect();
+        self.api
+            .store
+            .batch(ops)
+            .map(|_| ())
+            .map_err(|e| store_error(&r, e))
+    }
+
     /// Deletes an object as a `DELETE` with these `DeleteOptions` would (`{}` for the defaults;
     /// `{"propagationPolicy": "Foreground"}`, `{"gracePeriodSeconds": 0}`, preconditions): the
     /// object as removed, or as marked for a graceful or finalized deletion.
