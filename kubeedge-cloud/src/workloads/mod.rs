@@ -170,8 +170,12 @@ impl Cache {
     }
 
     /// Stores `obj` (as read or written) under `store`, unless the cache already holds a newer
-    /// version.
-    fn put(&mut self, store: &str, obj: Value) {
+    /// version. Managed fields are left out: no controller reads them, a write recomputes them
+    /// from the stored object, and they are a good part of an object's size.
+    fn put(&mut self, store: &str, mut obj: Value) {
+        if let Some(m) = obj["metadata"].as_object_mut() {
+            m.remove("managedFields");
+        }
         let key = key_of(&obj);
         let rv = |v: &Value| {
             meta(v, "resourceVersion")
