@@ -1,6 +1,7 @@
 //! The embedded control plane's workload controllers, as kube-controller-manager and
 //! kube-scheduler run them for a cluster: the [`scheduler`], ReplicaSets and Deployments
-//! ([`replicaset`], [`deployment`]), DaemonSets ([`daemonset`]), Jobs ([`job`]), the garbage
+//! ([`replicaset`], [`deployment`]), DaemonSets ([`daemonset`]), StatefulSets ([`statefulset`]),
+//! Jobs and CronJobs ([`job`], [`cronjob`]), the garbage
 //! collector ([`gc`]: ownerReferences, background, foreground and orphan deletion), Services'
 //! EndpointSlices and Endpoints ([`endpoints`]) and NoExecute taint eviction ([`taints`]).
 //!
@@ -10,6 +11,7 @@
 //! ([`Local`]): defaults, validation, finalizers, graceful pod deletion. A real cluster has its own
 //! controllers; a vendor embedding the control plane starts these on its own [`Api`].
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -17,6 +19,7 @@ pub mod gc;
 pub mod job;
 pub mod replicaset;
 pub mod scheduler;
+pub mod statefulset;
 pub mod taints;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -52,6 +55,10 @@ pub const DEPLOYMENTS: Kind<'static> = ("apps", "deployments");
 pub const DAEMONSETS: Kind<'static> = ("apps", "daemonsets");
 /// Jobs.
 pub const JOBS: Kind<'static> = ("batch", "jobs");
+/// CronJobs.
+pub const CRONJOBS: Kind<'static> = ("batch", "cronjobs");
+/// StatefulSets.
+pub const STATEFULSETS: Kind<'static> = ("apps", "statefulsets");
 
 /// The kinds the cache holds.
 const CACHED: &[Kind<'static>] = &[
@@ -65,6 +72,8 @@ const CACHED: &[Kind<'static>] = &[
     DEPLOYMENTS,
     DAEMONSETS,
     JOBS,
+    CRONJOBS,
+    STATEFULSETS,
 ];
 
 /// Every key of every controller is looked at again this often, changed or not.
@@ -539,7 +548,9 @@ pub fn standard() -> Vec<Box<dyn Controller>> {
         Box::new(deployment::DeploymentController),
         Box::new(replicaset::ReplicaSetController),
         Box::new(daemonset::DaemonSetController),
+        Box::new(statefulset::StatefulSetController),
         Box::new(job::JobController),
+        Box::new(cronjob::CronJobController),
         Box::new(endpoints::EndpointsController),
         Box::new(taints::TaintEviction),
     ]

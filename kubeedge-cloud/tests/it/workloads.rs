@@ -670,3 +670,143 @@ async fn bad_workloads_are_refused_whole() {
     );
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulsets_keep_order_and_cronjobs_run_on_time() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::batch::v1::CronJob;
+
+    let dir = TempDir::new("sts");
+    let core = start(&dir).await;
+    let client = core.client().clone();
+    add_node(&client, "edge1", json!({}), json!([])).await;
+    let sim = kubelet(client.clone(), Kubelets::default());
+
+    // Ordinal names, made in order: each one only once those before it are Ready.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let set: StatefulSet = serde_json::from_value(json!({"metadata": {"name": "db"},
+        "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let names = async || {
+        let mut n: Vec<String> = pods_of(&client, "app=db")
+            .await
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        n.sort();
+        n
+    };
+    eventually(30, "db-0..2", async || {
+        names().await == ["db-0", "db-1", "db-2"]
+    })
+    .await;
+    let pods = pods_of(&client, "app=db").await;
+    let created = |n: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(n))
+            .and_then(|p| p.metadata.creation_timestamp.clone())
+            .unwrap()
+            .0
+    };
+    assert!(created("db-0") <= created("db-1") && created("db-1") <= created("db-2"));
+    let db1 = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("db-1"))
+        .unwrap();
+    assert_eq!(db1.spec.as_ref().unwrap().hostname.as_deref(), Some("db-1"));
+    assert_eq!(db1.spec.as_ref().unwrap().subdomain.as_deref(), Some("db"));
+    let settled = async || {
+        let s = sets.get("db").await.unwrap().status.unwrap_or_default();
+        s.ready_replicas == Some(3)
+            && s.current_revision.is_some()
+            && s.current_revision == s.update_revision
+    };
+    eventually(30, "ready and on one revision", async || settled().await).await;
+    let first = sets
+        .get("db")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .update_revision;
+    // A new template rolls from the highest ordinal down; the revision moves on.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.37"}]}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    eventually(60, "rolled", async || {
+        settled().await
+            && sets
+                .get("db")
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .update_revision
+                != first
+            && pods_of(&client, "app=db").await.iter().all(|p| {
+                p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("busybox:1.37")
+            })
+    })
+    .await;
+    // Scaled down from the top.
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually(30, "only db-0 left", async || names().await == ["db-0"]).await;
+
+    // A CronJob whose last run was two minutes ago is due now: it makes its Job, which completes.
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let cj: CronJob = serde_json::from_value(json!({"metadata": {"name": "tick"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid", "successfulJobsHistoryLimit": 1,
+                 "jobTemplate": {"spec": {"template": {"metadata": {"labels": {"finish": "yes"}},
+                     "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}}))
+    .unwrap();
+    cronjobs.create(&PostParams::default(), &cj).await.unwrap();
+    let earlier =
+        kubeedge_core::store::rfc3339(std::time::SystemTime::now() - Duration::from_secs(120));
+    cronjobs
+        .patch_status(
+            "tick",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastScheduleTime": earlier}})),
+        )
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    eventually(30, "the due run made and completed", async || {
+        let made = jobs.list(&ListParams::default()).await.unwrap().items;
+        made.len() == 1
+            && made[0]
+                .metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("tick-"))
+            && cronjobs
+                .get("tick")
+                .await
+                .unwrap()
+                .status
+                .is_some_and(|s| s.last_successful_time.is_some())
+    })
+    .await;
+    // A schedule that cannot be parsed is refused by nothing but reported.
+    let bad: CronJob = serde_json::from_value(json!({"metadata": {"name": "bad"},
+        "spec": {"schedule": "every minute", "jobTemplate": {"spec": {"template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}}))
+    .unwrap();
+    let refused = cronjobs.create(&PostParams::default(), &bad).await;
+    let kube::Error::Api(e) = refused.unwrap_err() else {
+        panic!("not an API error")
+    };
+    assert_eq!(e.code, 422);
+    assert!(e.message.contains("spec.schedule"), "{}", e.message);
+    sim.abort();
+    core.stop().await;
+}

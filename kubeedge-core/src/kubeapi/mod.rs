@@ -28,6 +28,7 @@
 
 mod apply;
 pub mod auth;
+pub mod cron;
 pub mod defaults;
 pub mod local;
 pub mod openapi;

@@ -291,6 +291,16 @@ fn workload(r: &Resource, obj: &Value, causes: &mut Vec<String>) {
             ));
         }
     }
+    if r.plural == "cronjobs" {
+        match spec["schedule"].as_str() {
+            None | Some("") => causes.push("spec.schedule: Required value".into()),
+            Some(text) => {
+                if let Err(why) = super::cron::Schedule::parse(text) {
+                    causes.push(format!("spec.schedule: Invalid value: {text:?}: {why}"));
+                }
+            }
+        }
+    }
     let template_path = template_at.trim_start_matches('/').replace('/', ".");
     let Some(template) = obj.pointer(template_at).filter(|t| t.is_object()) else {
         causes.push(format!("{template_path}: Required value"));
