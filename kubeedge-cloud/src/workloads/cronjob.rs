@@ -19,7 +19,7 @@ use kubeedge_core::kubeapi::cron::Schedule;
 
 use super::replicaset::write_status;
 use super::{
-    CRONJOBS, Cache, Controller, Ctx, JOBS, Key, controller_ref, meta, owner_ref, parse_time,
+    CRONJOBS, Cache, Controller, Ctx, JOBS, Key, meta, owner_key, owner_ref, parse_time,
     terminating,
 };
 
@@ -51,14 +51,7 @@ impl Controller for CronJobController {
     }
 
     fn affected(&mut self, _cache: &Cache, ev: &Event) -> Vec<Key> {
-        if ev.resource != "jobs.batch" {
-            return Vec::new();
-        }
-        controller_ref(&ev.object)
-            .filter(|r| r["kind"] == "CronJob")
-            .and_then(|r| r["name"].as_str())
-            .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
-            .unwrap_or_default()
+        owner_key(ev, "jobs.batch", "CronJob")
     }
 
     fn reconcile(&mut self, ctx: &mut Ctx<'_>, key: &Key) -> Result<Option<Duration>, ApiError> {

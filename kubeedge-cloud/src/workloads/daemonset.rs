@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::replicaset::{pod_from_template, until_available, write_status};
 use super::scheduler::{node_matches, untolerated};
 use super::{
-    Cache, Controller, Ctx, DAEMONSETS, Key, NODES, PODS, active, available, controller_ref,
-    int_or_percent, key_of, meta, random_suffix, ready, template_hash, terminating,
+    Cache, Controller, Ctx, DAEMONSETS, Key, NODES, PODS, active, available, int_or_percent,
+    key_of, meta, owner_key, random_suffix, ready, template_hash, terminating,
 };
 
 /// The label with the hash of the template a daemon pod was made from.
@@ -59,11 +59,7 @@ impl Controller for DaemonSetController {
 
     fn affected(&mut self, cache: &Cache, ev: &Event) -> Vec<Key> {
         match ev.resource.as_str() {
-            "pods" => controller_ref(&ev.object)
-                .filter(|r| r["kind"] == "DaemonSet")
-                .and_then(|r| r["name"].as_str())
-                .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
-                .unwrap_or_default(),
+            "pods" => owner_key(ev, "pods", "DaemonSet"),
             // A node's labels, taints or readiness may change where daemons run.
             "nodes" => cache
                 .list(DAEMONSETS, None)

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use super::replicaset::write_status;
 use super::scheduler::set_condition;
 use super::{
-    Cache, Controller, Ctx, DEPLOYMENTS, Key, REPLICASETS, controller_ref, controller_uid,
-    int_or_percent, meta, owner_ref, template_hash, terminating,
+    Cache, Controller, Ctx, DEPLOYMENTS, Key, REPLICASETS, controller_uid, int_or_percent, meta,
+    owner_key, owner_ref, template_hash, terminating,
 };
 
 /// The annotation that numbers a ReplicaSet's (and its Deployment's) revision.
@@ -127,14 +127,7 @@ impl Controller for DeploymentController {
     }
 
     fn affected(&mut self, _cache: &Cache, ev: &Event) -> Vec<Key> {
-        if ev.resource != "replicasets.apps" {
-            return Vec::new();
-        }
-        controller_ref(&ev.object)
-            .filter(|r| r["kind"] == "Deployment")
-            .and_then(|r| r["name"].as_str())
-            .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
-            .unwrap_or_default()
+        owner_key(ev, "replicasets.apps", "Deployment")
     }
 
     fn reconcile(&mut self, ctx: &mut Ctx<'_>, key: &Key) -> Result<Option<Duration>, ApiError> {

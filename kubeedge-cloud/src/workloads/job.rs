@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use super::replicaset::{pod_from_template, write_status};
 use super::scheduler::set_condition;
 use super::{
-    Cache, Controller, Ctx, JOBS, Key, PODS, active, controller_ref, meta, parse_time,
-    random_suffix, ready, terminating,
+    Cache, Controller, Ctx, JOBS, Key, PODS, active, meta, owner_key, parse_time, random_suffix,
+    ready, terminating,
 };
 
 /// The Job controller.
@@ -96,14 +96,7 @@ impl Controller for JobController {
     }
 
     fn affected(&mut self, _cache: &Cache, ev: &Event) -> Vec<Key> {
-        if ev.resource != "pods" {
-            return Vec::new();
-        }
-        controller_ref(&ev.object)
-            .filter(|r| r["kind"] == "Job")
-            .and_then(|r| r["name"].as_str())
-            .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
-            .unwrap_or_default()
+        owner_key(ev, "pods", "Job")
     }
 
     fn reconcile(&mut self, ctx: &mut Ctx<'_>, key: &Key) -> Result<Option<Duration>, ApiError> {

@@ -256,6 +256,19 @@ pub fn controller_uid(obj: &Value) -> Option<&str> {
     controller_ref(obj).and_then(|r| r["uid"].as_str())
 }
 
+/// The key of the `kind` object that controls the object of `ev`, if `ev` is about `resource`
+/// (a store name): how a controller hears of changes to what it made.
+pub fn owner_key(ev: &Event, resource: &str, kind: &str) -> Vec<Key> {
+    if ev.resource != resource {
+        return Vec::new();
+    }
+    controller_ref(&ev.object)
+        .filter(|r| r["kind"] == kind)
+        .and_then(|r| r["name"].as_str())
+        .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
+        .unwrap_or_default()
+}
+
 /// The object's owner reference with `controller: true`.
 pub fn controller_ref(obj: &Value) -> Option<&Value> {
     obj.pointer("/metadata/ownerReferences")?
@@ -316,25 +329,13 @@ pub fn available(pod: &Value, min_ready: Duration, now: SystemTime) -> bool {
     ready_since(pod).is_some_and(|t| min_ready.is_zero() || t + min_ready <= now)
 }
 
-/// An RFC 3339 time (`2024-03-01T10:20:30Z`, fractions allowed) as a system time.
+/// An RFC 3339 time (`2024-03-01T10:20:30Z`, fractions and offsets allowed) as a system time.
 pub fn parse_time(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+    let (secs, nanos) = kubeedge_core::kubeapi::protobuf::parse_time(s)?;
+    Some(
+        SystemTime::UNIX_EPOCH
+            + Duration::new(u64::try_from(secs).ok()?, u32::try_from(nanos).ok()?),
+    )
 }
 
 /// A label selector object (`matchLabels`, `matchExpressions`) parsed; `None` if it cannot be.

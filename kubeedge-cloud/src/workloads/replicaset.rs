@@ -11,8 +11,8 @@ use kubeedge_core::store::Event;
 use serde_json::{Value, json};
 
 use super::{
-    Cache, Controller, Ctx, Key, PODS, REPLICASETS, active, available, controller_ref, meta,
-    owner_ref, random_suffix, ready, ready_since, terminating,
+    Cache, Controller, Ctx, Key, PODS, REPLICASETS, active, available, meta, owner_key, owner_ref,
+    random_suffix, ready, ready_since, terminating,
 };
 
 /// Pods a ReplicaSet creates in one pass at most (the rest in the next).
@@ -83,14 +83,7 @@ impl Controller for ReplicaSetController {
     }
 
     fn affected(&mut self, _cache: &Cache, ev: &Event) -> Vec<Key> {
-        if ev.resource != "pods" {
-            return Vec::new();
-        }
-        controller_ref(&ev.object)
-            .filter(|r| r["kind"] == "ReplicaSet")
-            .and_then(|r| r["name"].as_str())
-            .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
-            .unwrap_or_default()
+        owner_key(ev, "pods", "ReplicaSet")
     }
 
     fn reconcile(&mut self, ctx: &mut Ctx<'_>, key: &Key) -> Result<Option<Duration>, ApiError> {

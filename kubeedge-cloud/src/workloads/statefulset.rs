@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use super::replicaset::{pod_from_template, until_available, write_status};
 use super::{
-    Cache, Controller, Ctx, Key, PODS, STATEFULSETS, available, controller_ref, finished, meta,
-    ready, template_hash, terminating,
+    Cache, Controller, Ctx, Key, PODS, STATEFULSETS, available, finished, meta, owner_key, ready,
+    template_hash, terminating,
 };
 
 /// The label with the revision a pod was made from.
@@ -45,14 +45,7 @@ impl Controller for StatefulSetController {
     }
 
     fn affected(&mut self, _cache: &Cache, ev: &Event) -> Vec<Key> {
-        if ev.resource != "pods" {
-            return Vec::new();
-        }
-        controller_ref(&ev.object)
-            .filter(|r| r["kind"] == "StatefulSet")
-            .and_then(|r| r["name"].as_str())
-            .map(|name| vec![(ev.namespace.clone().unwrap_or_default(), name.to_owned())])
-            .unwrap_or_default()
+        owner_key(ev, "pods", "StatefulSet")
     }
 
     fn reconcile(&mut self, ctx: &mut Ctx<'_>, key: &Key) -> Result<Option<Duration>, ApiError> {

@@ -98,7 +98,7 @@ impl Schedule {
         let hour = (t / 3600 % 24) as usize;
         let days = t / 86_400;
         let weekday = ((days + 4) % 7) as usize; // 1970-01-01 was a Thursday
-        let (_, month, day) = civil(days as i64);
+        let (_, month, day) = crate::store::civil_from_days(days as i64);
         let day_ok = if self.either_day {
             self.days[day as usize] || self.weekdays[weekday]
         } else {
@@ -133,17 +133,4 @@ impl Schedule {
         }
         None
     }
-}
-
-/// (year, month, day) of a day count since 1970-01-01.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }

@@ -1130,8 +1130,9 @@ fn format_time(seconds: i64, nanos: i64, micro: bool) -> String {
     }
 }
 
-/// Seconds and nanoseconds of an RFC 3339 time (`Z` or an offset, optional fraction).
-pub(crate) fn parse_time(s: &str) -> Option<(i64, i64)> {
+/// Seconds since the epoch and nanoseconds of an RFC 3339 time (`Z` or an offset, optional
+/// fraction); `None` if it is not one.
+pub fn parse_time(s: &str) -> Option<(i64, i64)> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;

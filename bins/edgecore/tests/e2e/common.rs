@@ -59,9 +59,14 @@ pub async fn cloud(dir: &TempDir, hub: &str, https: &str) -> CloudCore {
 /// Node `e1` under `dir/edge`, joining `cloud` with a fresh token, the metaserver on a free port,
 /// reconnecting within a second.
 pub fn edge_config(dir: &TempDir, cloud: &CloudCore) -> kubeedge_edge::Config {
+    node_config(&dir.0.join("edge"), "e1", cloud)
+}
+
+/// Node `node` with its data under `data`, otherwise as [`edge_config`].
+pub fn node_config(data: &Path, node: &str, cloud: &CloudCore) -> kubeedge_edge::Config {
     let mut c = kubeedge_edge::Config::new(
-        dir.0.join("edge"),
-        "e1",
+        data.to_owned(),
+        node,
         format!("wss://127.0.0.1:{}", cloud.hub_addr().port()),
     );
     c.https_url = Some(format!("https://127.0.0.1:{}", cloud.https_addr().port()));

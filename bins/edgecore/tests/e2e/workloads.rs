@@ -8,7 +8,7 @@
 //! taint for 30 s, which is evicted and replaced on the other edge.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -21,25 +21,22 @@ use crate::common::{self, TempDir, eventually, kill_all, kubectl, live_processes
 /// Edge `name` joining `cloud`, its data under `dir/<name>`, its pods running as processes that
 /// report `address` as their IP; it sends a keepalive every second.
 async fn edge(dir: &TempDir, cloud: &CloudCore, name: &str, address: &str) -> EdgeCore {
-    let mut c = kubeedge_edge::Config::new(
-        dir.0.join(name),
-        name,
-        format!("wss://127.0.0.1:{}", cloud.hub_addr().port()),
-    );
-    c.https_url = Some(format!("https://127.0.0.1:{}", cloud.https_addr().port()));
-    c.token = Some(
-        cloud
-            .ca()
-            .token(Duration::from_secs(3600), SystemTime::now()),
-    );
-    c.metaserver_addr = "127.0.0.1:0".parse().unwrap();
-    c.backoff_max = Duration::from_secs(1);
+    let mut c = common::node_config(&dir.0.join(name), name, cloud);
     c.runtime = PodRuntime::Process;
     c.restart_backoff = Duration::from_secs(1);
     c.node_address = address.to_owned();
     // Heard from every second, so that a short node grace tells a live edge from a lost one.
     c.session.keepalive_interval = Duration::from_secs(1);
     EdgeCore::start(c).await.unwrap()
+}
+
+/// Waits until the two edges report Ready.
+async fn both_ready(dir: &TempDir) {
+    eventually(30, "both edges Ready", async || {
+        let ready = "{.items[*].status.conditions[?(@.type==\"Ready\")].status}";
+        get(dir, &["nodes"], ready) == "True True"
+    })
+    .await;
 }
 
 /// Applies a manifest through kubectl.
@@ -104,14 +101,7 @@ async fn deployments_daemonsets_jobs_and_services_run_on_the_edges() {
     let _reaper = Reaper(roots.iter().map(|p| p.as_path()).collect());
     let e1 = edge(&dir, &cloud, "e1", "127.0.0.2").await;
     let e2 = edge(&dir, &cloud, "e2", "127.0.0.3").await;
-    eventually(30, "both edges Ready", async || {
-        get(
-            &dir,
-            &["nodes"],
-            "{.items[*].status.conditions[?(@.type==\"Ready\")].status}",
-        ) == "True True"
-    })
-    .await;
+    both_ready(&dir).await;
 
     // A Deployment of 4 spreads over both edges and runs.
     apply(&dir, "web", DEPLOYMENT);
@@ -406,14 +396,7 @@ async fn an_offline_edge_keeps_its_pods_unless_a_toleration_runs_out() {
     let _reaper = Reaper(roots.iter().map(|p| p.as_path()).collect());
     let e1 = edge(&dir, &cloud, "e1", "127.0.0.2").await;
     let e2 = edge(&dir, &cloud, "e2", "127.0.0.3").await;
-    eventually(30, "both edges Ready", async || {
-        get(
-            &dir,
-            &["nodes"],
-            "{.items[*].status.conditions[?(@.type==\"Ready\")].status}",
-        ) == "True True"
-    })
-    .await;
+    both_ready(&dir).await;
     // Two Deployments pinned to e1 at first: one plain, one tolerating unreachability for 30 s.
     let pinned = |name: &str, toleration: &str| {
         format!(
