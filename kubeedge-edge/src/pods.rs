@@ -178,6 +178,7 @@ impl<R: Runtime> PodManager<R> {
             self.scheme = name.to_owned();
         }
         self.adopt().await;
+        self.sweep_pod_dirs();
         let mut watch = match self
             .store
             .resource_version()
@@ -288,7 +289,36 @@ impl<R: Runtime> PodManager<R> {
         for uid in gone {
             if let Some(run) = self.pods.remove(&uid) {
                 self.teardown(&run, Duration::from_secs(2)).await;
+                self.remove_pod_dir(&uid);
                 tracing::info!(uid, "removed a pod the node no longer has");
+            }
+        }
+    }
+
+    /// Removes a pod's directory (its logs and volumes) once the pod is gone, as the kubelet does.
+    fn remove_pod_dir(&self, uid: &str) {
+        let dir = self.config.data_dir.join("pods").join(uid);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a pod's directory")
+            }
+        }
+    }
+
+    /// Removes the directories of pods neither running here nor in the store (left by pods that
+    /// went while edgecore was down).
+    fn sweep_pod_dirs(&self) {
+        let mut known: HashSet<String> = self.pods.keys().cloned().collect();
+        known.extend(self.bound_pods().iter().map(uid_of));
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("pods")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !known.contains(&name) {
+                self.remove_pod_dir(&name);
             }
         }
     }

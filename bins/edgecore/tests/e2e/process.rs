@@ -150,6 +150,11 @@ spec:
         local_pods.get_opt("app").await.unwrap().is_none()
     })
     .await;
+    // ... and its directory (logs, volumes) goes with it, as the kubelet's does
+    eventually(10, "the pod's directory removed", async || {
+        std::fs::read_dir(dir.0.join("edge/pods")).is_ok_and(|mut d| d.next().is_none())
+    })
+    .await;
     edge.stop().await;
     cloud.stop().await;
 }
