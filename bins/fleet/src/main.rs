@@ -104,6 +104,10 @@ struct Cli {
     /// Sampling period of the soak, seconds.
     #[arg(long, default_value_t = 30)]
     soak_sample_secs: u64,
+    /// Churn steps per second in the soak (each: a ConfigMap update and two metaserver lists; a
+    /// pod created, and one deleted, every fifth step).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    soak_rate: u32,
     /// Simulated edge nodes in the workloads scenario.
     #[arg(long, default_value_t = 1000)]
     workload_nodes: usize,
@@ -211,6 +215,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             &edgecore,
             length,
             Duration::from_secs(cli.soak_sample_secs.max(1)),
+            cli.soak_rate,
             &dir,
         )
         .await?;

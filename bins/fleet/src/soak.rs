@@ -1,9 +1,10 @@
 //! The soak: a real cloudcore and a real edgecore (process runtime) under steady churn for a long
 //! time, sampling both daemons' RSS and open file descriptors, to show whether anything grows.
 //!
-//! Churn, every second: one of 20 ConfigMaps updated through the cloud's API (each reaches the
-//! edge), the node's pods and ConfigMaps listed through the edge's metaserver; every 5 s a pod
-//! created and the oldest of more than 10 deleted (each a real process started and stopped).
+//! Churn, `rate` steps a second (`--soak-rate`, default 1), each: one of 20 ConfigMaps updated
+//! through the cloud's API, the node's pods and ConfigMaps listed through the edge's metaserver;
+//! every fifth step a pod created and the oldest of more than 10 deleted (each a real process
+//! started and stopped).
 //! Samples every `sample` into `soak.csv`, plotted into `soak-rss.svg` and `soak-fds.svg`.
 
 use std::fmt::Write as _;
@@ -57,12 +58,13 @@ pub async fn run(
     edgecore: &Path,
     length: Duration,
     every: Duration,
+    rate: u32,
     dir: &Path,
 ) -> Result<Vec<Sample>, Error> {
     let cloud = CloudCore::start(cloudcore, 4, 32)?;
     let data: PathBuf = proc::scratch("soak-edge");
     let mut edge = super::edgecore::start_joined(edgecore, &cloud, NODE, &data)?;
-    let result = churn(&cloud, &edge, length, every).await;
+    let result = churn(&cloud, &edge, length, every, rate).await;
     edge.kill();
     super::edgecore::kill_recorded(&data);
     drop(edge);
@@ -92,6 +94,7 @@ async fn churn(
     edge: &Daemon,
     length: Duration,
     every: Duration,
+    rate: u32,
 ) -> Result<Vec<Sample>, Error> {
     let client = cloud.client().await?;
     let metaserver = edge
@@ -114,7 +117,7 @@ async fn churn(
     let start = Instant::now();
     let mut samples = vec![sample(cloud_pid, edge_pid, Duration::ZERO, 0)];
     let mut next_sample = every;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     let (mut n, mut ops, mut created, mut deleted) = (0u64, 0u64, 0usize, 0usize);
     while start.elapsed() < length {
         tick.tick().await;
