@@ -166,7 +166,8 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     // --- 2. fan-out ---
     let total = row.pods;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let api_slots = Arc::new(Semaphore::new(s.concurrency.min(64)));
+    // At most half of what the API server admits from one address at once (64).
+    let api_slots = Arc::new(Semaphore::new(s.concurrency.min(32)));
     let cpu1 = cloud.cpu_secs();
     let start = Instant::now();
     let mut creates = tokio::task::JoinSet::new();

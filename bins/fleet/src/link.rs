@@ -40,7 +40,9 @@ pub async fn run(
     let edges = sim::edges(Arc::new(cloud.ca()?), vec![node.clone()]).await?;
     let pods: Api<Pod> = Api::namespaced(cloud.client().await?, "default");
     // The pods are made while the node is away, so that they all go out in one burst.
-    let slots = Arc::new(Semaphore::new(64));
+    // Half of what the API server admits from one address at once (64 connections waiting for
+    // their first bytes or handshaking), so that a loaded machine cannot push it over.
+    let slots = Arc::new(Semaphore::new(32));
     let mut creates = tokio::task::JoinSet::new();
     for j in 0..objects {
         let pod: Pod = serde_json::from_value(json!({"metadata": {"name": format!("l-{j:06}")},

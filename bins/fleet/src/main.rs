@@ -68,7 +68,7 @@ struct Cli {
     /// Length of the steady-state window, seconds.
     #[arg(long, default_value_t = 10)]
     steady_secs: u64,
-    /// Concurrent dials (API requests: at most 64 of them).
+    /// Concurrent dials (API requests: at most 32 of them).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// The cloudcore binary. Default: next to this one.

@@ -493,3 +493,85 @@ spec:
     e2.stop().await;
     cloud.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_and_a_job_run_on_containerd() {
+    let (_ctrd, dir, cloud, ec) = common::on_containerd("wl-cri").await;
+    let edge = EdgeCore::start(ec).await.unwrap();
+    eventually(30, "e1 Ready", async || {
+        let ready = "{.items[*].status.conditions[?(@.type==\"Ready\")].status}";
+        get(&dir, &["nodes"], ready) == "True"
+    })
+    .await;
+    let image = kubeedge_edge::test_util::IMAGE;
+    apply(
+        &dir,
+        "cri",
+        &format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: {image}
+        command: ["/bin/sh", "-c", "exec sleep 3600"]
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: once
+spec:
+  completions: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: {image}
+        command: ["/bin/sh", "-c", "echo done"]
+"#
+        ),
+    );
+    kubectl(
+        &dir,
+        &["rollout", "status", "deployment/web", "--timeout=120s"],
+    );
+    let ids = get(
+        &dir,
+        &["pods", "-l", "app=web"],
+        "{.items[*].status.containerStatuses[0].containerID}",
+    );
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        ids.iter().all(|id| id.starts_with("containerd://")),
+        "{ids:?}"
+    );
+    kubectl(
+        &dir,
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/once",
+            "--timeout=120s",
+        ],
+    );
+    kubectl(&dir, &["delete", "deployment", "web", "--timeout=60s"]);
+    kubectl(&dir, &["delete", "job", "once", "--timeout=60s"]);
+    eventually(60, "every pod gone", async || {
+        get(&dir, &["pods"], "{.items[*].metadata.name}").is_empty()
+    })
+    .await;
+    edge.stop().await;
+    cloud.stop().await;
+}
