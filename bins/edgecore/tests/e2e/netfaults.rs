@@ -319,7 +319,7 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
         .await
         .unwrap();
     }
-    eventually(120, "every change acked over the lossy link", async || {
+    eventually(240, "every change acked over the lossy link", async || {
         converged(&cloud, &cms).await
     })
     .await;
@@ -349,7 +349,7 @@ async fn a_lossy_slow_link_and_a_healed_partition_lose_nothing() {
 
     // Healed (the loss rule stays): the edge reconnects, catches up and turns Ready.
     ns.loss(10);
-    eventually(120, "the edge converged after the partition", async || {
+    eventually(240, "the edge converged after the partition", async || {
         converged(&cloud, &cms).await
     })
     .await;
