@@ -39,6 +39,12 @@ async fn both_ready(dir: &TempDir) {
     .await;
 }
 
+/// `kubectl rollout status` of `what` (`deployment/web`), waiting up to `secs`.
+fn rollout_status(dir: &TempDir, what: &str, secs: u32) {
+    let timeout = format!("--timeout={secs}s");
+    kubectl(dir, &["rollout", "status", what, &timeout]);
+}
+
 /// Applies a manifest through kubectl.
 fn apply(dir: &TempDir, name: &str, yaml: &str) {
     let file = dir.0.join(format!("{name}.yaml"));
@@ -105,10 +111,7 @@ async fn deployments_daemonsets_jobs_and_services_run_on_the_edges() {
 
     // A Deployment of 4 spreads over both edges and runs.
     apply(&dir, "web", DEPLOYMENT);
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/web", "--timeout=90s"],
-    );
+    rollout_status(&dir, "deployment/web", 90);
     assert_eq!(nodes_of(&dir, "app=web"), ["e1", "e1", "e2", "e2"]);
     let ready = kubectl(&dir, &["get", "deployment", "web", "--no-headers"]);
     assert!(ready.split_whitespace().nth(1) == Some("4/4"), "{ready}");
@@ -118,10 +121,7 @@ async fn deployments_daemonsets_jobs_and_services_run_on_the_edges() {
         &dir,
         &["set", "image", "deployment/web", "main=busybox:1.37"],
     );
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/web", "--timeout=90s"],
-    );
+    rollout_status(&dir, "deployment/web", 90);
     let images = || {
         get(
             &dir,
@@ -136,10 +136,7 @@ async fn deployments_daemonsets_jobs_and_services_run_on_the_edges() {
     let history = kubectl(&dir, &["rollout", "history", "deployment/web"]);
     assert!(history.contains('1') && history.contains('2'), "{history}");
     kubectl(&dir, &["rollout", "undo", "deployment/web"]);
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/web", "--timeout=90s"],
-    );
+    rollout_status(&dir, "deployment/web", 90);
     eventually(30, "every pod back on 1.36", async || {
         sorted(&images()) == ["busybox:1.36"; 4]
     })
@@ -251,18 +248,12 @@ spec:
         nodes_of(&dir, "app=agent") == ["e1", "e2", "e3"]
     })
     .await;
-    kubectl(
-        &dir,
-        &["rollout", "status", "daemonset/agent", "--timeout=60s"],
-    );
+    rollout_status(&dir, "daemonset/agent", 60);
 
     // A NoSchedule taint keeps new pods off e2.
     kubectl(&dir, &["taint", "node", "e2", "dedicated=db:NoSchedule"]);
     kubectl(&dir, &["scale", "deployment/web", "--replicas=8"]);
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/web", "--timeout=90s"],
-    );
+    rollout_status(&dir, "deployment/web", 90);
     let placed = nodes_of(&dir, "app=web");
     assert_eq!(
         placed.iter().filter(|n| *n == "e2").count(),
@@ -432,14 +423,8 @@ spec:
             r#"[{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 30}]"#,
         ),
     );
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/stays", "--timeout=60s"],
-    );
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/moves", "--timeout=60s"],
-    );
+    rollout_status(&dir, "deployment/stays", 60);
+    rollout_status(&dir, "deployment/moves", 60);
     assert_eq!(nodes_of(&dir, "app=stays"), ["e1"]);
     assert_eq!(nodes_of(&dir, "app=moves"), ["e1"]);
     kubectl(&dir, &["uncordon", "e2"]);
@@ -542,10 +527,7 @@ spec:
 "#
         ),
     );
-    kubectl(
-        &dir,
-        &["rollout", "status", "deployment/web", "--timeout=120s"],
-    );
+    rollout_status(&dir, "deployment/web", 120);
     let ids = get(
         &dir,
         &["pods", "-l", "app=web"],
