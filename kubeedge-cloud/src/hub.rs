@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::index::{Entry, Index, Kind, Object, meta};
+use crate::index::{Entry, Index, Kind, Object, edge_key, meta};
 use crate::uplink::Uplink;
 
 /// cloudhub settings.
@@ -406,6 +406,30 @@ fn source_of(kind: Kind) -> &'static str {
     }
 }
 
+/// The index's copy of the object in a write's answer (`{"Object": ..}` of a Node or Pod), with
+/// its edge key, when it is newer than the answer's.
+fn newer_than_answer(index: &Index, reply: &Value) -> Option<(String, Entry)> {
+    let obj = reply.get("Object")?;
+    let kind = match obj.get("kind").and_then(Value::as_str) {
+        Some("Node") => Kind::Node,
+        Some("Pod") => Kind::Pod,
+        _ => return None,
+    };
+    let (ns, name) = (meta(obj, "namespace"), meta(obj, "name"));
+    let current = index.get(kind, ns, name)?;
+    let version = crate::index::version(&current);
+    (version > crate::index::version(obj)).then(|| {
+        (
+            edge_key(kind, ns, name),
+            Entry {
+                kind,
+                version,
+                object: current,
+            },
+        )
+    })
+}
+
 fn upsert(key: &str, entry: &Entry, op: Operation) -> Message {
     let mut m = Message::new(
         "",
@@ -498,6 +522,7 @@ impl Worker {
                 let api_slots = self.shared.api_slots.clone();
                 let handle = self.handle.clone();
                 let node = self.node.clone();
+                let index = self.shared.index.clone();
                 tokio::spawn(async move {
                     let reply = {
                         let _slot = api_slots.acquire().await;
@@ -505,7 +530,18 @@ impl Worker {
                     };
                     if let Some(token) = token {
                         let _ = handle
-                            .exec(move |s, now| s.complete_uplink(now, token, reply))
+                            .exec(move |s, now| {
+                                let stale =
+                                    reply.as_ref().and_then(|r| newer_than_answer(&index, r));
+                                s.complete_uplink(now, token, reply);
+                                if let Some((key, entry)) = stale {
+                                    // The answer goes after a newer copy the edge may already
+                                    // hold, and an upstream edge keeps the answer's: send the
+                                    // newer one again after it.
+                                    s.forget(&key);
+                                    let _ = s.enqueue(upsert(&key, &entry, Operation::Update));
+                                }
+                            })
                             .await;
                     }
                     drop(permit);
@@ -608,6 +644,14 @@ impl Worker {
         }
         let mut messages = Vec::with_capacity(changes.len());
         for c in &changes {
+            match c {
+                Change::Upsert(key, e, op) => {
+                    tracing::debug!(node = %self.node, key, version = ?e.version, %op, "cloudhub: queueing")
+                }
+                Change::Delete(key, (v, _, _)) => {
+                    tracing::debug!(node = %self.node, key, version = ?v, "cloudhub: queueing a delete")
+                }
+            }
             messages.push(match c {
                 Change::Upsert(key, e, op) => upsert(key, e, op.clone()),
                 Change::Delete(key, (v, obj, kind)) => {

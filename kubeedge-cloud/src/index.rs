@@ -340,6 +340,19 @@ impl Index {
             .is_some_and(|nodes| nodes.contains_key(node))
     }
 
+    /// The pods bound to `node`.
+    pub fn pods_on(&self, node: &str) -> Vec<Object> {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        let Some(names) = data.bound.get(&(Kind::Pod, node.to_owned())) else {
+            return Vec::new();
+        };
+        let pods = data.objects.get(&Kind::Pod);
+        names
+            .iter()
+            .filter_map(|n| pods.and_then(|p| p.get(n)).cloned())
+            .collect()
+    }
+
     /// Every Node object that carries the edge role label.
     pub fn edge_nodes(&self) -> Vec<Object> {
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());

@@ -211,7 +211,7 @@ impl CloudCore {
 
         let index = Index::new();
         let mut tasks = controller::start(&client, &index);
-        let uplink = uplink::Uplink::new(client.clone(), index.clone());
+        let uplink = uplink::Uplink::new(client.clone(), index.clone(), &cluster_ca(&kubeconfig)?);
 
         let (chain, key) = hub_identity(dir, &ca, &config)?;
         let hub_tls = tls::server_config(&ca.cert(), chain.clone(), key.clone_key())?;
@@ -321,6 +321,47 @@ impl Drop for CloudCore {
             t.abort();
         }
         self.hub.abort();
+    }
+}
+
+/// The cluster CA of `kubeconfig`'s current context (PEM; empty when it names none): what an edge
+/// asking for `k8s/ca.crt` gets, as from upstream's cloudhub.
+pub fn cluster_ca(kubeconfig: &Path) -> Result<String, Error> {
+    use base64::Engine as _;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let context = kc.current_context.clone().unwrap_or_default();
+    let cluster_name = kc
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone());
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| Some(&c.name) == cluster_name.as_ref())
+        .or(kc.clusters.first())
+        .and_then(|c| c.cluster.as_ref());
+    let Some(cluster) = cluster else {
+        return Ok(String::new());
+    };
+    if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| Error::Io {
+                step: format!(
+                    "{}: reading certificate-authority-data",
+                    kubeconfig.display()
+                ),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+        return Ok(String::from_utf8_lossy(&pem).into_owned());
+    }
+    match &cluster.certificate_authority {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(io_err(format!("reading the cluster CA {path}")))
+        }
+        None => Ok(String::new()),
     }
 }
 

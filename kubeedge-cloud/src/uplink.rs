@@ -3,10 +3,13 @@
 //! bound to it and write only its own Node, its own pods' status, its own Lease and events about
 //! its own objects.
 //!
-//! Replies follow upstream's shapes: writes of nodes and pod status answer `ObjectResp`
-//! (`{"Object": <object>, "Err": null}`, Go field names); queries answer the object; pod deletions
-//! answer `"OK"`. A refusal or a failure answers `{"Object": null, "Err": {"ErrStatus": <Status>}}`,
-//! the JSON of Go's `*errors.StatusError`.
+//! Replies follow upstream cloudcore's shapes, which upstream edgecore's clients parse: writes of
+//! nodes, pod status and leases, and lease queries, answer `ObjectResp` (`{"Object": <object>,
+//! "Err": null}`, Go field names), and their failures `{"Object": null, "Err": {"ErrStatus":
+//! <Status>}}`; other queries answer the bare object (a service account token: the
+//! `TokenRequest`), and their failures the bare `{"ErrStatus": <Status>}` (the JSON of Go's
+//! `*errors.StatusError`); pod deletions answer `"OK"`; `k8s/ca.crt` answers the cluster CA as
+//! a PEM string. See [`ReplyShape`].
 
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use kubeedge_core::resource::ObjectRef;
 use serde_json::{Value, json};
 
 use crate::controller::api_in;
-use crate::index::{Index, Kind, bound_node, meta};
+use crate::index::{Index, Kind, bound_node, meta, version};
 
 /// The namespace node leases live in.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -66,9 +69,38 @@ impl UplinkError {
                "message": message, "reason": reason, "code": code})
     }
 
-    /// The reply content for this failure.
-    pub fn reply(&self) -> Value {
-        json!({"Object": null, "Err": {"ErrStatus": self.status()}})
+    /// The reply content for this failure, in the request's shape.
+    pub fn reply(&self, shape: ReplyShape) -> Value {
+        match shape {
+            ReplyShape::ObjectResp => json!({"Object": null, "Err": {"ErrStatus": self.status()}}),
+            ReplyShape::Bare => json!({"ErrStatus": self.status()}),
+        }
+    }
+}
+
+/// How upstream cloudcore answers a kind of request, and so how upstream edgecore reads the
+/// answer (`edge/pkg/metamanager/client`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyShape {
+    /// `{"Object": .., "Err": ..}`: node create and status patch, pod status patch and create,
+    /// lease create, update and query, CSR create.
+    ObjectResp,
+    /// The object itself, or `{"ErrStatus": ..}`: other queries, pod deletion.
+    Bare,
+}
+
+impl ReplyShape {
+    /// The shape of the answer to `op` on `kind`.
+    pub fn of(kind: &ResourceType, op: &Operation) -> ReplyShape {
+        match (kind, op) {
+            (ResourceType::Lease, _)
+            | (ResourceType::NodePatch | ResourceType::PodPatch, _)
+            | (
+                ResourceType::Node | ResourceType::Pod | ResourceType::CertificateSigningRequest,
+                Operation::Insert | Operation::Update,
+            ) => ReplyShape::ObjectResp,
+            _ => ReplyShape::Bare,
+        }
     }
 }
 
@@ -81,6 +113,20 @@ fn lease_resource() -> ApiResource {
         &GroupVersionKind::gvk("coordination.k8s.io", "v1", "Lease"),
         "leases",
     )
+}
+
+fn service_account_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("", "v1", "ServiceAccount"),
+        "serviceaccounts",
+    )
+}
+
+/// `obj` with its `apiVersion` and `kind` set (upstream's `SetMetaType`).
+fn with_kind(mut obj: Value, api_version: &str, kind: &str) -> Value {
+    obj["apiVersion"] = json!(api_version);
+    obj["kind"] = json!(kind);
+    obj
 }
 
 fn event_resource() -> ApiResource {
@@ -107,14 +153,54 @@ fn patch_body(content: &Value) -> Result<Value, UplinkError> {
     }
 }
 
-/// A patch reduced to its `status`: an edge changes status, never labels, spec or metadata.
+/// A patch reduced to its `status`: an edge changes status, never labels, spec or metadata. A
+/// patch without a status (the kubelet's `{}` when nothing changed) changes nothing.
 fn status_only(patch: Value) -> Result<Value, UplinkError> {
     match patch.get("status") {
         Some(status) if status.is_object() => Ok(json!({"status": status})),
+        None | Some(Value::Null) if patch.is_object() => Ok(json!({})),
         _ => Err(UplinkError::BadRequest(
-            "a status patch must carry a status object".into(),
+            "a status patch must be an object whose status is an object".into(),
         )),
     }
+}
+
+/// The answer to an upstream metaserver's application request (resource `null`) or watch sync
+/// (`watchapp/sync`): refused, in upstream's shape (the Application back with `Status`
+/// `Rejected` and the reason), since this cloud serves edges' reads through reliable sync.
+fn application_refused(node: &str, msg: &Message) -> Value {
+    let why = format!(
+        "node {node:?}: this cloud does not serve metaserver applications (the edge's local API \
+         answers from what the cloud syncs to it)"
+    );
+    let refuse = |app: &Value| {
+        let mut app = app.clone();
+        if !app.is_object() {
+            app = json!({});
+        }
+        app["Status"] = json!("Rejected");
+        app["Reason"] = json!(why);
+        app["Error"] = json!({"ErrStatus": {"metadata": {}, "status": "Failure", "message": why,
+                                            "reason": "MethodNotAllowed", "code": 405}});
+        app
+    };
+    let content = match &msg.content {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    if msg.route.resource == names::WATCHAPP_SYNC_RESOURCE {
+        // A map id → Application: the answer lists the ones that failed (all of them).
+        let failed: serde_json::Map<String, Value> = content
+            .as_object()
+            .map(|apps| {
+                apps.iter()
+                    .map(|(id, app)| (id.clone(), refuse(app)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Value::Object(failed);
+    }
+    refuse(&content)
 }
 
 /// `content[field]`, which must be an object.
@@ -177,6 +263,8 @@ fn is_not_found(e: &kube::Error) -> bool {
 pub struct Uplink {
     client: Client,
     index: Arc<Index>,
+    /// The cluster's CA (PEM), the answer to `k8s/ca.crt`.
+    cluster_ca: Arc<str>,
 }
 
 impl std::fmt::Debug for Uplink {
@@ -186,9 +274,14 @@ impl std::fmt::Debug for Uplink {
 }
 
 impl Uplink {
-    /// Uplink handling through `client`, authorizing against `index`.
-    pub fn new(client: Client, index: Arc<Index>) -> Self {
-        Uplink { client, index }
+    /// Uplink handling through `client`, authorizing against `index`; `cluster_ca` (PEM) is what
+    /// an edge asking for `k8s/ca.crt` gets.
+    pub fn new(client: Client, index: Arc<Index>, cluster_ca: &str) -> Self {
+        Uplink {
+            client,
+            index,
+            cluster_ca: cluster_ca.into(),
+        }
     }
 
     /// Handles one message from `node` (its resource in edge form); returns the reply content, or
@@ -199,7 +292,13 @@ impl Uplink {
             Err(e) => {
                 tracing::info!(node, resource = %msg.route.resource,
                     operation = %msg.route.operation, error = %e, "uplink request refused");
-                Some(e.reply())
+                let shape = msg
+                    .route
+                    .resource
+                    .parse::<ObjectRef>()
+                    .map(|r| ReplyShape::of(&r.kind, &msg.route.operation))
+                    .unwrap_or(ReplyShape::ObjectResp);
+                Some(e.reply(shape))
             }
         }
     }
@@ -212,6 +311,17 @@ impl Uplink {
         }
         if let Some(rest) = msg.route.resource.strip_prefix("device/") {
             return self.device_report(node, rest, &msg.content).await.map(Some);
+        }
+        if msg.route.resource == names::CLUSTER_CA_RESOURCE {
+            return Ok(Some(Value::String(self.cluster_ca.to_string())));
+        }
+        if msg.route.source == names::METASERVER || *op == Operation::ApplicationRequest {
+            return Ok(Some(application_refused(node, msg)));
+        }
+        if msg.route.resource == names::MEMBERSHIP_DETAIL_RESOURCE {
+            // Upstream edges ask for their device list every minute until a twin message
+            // answers the request; the list itself goes down as membership updates.
+            return Ok(Some(Value::String(names::ACK_CONTENT.into())));
         }
         let target: ObjectRef = msg
             .route
@@ -245,17 +355,17 @@ impl Uplink {
                     .await
                     .map(Some)
             }
+            (ResourceType::Node, Operation::Query) => {
+                self.own_node(node, &name)?;
+                let api = api_in(&self.client, Kind::Node, "");
+                Ok(Some(to_json(api.get(&name).await?)))
+            }
             (ResourceType::NodeStatus, _) => {
                 self.own_node(node, &name)?;
                 let status = json!({"status": required(content, "Status")?});
                 self.patch_node_status(node, Patch::Merge(&status))
                     .await
                     .map(Some)
-            }
-            (ResourceType::Node, Operation::Query) => {
-                self.own_node(node, &name)?;
-                let api = api_in(&self.client, Kind::Node, "");
-                Ok(Some(to_json(api.get(&name).await?)))
             }
             (ResourceType::PodPatch, Operation::Patch | Operation::Update) => {
                 self.own_pod(node, &ns, &name)?;
@@ -264,7 +374,7 @@ impl Uplink {
                 let pod = api
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                     .await?;
-                Ok(Some(object_resp(to_json(pod))))
+                Ok(Some(object_resp(self.newest(Kind::Pod, to_json(pod)))))
             }
             (ResourceType::PodStatus, _) => {
                 self.own_pod(node, &ns, &name)?;
@@ -324,14 +434,28 @@ impl Uplink {
             }
             (ResourceType::Lease, Operation::Insert | Operation::Update) => {
                 self.own_lease(node, &ns, &name)?;
-                self.write_lease(node, content).await.map(Some)
+                let lease = self.write_lease(node, content).await?;
+                Ok(Some(object_resp(lease)))
             }
             (ResourceType::Lease, Operation::Query) => {
                 self.own_lease(node, &ns, &name)?;
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), LEASE_NAMESPACE, &lease_resource());
-                Ok(Some(to_json(api.get(&name).await?)))
+                Ok(Some(object_resp(to_json(api.get(&name).await?))))
             }
+            (ResourceType::ServiceAccountToken, Operation::Query) => self
+                .service_account_token(node, &ns, &name, content)
+                .await
+                .map(Some),
+            (
+                ResourceType::PersistentVolume
+                | ResourceType::PersistentVolumeClaim
+                | ResourceType::VolumeAttachment,
+                Operation::Query,
+            ) => self
+                .volume_query(node, &target.kind, &ns, &name)
+                .await
+                .map(Some),
             (ResourceType::Event, Operation::Insert | Operation::Update | Operation::Patch) => {
                 let event = content.get("event").unwrap_or(content);
                 self.write_event(node, &ns, event).await.map(Some)
@@ -410,14 +534,163 @@ impl Uplink {
                 return Err(UplinkError::Unsupported(format!("device report {other:?}")));
             }
         };
+        // Upstream's Device CRD has no status subresource: status is written on the object.
         api_in(&self.client, Kind::Device, ns)
-            .patch_status(
+            .patch(
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(&json!({"status": status})),
             )
             .await?;
         Ok(Value::String(names::ACK_CONTENT.into()))
+    }
+
+    /// A service account token for a pod on `node` (upstream's `serviceaccounttoken` query,
+    /// whose content is the `TokenRequest`): allowed when the token is bound to a pod on this
+    /// node running as that account, or, unbound, when some pod on this node runs as it.
+    /// Answers the `TokenRequest` with its status, as upstream does.
+    async fn service_account_token(
+        &self,
+        node: &str,
+        ns: &str,
+        account: &str,
+        content: &Value,
+    ) -> Result<Value, UplinkError> {
+        let mut request = match content {
+            Value::String(s) => serde_json::from_str(s)
+                .map_err(|e| UplinkError::BadRequest(format!("TokenRequest is not JSON: {e}")))?,
+            Value::Object(_) => content.clone(),
+            _ => return Err(UplinkError::BadRequest("a TokenRequest is needed".into())),
+        };
+        let runs_as = |pod: &Value| {
+            let sa = pod["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default");
+            meta(pod, "namespace") == ns && sa == account
+        };
+        let bound = &request["spec"]["boundObjectRef"];
+        let allowed = if bound.is_object() {
+            bound["kind"] == "Pod"
+                && self
+                    .own_pod(node, ns, bound["name"].as_str().unwrap_or(""))
+                    .is_ok_and(|pod| {
+                        runs_as(&pod)
+                            && bound["uid"]
+                                .as_str()
+                                .is_none_or(|uid| uid.is_empty() || uid == meta(&pod, "uid"))
+                    })
+        } else {
+            self.index.pods_on(node).iter().any(|p| runs_as(p))
+        };
+        if !allowed {
+            return Err(UplinkError::Forbidden(format!(
+                "node {node:?} runs no pod as service account {ns}/{account} that the token is bound to"
+            )));
+        }
+        request["apiVersion"] = json!("authentication.k8s.io/v1");
+        request["kind"] = json!("TokenRequest");
+        if !request["metadata"].is_object() {
+            request["metadata"] = json!({});
+        }
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &service_account_resource());
+        let answer: DynamicObject = api
+            .create_subresource("token", account, &PostParams::default(), &request)
+            .await?;
+        let mut answer = to_json(answer);
+        answer["apiVersion"] = json!("authentication.k8s.io/v1");
+        answer["kind"] = json!("TokenRequest");
+        Ok(answer)
+    }
+
+    /// A PersistentVolumeClaim a pod on `node` uses, the PersistentVolume bound to one, or a
+    /// VolumeAttachment to `node` (upstream's volume queries, under the node authorizer's rules).
+    async fn volume_query(
+        &self,
+        node: &str,
+        kind: &ResourceType,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, UplinkError> {
+        let claims = |pods: &[Arc<Value>]| -> Vec<(String, String)> {
+            pods.iter()
+                .flat_map(|p| {
+                    let pns = meta(p, "namespace").to_owned();
+                    p["spec"]["volumes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(move |v| {
+                            v["persistentVolumeClaim"]["claimName"]
+                                .as_str()
+                                .map(|c| (pns.clone(), c.to_owned()))
+                        })
+                })
+                .collect()
+        };
+        let (group, version, kind_name, plural, namespaced) = match kind {
+            ResourceType::PersistentVolumeClaim => (
+                "",
+                "v1",
+                "PersistentVolumeClaim",
+                "persistentvolumeclaims",
+                true,
+            ),
+            ResourceType::PersistentVolume => {
+                ("", "v1", "PersistentVolume", "persistentvolumes", false)
+            }
+            _ => (
+                "storage.k8s.io",
+                "v1",
+                "VolumeAttachment",
+                "volumeattachments",
+                false,
+            ),
+        };
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind_name),
+            plural,
+        );
+        let refused = || {
+            UplinkError::Forbidden(format!(
+                "node {node:?} has no pod that uses {} {name:?}",
+                kind.as_str()
+            ))
+        };
+        let api: Api<DynamicObject> = if namespaced {
+            Api::namespaced_with(self.client.clone(), ns, &resource)
+        } else {
+            Api::all_with(self.client.clone(), &resource)
+        };
+        let pods = self.index.pods_on(node);
+        match kind {
+            ResourceType::PersistentVolumeClaim
+                if !claims(&pods).contains(&(ns.to_owned(), name.to_owned())) =>
+            {
+                return Err(refused());
+            }
+            ResourceType::PersistentVolume => {
+                let pv = to_json(api.get(name).await?);
+                let claim = &pv["spec"]["claimRef"];
+                let key = (
+                    claim["namespace"].as_str().unwrap_or("").to_owned(),
+                    claim["name"].as_str().unwrap_or("").to_owned(),
+                );
+                if !claims(&pods).contains(&key) {
+                    return Err(refused());
+                }
+                return Ok(with_kind(pv, "v1", kind_name));
+            }
+            ResourceType::VolumeAttachment => {
+                let va = to_json(api.get(name).await?);
+                if va["spec"]["nodeName"].as_str() != Some(node) {
+                    return Err(refused());
+                }
+                return Ok(with_kind(va, "storage.k8s.io/v1", kind_name));
+            }
+            _ => {}
+        }
+        Ok(with_kind(to_json(api.get(name).await?), "v1", kind_name))
     }
 
     fn own_node(&self, node: &str, name: &str) -> Result<(), UplinkError> {
@@ -500,7 +773,21 @@ impl Uplink {
         let n = api
             .patch_status(node, &PatchParams::default(), &patch)
             .await?;
-        Ok(object_resp(to_json(n)))
+        Ok(object_resp(self.newest(Kind::Node, to_json(n))))
+    }
+
+    /// `written`, or the index's copy of it if that is newer. Upstream edges store the object
+    /// of a write's answer as their copy, and the answer can leave after a newer version of the
+    /// object went down (a controller reacting to the write at once): the edge would go back to
+    /// the older one and keep it.
+    fn newest(&self, kind: Kind, written: Value) -> Value {
+        let indexed = self
+            .index
+            .get(kind, meta(&written, "namespace"), meta(&written, "name"));
+        match indexed {
+            Some(obj) if version(&obj) > version(&written) => (*obj).clone(),
+            _ => written,
+        }
     }
 
     async fn write_lease(&self, node: &str, content: &Value) -> Result<Value, UplinkError> {

@@ -173,6 +173,41 @@ impl Message {
         }
     }
 
+    /// The cloud's answer to `self`, a request from an edge, routed as upstream cloudcore routes
+    /// its answers, since upstream edgehub hands a reply to the waiting caller only for groups
+    /// `resource`, `func`, `twin`, `user` and `taskmanager`: group `resource` and source
+    /// `edgecontroller` (`cloudhub` for `k8s/ca.crt`); group `twin` and source `devicecontroller`
+    /// for the device twin's requests; for a metaserver application, source `dynamiccontroller`,
+    /// operation `applicationResponse` and resource `ignore/Application/ignore` (`watchapp/sync`
+    /// keeps its own). Otherwise as [`Message::response`].
+    pub fn cloud_response(
+        &self,
+        id: impl Into<String>,
+        timestamp_ms: i64,
+        content: serde_json::Value,
+    ) -> Self {
+        let mut reply = self.response(id, timestamp_ms, content);
+        reply.header.message_type = String::new();
+        let route = &mut reply.route;
+        route.group = names::RESOURCE_GROUP.into();
+        route.source = names::EDGECONTROLLER.into();
+        if self.route.resource == names::CLUSTER_CA_RESOURCE {
+            route.source = names::CLOUDHUB.into();
+        } else if self.route.source == names::TWIN_MODULE {
+            route.source = names::DEVICECONTROLLER.into();
+            route.group = names::TWIN_GROUP.into();
+        } else if self.route.source == names::METASERVER
+            || self.route.operation == Operation::ApplicationRequest
+        {
+            route.source = names::DYNAMICCONTROLLER.into();
+            route.operation = Operation::ApplicationResponse;
+            if self.route.resource != names::WATCHAPP_SYNC_RESOURCE {
+                route.resource = names::APPLICATION_RESPONSE_RESOURCE.into();
+            }
+        }
+        reply
+    }
+
     /// The error answer to `self`, as upstream's `NewErrorMessage` builds it: parent = this id, resource
     /// copied, operation `error`, content = the error text, source and group empty.
     pub fn error_response(&self, id: impl Into<String>, timestamp_ms: i64, reason: &str) -> Self {
@@ -537,6 +572,16 @@ pub mod names {
     pub const KEEPALIVE_CONTENT: &str = "ping";
     /// Content of an ack.
     pub const ACK_CONTENT: &str = "OK";
+    /// The edge's request for the cluster's CA (answered by cloudhub).
+    pub const CLUSTER_CA_RESOURCE: &str = "k8s/ca.crt";
+    /// The source of an edge metaserver's requests (applications).
+    pub const METASERVER: &str = "metaserver";
+    /// The resource of an edge metaserver's watch list.
+    pub const WATCHAPP_SYNC_RESOURCE: &str = "watchapp/sync";
+    /// The resource of an application answer, as the edge sees it.
+    pub const APPLICATION_RESPONSE_RESOURCE: &str = "ignore/Application/ignore";
+    /// The device twin's request for its node's device list.
+    pub const MEMBERSHIP_DETAIL_RESOURCE: &str = "membership/detail";
     /// Default project id used in the edge's dial URL.
     pub const DEFAULT_PROJECT_ID: &str = "e632aba927ea4ac2b575ec1603d56f10";
 }

@@ -433,6 +433,7 @@ impl Actor {
                 .to_owned(),
             state: t.map(|t| t.state.clone()).unwrap_or_default(),
             twin: t.map(DeviceTwin::plain).unwrap_or_default(),
+            ..MemberDevice::default()
         }
     }
 

@@ -30,8 +30,17 @@
 //!     mqttServerExternal: tcp://127.0.0.1:1883
 //! ```
 //!
-//! Every key is optional; other upstream keys are accepted and ignored. Certificates are kept under
-//! `dataDir` (`ca/rootCA.crt`, `certs/server.{crt,key}`), not at upstream's `tlsCaFile` paths.
+//! Every key is optional, and upstream's own default file (`edgecore --defaultconfig`) is read as
+//! it is: without `dataDir`, the data directory is the one of `database.dataSource` (upstream's
+//! `/var/lib/kubeedge`); certificates are at `edgeHub.tlsCaFile`, `tlsCertFile` and
+//! `tlsPrivateKeyFile` when given (else `ca/rootCA.crt` and `certs/server.{crt,key}` under the
+//! data directory); a `dmiSockPath` naming a directory (upstream's `/etc/kubeedge/`) holds
+//! `dmi.sock`. Honoured switches: `edgeHub.rotateCertificates`, `metaManager.metaServer.enable`,
+//! `edged.enable` (off: no pods), `deviceTwin.enable` and `eventBus.enable`. Refused:
+//! `edgeHub.quic.enable: true` and `edgeHub.websocket.enable: false` (only the WebSocket
+//! transport is built). Enabled modules kubeedge-rs does not have (`edgeStream`, `serviceBus`,
+//! `taskManager`) are named at start ([`EdgeCoreFile::unsupported`]); other upstream keys (the
+//! kubelet's tuning, the database driver, rate limits) are accepted and ignored.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,9 +71,41 @@ pub struct EdgeCoreFile {
     /// Data directory (kubeedge-rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// `database` (upstream's SQLite file: its directory is the data directory when `dataDir`
+    /// is not given).
+    #[serde(default, skip_serializing_if = "DatabaseSection::is_empty")]
+    pub database: DatabaseSection,
     /// The modules' settings.
     #[serde(default)]
     pub modules: Modules,
+}
+
+/// `database`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct DatabaseSection {
+    /// Upstream's SQLite file (`/var/lib/kubeedge/edgecore.db`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<PathBuf>,
+}
+
+impl DatabaseSection {
+    fn is_empty(&self) -> bool {
+        self.data_source.is_none()
+    }
+}
+
+/// Upstream's data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/kubeedge";
+
+/// A module's `enable` switch and nothing else (`edgeStream`, `serviceBus`, `taskManager`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Switch {
+    /// `enable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
 }
 
 /// `modules`.
@@ -87,6 +128,15 @@ pub struct Modules {
     /// `eventBus`.
     #[serde(default)]
     pub event_bus: EventBusSection,
+    /// `edgeStream` (not built here: see [`EdgeCoreFile::unsupported`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_stream: Option<Switch>,
+    /// `serviceBus` (not built here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_bus: Option<Switch>,
+    /// `taskManager` (not built here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_manager: Option<Switch>,
 }
 
 /// `modules.deviceTwin`.
@@ -94,7 +144,10 @@ pub struct Modules {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct DeviceTwinSection {
-    /// The DMI socket mappers register on.
+    /// Whether the device module runs (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
+    /// The DMI socket mappers register on, or a directory that holds it as `dmi.sock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dmi_sock_path: Option<PathBuf>,
 }
@@ -104,6 +157,9 @@ pub struct DeviceTwinSection {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct EventBusSection {
+    /// Whether the event bus (and so the device module, which needs it) runs (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
     /// 0: the embedded broker; 1 (upstream: both) is taken as 0; 2: the external broker.
     #[serde(default, rename = "mqttMode", skip_serializing_if = "Option::is_none")]
     pub mqtt_mode: Option<u8>,
@@ -154,6 +210,21 @@ pub struct EdgeHubSection {
     /// `websocket`.
     #[serde(default)]
     pub websocket: WebSocketSection,
+    /// `quic`: refused when enabled (only the WebSocket transport is built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<Switch>,
+    /// The KubeEdge CA's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The node certificate's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The node key's file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Renew the node certificate before it expires (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_certificates: Option<bool>,
 }
 
 /// `modules.edgeHub.websocket`.
@@ -161,6 +232,9 @@ pub struct EdgeHubSection {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct WebSocketSection {
+    /// Refused when false (only the WebSocket transport is built).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
     /// cloudhub, `host:port` (upstream's form) or `wss://host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -171,6 +245,9 @@ pub struct WebSocketSection {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct EdgedSection {
+    /// Whether pods run here (default true; false: no runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
     /// The node's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname_override: Option<String>,
@@ -211,6 +288,10 @@ pub struct MetaManagerSection {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct MetaServerSection {
+    /// Whether the metaserver (the local Kubernetes API) is served (default true; upstream's
+    /// default file says false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable: Option<bool>,
     /// `host:port` the metaserver listens on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
@@ -276,10 +357,7 @@ impl EdgeCoreFile {
     /// Settings from the file. The data directory, the node's name and cloudhub's address are
     /// required (here or, for the binary, as flags laid over with [`EdgeCoreFile::merge`]).
     pub fn to_config(&self) -> Result<Config, Error> {
-        let data_dir = self
-            .data_dir
-            .clone()
-            .ok_or_else(|| bad("dataDir", "missing"))?;
+        let data_dir = self.data_dir();
         let edged = &self.modules.edged;
         let hub = &self.modules.edge_hub;
         let node = edged
@@ -303,7 +381,32 @@ impl EdgeCoreFile {
                     "missing (cloudhub's address)",
                 )
             })?;
-        let mut config = Config::new(data_dir, node, hub_url(&server));
+        if hub.websocket.enable == Some(false) {
+            return Err(bad(
+                "modules.edgeHub.websocket.enable",
+                "false, but the WebSocket transport is the only one kubeedge-rs has",
+            ));
+        }
+        if hub.quic.as_ref().and_then(|q| q.enable) == Some(true) {
+            return Err(bad(
+                "modules.edgeHub.quic.enable",
+                "true, but kubeedge-rs has no QUIC transport: enable websocket instead",
+            ));
+        }
+        let mut config = Config::new(data_dir.clone(), node, hub_url(&server));
+        let defaults = crate::bootstrap::CertFiles::under(&data_dir);
+        let pick = |p: &Option<PathBuf>, default: PathBuf| {
+            p.clone()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(default)
+        };
+        config.certs = Some(crate::bootstrap::CertFiles {
+            ca: pick(&hub.tls_ca_file, defaults.ca),
+            cert: pick(&hub.tls_cert_file, defaults.cert),
+            key: pick(&hub.tls_private_key_file, defaults.key),
+        });
+        config.rotate_certificates = hub.rotate_certificates.unwrap_or(true);
+        config.metaserver_enabled = self.modules.meta_manager.meta_server.enable.unwrap_or(true);
         config.https_url = hub.http_server.clone().filter(|s| !s.is_empty());
         config.token = hub.token.clone().filter(|s| !s.is_empty());
         if let Some(secs) = hub.heartbeat {
@@ -331,7 +434,12 @@ impl EdgeCoreFile {
             .container_runtime_endpoint
             .clone()
             .unwrap_or_else(|| DEFAULT_CRI_ENDPOINT.into());
-        config.runtime = match edged.runtime.as_deref().unwrap_or("cri") {
+        let runtime = if edged.enable == Some(false) {
+            "none"
+        } else {
+            edged.runtime.as_deref().unwrap_or("cri")
+        };
+        config.runtime = match runtime {
             "cri" => PodRuntime::Cri(endpoint),
             "process" => PodRuntime::Process,
             "none" => PodRuntime::None,
@@ -380,13 +488,74 @@ impl EdgeCoreFile {
         }
     }
 
-    /// The DMI socket: `modules.deviceTwin.dmiSockPath`, or `dmi.sock` in the data directory.
+    /// The data directory: `dataDir`, else the directory of `database.dataSource`, else
+    /// upstream's [`DEFAULT_DATA_DIR`].
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| {
+                self.database
+                    .data_source
+                    .as_ref()
+                    .and_then(|f| f.parent())
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(Path::to_owned)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// The DMI socket: `modules.deviceTwin.dmiSockPath` (`dmi.sock` in it when it names a
+    /// directory: ends with `/` or is one), or `dmi.sock` in the data directory.
     pub fn dmi_socket(&self) -> Option<PathBuf> {
-        self.modules
+        let path = self
+            .modules
             .device_twin
             .dmi_sock_path
             .clone()
-            .or_else(|| self.data_dir.as_ref().map(|d| d.join("dmi.sock")))
+            .filter(|p| !p.as_os_str().is_empty());
+        match path {
+            Some(p) if p.as_os_str().to_string_lossy().ends_with('/') || p.is_dir() => {
+                Some(p.join("dmi.sock"))
+            }
+            Some(p) => Some(p),
+            None => Some(self.data_dir().join("dmi.sock")),
+        }
+    }
+
+    /// Whether the device module runs: `deviceTwin.enable` and `eventBus.enable` (it needs the
+    /// bus) both not false.
+    pub fn devices_enabled(&self) -> bool {
+        self.modules.device_twin.enable != Some(false)
+            && self.modules.event_bus.enable != Some(false)
+    }
+
+    /// Modules the file enables that kubeedge-rs does not have, each with what to do instead:
+    /// for edgecore to say at start (they are not an error: the rest works without them).
+    pub fn unsupported(&self) -> Vec<String> {
+        let m = &self.modules;
+        [
+            (
+                &m.edge_stream,
+                "edgeStream",
+                "kubectl logs/exec through the cloud are not built yet",
+            ),
+            (
+                &m.service_bus,
+                "serviceBus",
+                "no HTTP bus to edge apps; use the MQTT event bus",
+            ),
+            (
+                &m.task_manager,
+                "taskManager",
+                "no node upgrade or image pre-pull tasks",
+            ),
+        ]
+        .into_iter()
+        .filter(|(switch, _, _)| switch.as_ref().and_then(|s| s.enable) == Some(true))
+        .map(|(_, name, why)| {
+            format!("modules.{name}.enable is true, but kubeedge-rs has no {name}: {why}")
+        })
+        .collect()
     }
 
     /// Lays `other`'s keys over this file's (what is set in `other` wins).

@@ -80,6 +80,21 @@ impl EdgeHubConfig {
     }
 }
 
+/// What the cloud last said about this node's Lease (see [`EdgeHub::lease_state`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LeaseState {
+    /// No answer yet: renew with an update (a kubeedge-rs cloud creates a missing lease).
+    #[default]
+    Unknown,
+    /// The cloud has the lease at this resourceVersion: renew from it.
+    Version(String),
+    /// The cloud has no lease (404, as an upstream cloud answers an update of a missing one):
+    /// create it.
+    Missing,
+    /// The renewal raced another write (409): read the lease again before the next renewal.
+    Stale,
+}
+
 /// A running edgehub. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EdgeHub {
@@ -90,6 +105,7 @@ pub struct EdgeHub {
     /// Connections made so far (changes on every (re)connect).
     connections: Arc<tokio::sync::watch::Sender<u64>>,
     redial: Arc<tokio::sync::Notify>,
+    lease: Arc<std::sync::Mutex<LeaseState>>,
 }
 
 /// `d` ± 50 %.
@@ -135,6 +151,7 @@ impl EdgeHub {
             connected: Arc::new(AtomicBool::new(false)),
             connections: Arc::new(tokio::sync::watch::Sender::new(0)),
             redial: Arc::new(tokio::sync::Notify::new()),
+            lease: Arc::default(),
         };
         let worker = tokio::spawn(hub.clone().work(events));
         let link = tokio::spawn(hub.clone().link(config, session, pump, events_tx));
@@ -156,6 +173,30 @@ impl EdgeHub {
     /// in flight is resent on the new connection.
     pub fn redial(&self) {
         self.redial.notify_one();
+    }
+
+    /// What the cloud last answered about this node's Lease: how the next renewal is sent.
+    pub fn lease_state(&self) -> LeaseState {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Notes the cloud's answer to a lease write or query.
+    fn lease_answer(&self, reply: &Message) {
+        let content = &reply.content;
+        let code = content["Err"]["ErrStatus"]["code"].as_u64();
+        let next = match code {
+            None => match content["Object"]["metadata"]["resourceVersion"].as_str() {
+                Some(rv) if !rv.is_empty() => LeaseState::Version(rv.to_owned()),
+                _ => return,
+            },
+            Some(404) => LeaseState::Missing,
+            Some(409) => LeaseState::Stale,
+            Some(_) => {
+                tracing::warn!(answer = %content["Err"], "the cloud refused a lease renewal");
+                return;
+            }
+        };
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
     /// The metastore.
@@ -290,18 +331,32 @@ impl EdgeHub {
                         tokens.push(token);
                     }
                     edge::Event::UplinkAcked { key, seq, reply } => {
-                        if let Some(reply) = reply
-                            && !reply.content["Err"].is_null()
+                        if let Some(reply) = &reply
+                            && key.contains("/lease/")
                         {
-                            let code = reply.content["Err"]["ErrStatus"]["code"].as_u64();
+                            self.lease_answer(reply);
+                        }
+                        // `{"Object", "Err"}` answers, or a bare `{"ErrStatus"}` (pod deletion).
+                        let error = reply.as_ref().map(|r| {
+                            if r.content["ErrStatus"].is_object() {
+                                &r.content
+                            } else {
+                                &r.content["Err"]
+                            }
+                        });
+                        if let Some(error) = error
+                            && !error.is_null()
+                            && !key.contains("/lease/")
+                        {
+                            let code = error["ErrStatus"]["code"].as_u64();
                             if matches!(code, Some(429) | Some(500..)) {
                                 // The cloud could not apply it now (its API is down or busy):
                                 // it stays queued and goes again later.
-                                tracing::info!(key, answer = %reply.content["Err"], "the cloud could not take a status update now; retrying");
+                                tracing::info!(key, answer = %error, "the cloud could not take a status update now; retrying");
                                 self.retry_later(key);
                                 continue;
                             }
-                            tracing::warn!(key, answer = %reply.content["Err"], "the cloud refused a status update");
+                            tracing::warn!(key, answer = %error, "the cloud refused a status update");
                         }
                         let store = self.store.clone();
                         let done =

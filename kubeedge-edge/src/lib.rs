@@ -133,6 +133,13 @@ pub struct Config {
     pub runtime: PodRuntime,
     /// First crash-loop restart delay. Default 10 s.
     pub restart_backoff: std::time::Duration,
+    /// Where the node's CA, certificate and key are. Default `None`: upstream's layout under
+    /// the data directory ([`CertFiles::under`]).
+    pub certs: Option<CertFiles>,
+    /// Renew the node certificate before it expires. Default true.
+    pub rotate_certificates: bool,
+    /// Serve the metaserver (the local Kubernetes API). Default true.
+    pub metaserver_enabled: bool,
 }
 
 impl Config {
@@ -154,7 +161,17 @@ impl Config {
             backoff_max: std::time::Duration::from_secs(30),
             runtime: PodRuntime::None,
             restart_backoff: pods::BACKOFF_START,
+            certs: None,
+            rotate_certificates: true,
+            metaserver_enabled: true,
         }
+    }
+
+    /// The certificate files: [`Config::certs`], or upstream's layout under the data directory.
+    pub fn cert_files(&self) -> CertFiles {
+        self.certs
+            .clone()
+            .unwrap_or_else(|| CertFiles::under(&self.data_dir))
     }
 }
 
@@ -195,7 +212,7 @@ impl EdgeCore {
             step: format!("creating {}", dir.display()),
             source,
         })?;
-        let certs = CertFiles::under(dir);
+        let certs = config.cert_files();
         if !certs.exist() {
             let (Some(https), Some(token)) = (&config.https_url, &config.token) else {
                 return Err(Error::Config(
@@ -210,32 +227,38 @@ impl EdgeCore {
         hub_config.session = config.session.clone();
         hub_config.backoff_max = config.backoff_max.max(hub_config.backoff_min);
         let (hub, mut tasks) = EdgeHub::start(hub_config, store)?;
-        let listener = tokio::net::TcpListener::bind(config.metaserver_addr)
-            .await
-            .map_err(|source| Error::Io {
-                step: format!("binding the metaserver to {}", config.metaserver_addr),
+        let (metaserver_addr, metaserver) = if config.metaserver_enabled {
+            let listener = tokio::net::TcpListener::bind(config.metaserver_addr)
+                .await
+                .map_err(|source| Error::Io {
+                    step: format!("binding the metaserver to {}", config.metaserver_addr),
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| Error::Io {
+                step: "reading the metaserver's address".into(),
                 source,
             })?;
-        let metaserver_addr = listener.local_addr().map_err(|source| Error::Io {
-            step: "reading the metaserver's address".into(),
-            source,
-        })?;
-        let served = api.clone();
-        let writes = metaserver::Node {
-            node: config.node.clone(),
-            hub: hub.clone(),
-            data_dir: dir.clone(),
-        };
-        let (stop_metaserver, stopped) = tokio::sync::oneshot::channel::<()>();
-        let metaserver = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
+            let served = api.clone();
+            let writes = metaserver::Node {
+                node: config.node.clone(),
+                hub: hub.clone(),
+                data_dir: dir.clone(),
             };
-            let routes = metaserver::router(&served, Some(writes));
-            if let Err(e) = served.serve_router(listener, routes, shutdown).await {
-                tracing::error!(error = %e, "metaserver stopped");
-            }
-        });
+            let (stop_metaserver, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                let routes = metaserver::router(&served, Some(writes));
+                if let Err(e) = served.serve_router(listener, routes, shutdown).await {
+                    tracing::error!(error = %e, "metaserver stopped");
+                }
+            });
+            (addr, Some((stop_metaserver, task)))
+        } else {
+            tracing::info!("metaserver disabled (metaServer.enable: false)");
+            (config.metaserver_addr, None)
+        };
         let pod_config = pods::PodConfig {
             node: config.node.clone(),
             node_ip: config.node_address.clone(),
@@ -254,9 +277,13 @@ impl EdgeCore {
                 run_pods(rt, store, &hub, pod_config, &mut tasks).await?
             }
         };
-        if let Some(https) = &config.https_url {
+        if let Some(https) = config
+            .https_url
+            .as_ref()
+            .filter(|_| config.rotate_certificates)
+        {
             tasks.push(tokio::spawn(rotation::run(
-                CertFiles::under(dir),
+                config.cert_files(),
                 config.node.clone(),
                 https.clone(),
                 hub.clone(),
@@ -273,7 +300,7 @@ impl EdgeCore {
             hub,
             api,
             metaserver_addr,
-            metaserver: Some((stop_metaserver, metaserver)),
+            metaserver,
             tasks,
         })
     }
@@ -283,12 +310,18 @@ impl EdgeCore {
         &self.hub
     }
 
+    /// Whether the metaserver is served ([`Config::metaserver_enabled`]).
+    pub fn metaserver_enabled(&self) -> bool {
+        self.metaserver.is_some()
+    }
+
     /// The local API (what the metaserver serves), for in-process clients.
     pub fn api(&self) -> &Api {
         &self.api
     }
 
-    /// Where the metaserver listens.
+    /// Where the metaserver listens (the configured address, not listened on, when it is
+    /// disabled: see [`EdgeCore::metaserver_enabled`]).
     pub fn metaserver_addr(&self) -> SocketAddr {
         self.metaserver_addr
     }

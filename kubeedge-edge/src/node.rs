@@ -9,7 +9,7 @@ use kubeedge_core::message::Operation;
 use kubeedge_core::store::rfc3339;
 use serde_json::{Value, json};
 
-use crate::edgehub::{EdgeHub, status_message};
+use crate::edgehub::{EdgeHub, LeaseState, status_message};
 
 /// The kubelet version this edge reports.
 pub const KUBELET_VERSION: &str = concat!("v1.32.10-kubeedge-rs-", env!("CARGO_PKG_VERSION"));
@@ -126,13 +126,28 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
             }
         };
         let now = rfc3339(SystemTime::now());
-        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        let mut lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
             "metadata": {"name": node, "namespace": "kube-node-lease"},
             "spec": {"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS,
                      "renewTime": now.replace('Z', ".000000Z")}});
+        // As the kubelet's lease controller: update from the version the cloud last answered,
+        // create when the cloud has none (an upstream cloud answers 404 then), read it again
+        // after a conflict.
+        let operation = match hub.lease_state() {
+            LeaseState::Unknown => Operation::Update,
+            LeaseState::Version(rv) => {
+                lease["metadata"]["resourceVersion"] = json!(rv);
+                Operation::Update
+            }
+            LeaseState::Missing => Operation::Insert,
+            LeaseState::Stale => {
+                lease = Value::Null;
+                Operation::Query
+            }
+        };
         if let Err(e) = hub
             .report(status_message(
-                Operation::Update,
+                operation,
                 format!("kube-node-lease/lease/{node}"),
                 lease,
             ))

@@ -93,6 +93,8 @@ struct Cli {
 
 /// The device module's settings.
 struct Devices {
+    /// Off when the file disables the device twin or the event bus.
+    enabled: bool,
     dmi_socket: PathBuf,
     bus: EventBusMode,
 }
@@ -138,8 +140,12 @@ fn settings(cli: Cli) -> Result<(Config, Devices), Box<dyn std::error::Error>> {
         bus.mqtt_server_internal = Some(format!("tcp://{addr}"));
     }
     file.merge(&flags);
+    for note in file.unsupported() {
+        tracing::warn!("{note}");
+    }
     let config = file.to_config()?;
     let devices = Devices {
+        enabled: file.devices_enabled(),
         dmi_socket: file
             .dmi_socket()
             .unwrap_or_else(|| config.data_dir.join("dmi.sock")),
@@ -179,20 +185,30 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let (config, devices) = settings(cli)?;
     let node = config.node.clone();
     let edge = EdgeCore::start(config).await?;
-    let (broker, mqtt) = match devices.bus {
-        EventBusMode::External(url) => (None, url),
-        EventBusMode::Internal(addr) => {
+    let (broker, mqtt) = match (devices.enabled, devices.bus) {
+        (false, _) => (None, String::new()),
+        (true, EventBusMode::External(url)) => (None, url),
+        (true, EventBusMode::Internal(addr)) => {
             let broker = Broker::start(addr).await?;
             let url = broker.url();
             (Some(broker), url)
         }
     };
-    let twin = start_devices(&edge, &node, devices.dmi_socket, mqtt.clone()).await?;
-    println!(
-        "edgecore ready node={node} metaserver={} dmi={} mqtt={mqtt}",
-        edge.metaserver_addr(),
-        twin.socket().display()
-    );
+    let twin = if devices.enabled {
+        Some(start_devices(&edge, &node, devices.dmi_socket, mqtt.clone()).await?)
+    } else {
+        tracing::info!("device twin and event bus disabled by the configuration");
+        None
+    };
+    let metaserver = if edge.metaserver_enabled() {
+        edge.metaserver_addr().to_string()
+    } else {
+        "off".into()
+    };
+    let dmi = twin
+        .as_ref()
+        .map_or_else(|| "off".into(), |t| t.socket().display().to_string());
+    println!("edgecore ready node={node} metaserver={metaserver} dmi={dmi} mqtt={mqtt}");
     daemon::shutdown_signal().await;
     tracing::info!("stopping");
     drop(twin);

@@ -552,3 +552,54 @@ async fn rbac_guards_approval_escalation_and_creating_applies() {
     );
     core.stop().await;
 }
+
+/// The devices group as upstream defines it: v1beta1 and v1alpha2 served, DeviceStatus there,
+/// a Device breaking the schema refused with the field named, a good one stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_crds_have_upstreams_schemas_and_versions() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let dir = TempDir::new("devcrd");
+    let core = start(&dir).await;
+    let client = core.client().clone();
+    let gvk = |version: &str, kind: &str| {
+        ApiResource::from_gvk(&GroupVersionKind::gvk("devices.kubeedge.io", version, kind))
+    };
+    let devices: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &gvk("v1beta1", "Device"));
+    let bad: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "bad"}, "spec": {"nodeName": 12}}))
+    .unwrap();
+    let err = devices
+        .create(&PostParams::default(), &bad)
+        .await
+        .unwrap_err();
+    assert_eq!(status_code(&err), Some(422), "{err}");
+    assert!(err.to_string().contains("spec.nodeName"), "{err}");
+    let good: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "devices.kubeedge.io/v1beta1", "kind": "Device",
+        "metadata": {"name": "thermo"},
+        "spec": {"deviceModelRef": {"name": "m"}, "nodeName": "e1",
+                 "protocol": {"protocolName": "modbus", "configData": {"ip": "10.0.0.2"}}}}))
+    .unwrap();
+    devices.create(&PostParams::default(), &good).await.unwrap();
+    for (version, kind) in [
+        ("v1alpha2", "Device"),
+        ("v1alpha2", "DeviceModel"),
+        ("v1beta1", "DeviceStatus"),
+    ] {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), "default", &gvk(version, kind));
+        api.list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{version} {kind}: {e}"));
+    }
+    // Stored once, shown in the version asked for (CRDs' `None` conversion).
+    let old: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &gvk("v1alpha2", "Device"));
+    let seen = old.get("thermo").await.unwrap();
+    assert_eq!(
+        seen.types.map(|t| t.api_version).as_deref(),
+        Some("devices.kubeedge.io/v1alpha2")
+    );
+}

@@ -70,7 +70,13 @@ async fn each_node_gets_its_share_and_may_touch_only_its_own_objects() {
     let r = e2
         .request(Operation::Query, "default/configmap/cfg1", json!(null))
         .await;
-    assert_eq!(r.content["Err"]["ErrStatus"]["code"], 403, "{r:?}");
+    // Answers are routed as upstream's cloud routes them (upstream edgehub hands a reply to its
+    // caller only for group `resource`), a refused read in the bare `{"ErrStatus"}` shape.
+    assert_eq!(r.content["ErrStatus"]["code"], 403, "{r:?}");
+    assert_eq!(
+        (r.route.group.as_str(), r.route.source.as_str()),
+        ("resource", "edgecontroller")
+    );
     let r = e2
         .request(Operation::Query, "default/configmap/cfg2", json!(null))
         .await;
@@ -131,7 +137,29 @@ async fn each_node_gets_its_share_and_may_touch_only_its_own_objects() {
             json!({"spec": {"holderIdentity": "e1", "leaseDurationSeconds": 40}}),
         )
         .await;
-    assert_eq!(r.content["spec"]["holderIdentity"], "e1", "{r:?}");
+    assert_eq!(r.content["Object"]["spec"]["holderIdentity"], "e1", "{r:?}");
+    assert_eq!(r.content["Err"], json!(null), "{r:?}");
+    let r = e1
+        .request(Operation::Query, "kube-node-lease/lease/e1", json!(null))
+        .await;
+    assert_eq!(r.content["Object"]["kind"], "Lease", "{r:?}");
+    // The kubelet's empty status patch changes nothing and is no error.
+    let r = e1
+        .request(Operation::Patch, "null/nodepatch/e1", json!("{}"))
+        .await;
+    assert_eq!(r.content["Err"], json!(null), "{r:?}");
+    assert_eq!(r.content["Object"]["metadata"]["name"], "e1", "{r:?}");
+    // The cluster's CA, as cloudhub answers it.
+    let r = e1
+        .request(Operation::Query, "k8s/ca.crt", json!(null))
+        .await;
+    assert!(
+        r.content
+            .as_str()
+            .is_some_and(|pem| pem.starts_with("-----BEGIN CERTIFICATE")),
+        "{r:?}"
+    );
+    assert_eq!(r.route.source, "cloudhub");
     // the node confirms the deletion: the pod is gone, and the edge hears the delete
     let uid = web.metadata.uid.unwrap();
     let r = e1

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// The API group.
 pub const GROUP: &str = "devices.kubeedge.io";
@@ -380,34 +380,14 @@ impl DeviceModel {
     }
 }
 
-/// A namespaced v1beta1 CRD of the devices group, with a status subresource and columns for
-/// `kubectl get`. The schema keeps unknown fields: the API server stores what upstream tools send.
-fn crd(kind: &str, plural: &str, singular: &str, short: &[&str]) -> Value {
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": format!("{plural}.{GROUP}")},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "listKind": format!("{kind}List"), "plural": plural,
-                      "singular": singular, "shortNames": short},
-            "versions": [{
-                "name": VERSION, "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object",
-                                               "x-kubernetes-preserve-unknown-fields": true}},
-                "subresources": {"status": {}},
-            }],
-        },
-    })
-}
-
-/// The CRDs of Device and DeviceModel, as the embedded control plane installs them.
+/// The CRDs of Device, DeviceModel and DeviceStatus as upstream defines them (versions
+/// `v1alpha2` and `v1beta1`, both served, `v1beta1` stored; structural schemas, so that a Device
+/// whose `nodeName` is a number is refused with the field named; no status subresource, as
+/// upstream has none), as the embedded control plane installs them. Generated from upstream's
+/// CRD files without their descriptions by `devices_crds.py`.
 pub fn crds() -> Vec<Value> {
-    vec![
-        crd("Device", "devices", "device", &[]),
-        crd("DeviceModel", "devicemodels", "devicemodel", &[]),
-    ]
+    // The file is compiled in and checked by the tests: it parses.
+    serde_json::from_str(include_str!("devices_crds.json")).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -415,6 +395,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn upstream_objects_round_trip_unchanged() {
@@ -465,8 +446,22 @@ mod tests {
             names,
             [
                 "devices.devices.kubeedge.io",
-                "devicemodels.devices.kubeedge.io"
+                "devicemodels.devices.kubeedge.io",
+                "devicestatuses.devices.kubeedge.io"
             ]
         );
+        for crd in crds() {
+            let versions: Vec<&str> = crd["spec"]["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(versions, ["v1alpha2", "v1beta1"]);
+            assert!(
+                crd["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                    .is_object()
+            );
+        }
     }
 }

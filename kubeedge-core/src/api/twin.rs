@@ -126,8 +126,9 @@ impl TwinValue {
 /// `{"type": "int"}` of a twin; type `deleted` marks a deletion.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeMetadata {
-    /// `int`, `integer`, `string`, `double`, `float`, `boolean`, `bytes`, or `deleted`.
-    #[serde(rename = "type", default)]
+    /// `int`, `integer`, `string`, `double`, `float`, `boolean`, `bytes`, or `deleted` (left out
+    /// when empty, as upstream does).
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
 }
 
@@ -191,6 +192,25 @@ impl MsgTwin {
 /// Twins by property name.
 pub type Twins = BTreeMap<String, MsgTwin>;
 
+/// Twins as upstream sends them: the map may be `null`, and so may an entry (dropped).
+fn lenient_twins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Twins, D::Error> {
+    let raw: Option<BTreeMap<String, Option<MsgTwin>>> = Option::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect())
+}
+
+/// A value that upstream (Go) sends as `null` when empty: the default.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// `twin/update` (in), `update/result`, `get/result`, and the edge's report to the cloud.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceTwinUpdate {
@@ -201,7 +221,7 @@ pub struct DeviceTwinUpdate {
     #[serde(default)]
     pub timestamp: i64,
     /// The twins.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_twins")]
     pub twin: Twins,
 }
 
@@ -215,10 +235,10 @@ pub struct DeviceTwinDelta {
     #[serde(default)]
     pub timestamp: i64,
     /// Every twin of the device.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_twins")]
     pub twin: Twins,
     /// Property → expected value, for those that differ.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub delta: BTreeMap<String, String>,
 }
 
@@ -241,7 +261,7 @@ pub struct DeviceTwinDocument {
     #[serde(default)]
     pub timestamp: i64,
     /// Changed twins.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub twin: BTreeMap<String, TwinDoc>,
 }
 
@@ -254,9 +274,11 @@ pub struct ErrorResult {
     /// Milliseconds since the epoch.
     #[serde(default)]
     pub timestamp: i64,
-    /// HTTP-like code.
+    /// HTTP-like code (0 when the sender gave none).
+    #[serde(default)]
     pub code: u16,
     /// Why.
+    #[serde(default)]
     pub reason: String,
 }
 
@@ -281,7 +303,8 @@ pub const STATES: [&str; 5] = ["online", "offline", "ok", "unknown", "unhealthy"
 pub struct MemberDevice {
     /// `<namespace>/<name>`.
     pub id: String,
-    /// Name.
+    /// Name (upstream may leave it out).
+    #[serde(default)]
     pub name: String,
     /// Description.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -289,8 +312,22 @@ pub struct MemberDevice {
     /// State.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub state: String,
+    /// When the device was last online (upstream's `last_online`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_online: String,
+    /// Attributes, as upstream sends them (name → `{"value", "optional", "metadata"}`).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub attributes: BTreeMap<String, serde_json::Value>,
     /// Twins.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_twins",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub twin: Twins,
 }
 
@@ -304,6 +341,7 @@ pub struct MembershipDetail {
     #[serde(default)]
     pub timestamp: i64,
     /// The devices.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub devices: Vec<MemberDevice>,
 }
 
@@ -317,8 +355,10 @@ pub struct MembershipUpdate {
     #[serde(default)]
     pub timestamp: i64,
     /// Devices bound since.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub added_devices: Vec<MemberDevice>,
     /// Devices gone since.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub removed_devices: Vec<MemberDevice>,
 }
 
@@ -341,6 +381,33 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn payloads_as_upstream_emits_them_decode() {
+        let u: DeviceTwinUpdate = serde_json::from_str(
+            r#"{"event_id":"e","timestamp":1,"twin":{"a":null,"b":{"actual":{"value":"1"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(u.twin.keys().collect::<Vec<_>>(), ["b"]);
+        let u: DeviceTwinUpdate = serde_json::from_str(r#"{"event_id":"e","twin":null}"#).unwrap();
+        assert!(u.twin.is_empty());
+        let m: MembershipUpdate = serde_json::from_str(
+            r#"{"event_id":"","timestamp":0,"added_devices":[{"id":"ns/d","last_online":"2026-01-01","attributes":{"x":{"value":"1"}},"twin":null}],"removed_devices":null}"#,
+        )
+        .unwrap();
+        assert_eq!(m.added_devices[0].name, "");
+        assert_eq!(m.added_devices[0].last_online, "2026-01-01");
+        assert_eq!(m.added_devices[0].attributes["x"]["value"], "1");
+        assert!(m.removed_devices.is_empty());
+        let e: ErrorResult = serde_json::from_str(r#"{"event_id":"e","reason":"bad"}"#).unwrap();
+        assert_eq!((e.code, e.reason.as_str()), (0, "bad"));
+        // An empty type is left out, as upstream leaves it out.
+        let t = MsgTwin {
+            metadata: Some(TypeMetadata::default()),
+            ..MsgTwin::default()
+        };
+        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"metadata":{}}"#);
+    }
     use serde_json::json;
 
     #[test]

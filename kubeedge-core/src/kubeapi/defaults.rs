@@ -182,6 +182,11 @@ fn pod_spec(spec: Option<&mut Value>) {
     set_default(spec, "terminationGracePeriodSeconds", json!(30));
     set_default(spec, "securityContext", json!({}));
     set_default(spec, "enableServiceLinks", json!(true));
+    if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in volumes {
+            volume(v);
+        }
+    }
     for list in ["initContainers", "containers", "ephemeralContainers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs {
@@ -191,9 +196,137 @@ fn pod_spec(spec: Option<&mut Value>) {
     }
 }
 
+/// Go's 0644, the mode of files projected from ConfigMaps, Secrets and the downward API.
+const FILE_MODE: i64 = 0o644;
+
+/// A volume as kube-apiserver defaults it (upstream kubelets refuse a configMap volume without
+/// `defaultMode`): no source means an emptyDir; file modes; the downward API's field version;
+/// projected tokens' lifetime.
+fn volume(v: &mut Value) {
+    let Some(obj) = v.as_object_mut() else {
+        return;
+    };
+    const SOURCES: &[&str] = &[
+        "hostPath",
+        "emptyDir",
+        "gcePersistentDisk",
+        "awsElasticBlockStore",
+        "gitRepo",
+        "secret",
+        "nfs",
+        "iscsi",
+        "glusterfs",
+        "persistentVolumeClaim",
+        "rbd",
+        "flexVolume",
+        "cinder",
+        "cephfs",
+        "flocker",
+        "downwardAPI",
+        "fc",
+        "azureFile",
+        "configMap",
+        "vsphereVolume",
+        "quobyte",
+        "azureDisk",
+        "photonPersistentDisk",
+        "projected",
+        "portworxVolume",
+        "scaleIO",
+        "storageos",
+        "csi",
+        "ephemeral",
+        "image",
+    ];
+    if !SOURCES
+        .iter()
+        .any(|k| obj.get(*k).is_some_and(|s| !s.is_null()))
+    {
+        obj.insert("emptyDir".into(), json!({}));
+    }
+    for source in ["configMap", "secret", "downwardAPI", "projected"] {
+        if let Some(s) = obj.get_mut(source).filter(|s| s.is_object()) {
+            set_default(s, "defaultMode", json!(FILE_MODE));
+        }
+    }
+    if let Some(h) = obj.get_mut("hostPath").filter(|s| s.is_object()) {
+        set_default(h, "type", json!(""));
+    }
+    if let Some(items) = obj
+        .get_mut("downwardAPI")
+        .and_then(|d| d.get_mut("items"))
+        .and_then(Value::as_array_mut)
+    {
+        items.iter_mut().for_each(field_ref_version);
+    }
+    if let Some(sources) = obj
+        .get_mut("projected")
+        .and_then(|p| p.get_mut("sources"))
+        .and_then(Value::as_array_mut)
+    {
+        for s in sources {
+            if let Some(t) = s.get_mut("serviceAccountToken").filter(|t| t.is_object()) {
+                set_default(t, "expirationSeconds", json!(3600));
+            }
+            if let Some(items) = s
+                .get_mut("downwardAPI")
+                .and_then(|d| d.get_mut("items"))
+                .and_then(Value::as_array_mut)
+            {
+                items.iter_mut().for_each(field_ref_version);
+            }
+        }
+    }
+}
+
+/// `fieldRef.apiVersion` defaults to `v1`.
+fn field_ref_version(item: &mut Value) {
+    if let Some(f) = item.get_mut("fieldRef").filter(|f| f.is_object()) {
+        set_default(f, "apiVersion", json!("v1"));
+    }
+}
+
+/// A probe's timings and an HTTP probe's scheme.
+fn probe(p: &mut Value) {
+    if !p.is_object() {
+        return;
+    }
+    set_default(p, "timeoutSeconds", json!(1));
+    set_default(p, "periodSeconds", json!(10));
+    set_default(p, "successThreshold", json!(1));
+    set_default(p, "failureThreshold", json!(3));
+    if let Some(h) = p.get_mut("httpGet").filter(|h| h.is_object()) {
+        set_default(h, "scheme", json!("HTTP"));
+    }
+}
+
 fn container(c: &mut Value) {
     if !c.is_object() {
         return;
+    }
+    for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = c.get_mut(kind) {
+            probe(p);
+        }
+    }
+    if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+        for e in env {
+            if let Some(from) = e.get_mut("valueFrom") {
+                field_ref_version(from);
+            }
+        }
+    }
+    // Requests default to the limits where only limits are given.
+    if let Some(limits) = c["resources"]["limits"].as_object().cloned() {
+        let resources = &mut c["resources"];
+        if !resources["requests"].is_object() {
+            resources["requests"] = json!({});
+        }
+        for (k, q) in limits {
+            if resources["requests"].get(&k).is_none() {
+                resources["requests"][k] = q;
+            }
+        }
     }
     let image = c["image"].as_str().unwrap_or_default();
     // `:latest` (or no tag) is pulled every time; a pinned tag or digest when missing.
@@ -245,6 +378,24 @@ mod tests {
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(pod["containers"][1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(pod["containers"][1]["ports"][0]["protocol"], "TCP");
+        let mut p = json!({"spec": {"containers": [{"name": "a", "image": "x",
+            "resources": {"limits": {"cpu": "1"}}, "readinessProbe": {"httpGet": {"port": 80}}}],
+            "volumes": [{"name": "c", "configMap": {"name": "c"}}, {"name": "e"},
+                        {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}});
+        apply(&resource("pods"), &mut p);
+        let spec = &p["spec"];
+        assert_eq!(spec["volumes"][0]["configMap"]["defaultMode"], 420);
+        assert_eq!(spec["volumes"][1]["emptyDir"], json!({}));
+        assert_eq!(
+            spec["volumes"][2]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"],
+            3600
+        );
+        assert_eq!(spec["containers"][0]["resources"]["requests"]["cpu"], "1");
+        assert_eq!(spec["containers"][0]["readinessProbe"]["periodSeconds"], 10);
+        assert_eq!(
+            spec["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+            "HTTP"
+        );
         let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
         apply(&resource("services"), &mut svc);
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 80);

@@ -997,7 +997,8 @@ fn aggregated(store: &Store, core: bool, version: &str) -> Response {
     }
     let items: Vec<Value> = groups
         .into_iter()
-        .map(|(name, versions)| {
+        .map(|(name, mut versions)| {
+            versions.sort_by_key(|(v, _)| registry::version_priority(v));
             let versions: Vec<Value> = versions
                 .into_iter()
                 .map(|(v, resources)| json!({"version": v, "resources": resources, "freshness": "Current"}))
@@ -1035,7 +1036,8 @@ fn group_list(store: &Store) -> Value {
     }
     let groups: Vec<Value> = groups
         .into_iter()
-        .map(|(name, versions)| {
+        .map(|(name, mut versions)| {
+            versions.sort_by_key(|v| registry::version_priority(v));
             let vs: Vec<Value> = versions
                 .iter()
                 .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
@@ -1729,7 +1731,17 @@ fn patch(
         let mut next = current.clone();
         match content_type.as_str() {
             "application/merge-patch+json" => patch::merge(&mut next, &patch_doc),
-            "application/strategic-merge-patch+json" => patch::strategic(&mut next, &patch_doc),
+            "application/strategic-merge-patch+json" => {
+                if !patch::strategic_supported(&current) {
+                    return Err(ApiError::new(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (strategic merge patch is not supported for custom resources)",
+                    ));
+                }
+                patch::strategic(&mut next, &patch_doc)
+                    .map_err(|e| ApiError::new(400, "BadRequest", e.to_string()))?
+            }
             "application/json-patch+json" => patch::json_patch(&mut next, &patch_doc)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?,
             other => {

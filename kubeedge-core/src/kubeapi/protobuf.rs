@@ -1029,6 +1029,54 @@ pub fn unknown_fields(obj: &Value) -> Option<Vec<String>> {
     Some(out)
 }
 
+/// The message of the built-in kind `apiVersion`/`kind` (`api.core.v1.Pod`, ...), if it has one:
+/// custom resources have none.
+pub fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
+    message_of(api_version, kind)
+}
+
+/// What the schema says about one JSON field of a message (see [`field_info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldInfo {
+    /// The message declaring the field: an embedded struct's own for the fields it brings.
+    pub declared_in: &'static str,
+    /// The message type of the field (of its items, for a list), unless it is a scalar, a map,
+    /// or a type with a JSON form of its own (`Time`, `Quantity`, ...).
+    pub message: Option<&'static str>,
+    /// Whether the field is a list (repeated and not a map).
+    pub list: bool,
+}
+
+/// The field with JSON name `key` of `message` (looking into embedded structs), if there is one.
+pub fn field_info(message: &str, key: &str) -> Option<FieldInfo> {
+    let schema = schema();
+    let (declared_in, ty) = schema.messages.get_key_value(message)?;
+    if let Some(f) = ty.fields.iter().find(|f| !f.inline && f.json == key) {
+        let (message, map) = match &f.ty {
+            FieldType::Message(m) => match schema.messages.get_key_value(m.as_str()) {
+                Some((name, t)) => (
+                    (!t.map_entry && !is_leaf(name)).then_some(name.as_str()),
+                    t.map_entry,
+                ),
+                None => (None, false),
+            },
+            FieldType::Scalar(_) => (None, false),
+        };
+        return Some(FieldInfo {
+            declared_in: declared_in.as_str(),
+            message,
+            list: f.repeated && !map,
+        });
+    }
+    ty.fields
+        .iter()
+        .filter(|f| f.inline)
+        .find_map(|f| match &f.ty {
+            FieldType::Message(m) => field_info(m, key),
+            FieldType::Scalar(_) => None,
+        })
+}
+
 /// The field of `ty` with JSON name `key`, looking into inline (embedded) structs.
 fn find_field<'a>(ty: &'a MessageType, key: &str) -> Option<&'a Field> {
     ty.fields

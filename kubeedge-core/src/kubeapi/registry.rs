@@ -359,6 +359,35 @@ pub fn from_crd(crd: &Value) -> Vec<Resource> {
         .unwrap_or_default()
 }
 
+/// Kubernetes' version priority, as a sort key (smaller first): GA before beta before alpha,
+/// higher major then higher minor first (`v1`, `v1beta2`, `v1beta1`, `v1alpha2`), other names
+/// last, alphabetically. The first version of a group is its preferred one.
+pub fn version_priority(v: &str) -> (u8, std::cmp::Reverse<u64>, std::cmp::Reverse<u64>, String) {
+    use std::cmp::Reverse;
+    let other = (3, Reverse(0), Reverse(0), v.to_owned());
+    let Some(rest) = v.strip_prefix('v') else {
+        return other;
+    };
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let Ok(major) = rest[..digits].parse::<u64>() else {
+        return other;
+    };
+    let tail = &rest[digits..];
+    let (rank, minor) = if tail.is_empty() {
+        (0, Some(0))
+    } else if let Some(n) = tail.strip_prefix("beta") {
+        (1, n.parse().ok())
+    } else if let Some(n) = tail.strip_prefix("alpha") {
+        (2, n.parse().ok())
+    } else {
+        return other;
+    };
+    match minor {
+        Some(minor) => (rank, Reverse(major), Reverse(minor), String::new()),
+        None => other,
+    }
+}
+
 /// Every resource served right now: built-ins and stored CRDs.
 pub fn all(store: &Store) -> Vec<Resource> {
     let mut out = builtins();
@@ -375,4 +404,35 @@ pub fn find(store: &Store, group: &str, version: &str, plural: &str) -> Option<R
     all(store)
         .into_iter()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::version_priority;
+
+    #[test]
+    fn versions_sort_as_kubernetes_prefers_them() {
+        let mut vs = [
+            "v1alpha2",
+            "foo",
+            "v1beta1",
+            "v2",
+            "v1",
+            "v1beta2",
+            "v10alpha1",
+        ];
+        vs.sort_by_key(|v| version_priority(v));
+        assert_eq!(
+            vs,
+            [
+                "v2",
+                "v1",
+                "v1beta2",
+                "v1beta1",
+                "v10alpha1",
+                "v1alpha2",
+                "foo"
+            ]
+        );
+    }
 }

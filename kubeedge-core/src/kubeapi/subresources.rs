@@ -103,7 +103,8 @@ fn scale_once(
                 "application/json-patch+json" => patch::json_patch(&mut next, &doc)
                     .map_err(|e| unpinned(ApiError::with(422, "Invalid", e.to_string())))?,
                 "application/merge-patch+json" => patch::merge(&mut next, &doc),
-                _ => patch::strategic(&mut next, &doc),
+                _ => patch::strategic(&mut next, &doc)
+                    .map_err(|e| unpinned(ApiError::with(400, "BadRequest", e.to_string())))?,
             }
             next
         }

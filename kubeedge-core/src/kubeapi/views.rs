@@ -59,8 +59,27 @@ pub(crate) fn inward(r: &Resource, obj: Value) -> Value {
     core
 }
 
-/// `obj` (stored form) as `r` shows it.
-pub(crate) fn outward(r: &Resource, obj: Value) -> Value {
+/// Whether `r` is a custom resource (its group has a dot and is not Kubernetes' own).
+fn is_custom(r: &Resource) -> bool {
+    r.group.contains('.') && !r.group.ends_with(".k8s.io") && r.group != "k8s.io"
+}
+
+/// `obj` (stored form) as `r` shows it. A custom resource served in several versions is stored
+/// in the version it was written in and shown in the one asked for: the `None` conversion of
+/// CRDs, which changes `apiVersion` only.
+pub(crate) fn outward(r: &Resource, mut obj: Value) -> Value {
+    if is_custom(r) {
+        let wanted = format!("{}/{}", r.group, r.version);
+        let same_group = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| v.rsplit_once('/'))
+            .is_some_and(|(g, _)| g == r.group);
+        if same_group && obj["apiVersion"] != wanted.as_str() {
+            obj["apiVersion"] = Value::String(wanted);
+        }
+        return obj;
+    }
     if !is_events_view(r) {
         return obj;
     }

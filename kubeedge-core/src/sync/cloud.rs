@@ -432,7 +432,7 @@ impl Session {
     fn reply(&mut self, now: Instant, request: &Message, content: serde_json::Value) {
         let id = self.ids.next_id();
         self.replies
-            .push_back(request.response(id, self.clock.unix_ms(now), content));
+            .push_back(request.cloud_response(id, self.clock.unix_ms(now), content));
     }
 
     fn handle_uplink(&mut self, now: Instant, message: Message) {
@@ -605,6 +605,14 @@ impl Session {
     /// Read access to the outbox (sizes, for metrics and tests).
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
+    }
+
+    /// Forgets what the edge is believed to hold for `key`, so that the next
+    /// [`enqueue`](Self::enqueue) of it goes even at the version last acked: for when the edge is
+    /// known to have gone back to an older copy (an upstream edge stores the object of a write's
+    /// answer).
+    pub fn forget(&mut self, key: &str) {
+        self.believed.remove(key);
     }
 
     /// What the edge is believed to hold: key → version.

@@ -11,4 +11,5 @@ mod netfaults;
 mod pods;
 mod process;
 mod sync;
+mod upstream;
 mod workloads;
