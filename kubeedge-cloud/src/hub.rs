@@ -406,28 +406,23 @@ fn source_of(kind: Kind) -> &'static str {
     }
 }
 
-/// The index's copy of the object in a write's answer (`{"Object": ..}` of a Node or Pod), with
-/// its edge key, when it is newer than the answer's.
-fn newer_than_answer(index: &Index, reply: &Value) -> Option<(String, Entry)> {
+/// How long after answering a write to check that an upstream edge holds the newest copy.
+const RESEND_AFTER_ANSWER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The Node or Pod in a write's answer (`{"Object": ..}`): kind, namespace, name, version.
+fn answered_object(reply: &Value) -> Option<(Kind, String, String, Option<u64>)> {
     let obj = reply.get("Object")?;
     let kind = match obj.get("kind").and_then(Value::as_str) {
         Some("Node") => Kind::Node,
         Some("Pod") => Kind::Pod,
         _ => return None,
     };
-    let (ns, name) = (meta(obj, "namespace"), meta(obj, "name"));
-    let current = index.get(kind, ns, name)?;
-    let version = crate::index::version(&current);
-    (version > crate::index::version(obj)).then(|| {
-        (
-            edge_key(kind, ns, name),
-            Entry {
-                kind,
-                version,
-                object: current,
-            },
-        )
-    })
+    Some((
+        kind,
+        meta(obj, "namespace").to_owned(),
+        meta(obj, "name").to_owned(),
+        crate::index::version(obj),
+    ))
 }
 
 fn upsert(key: &str, entry: &Entry, op: Operation) -> Message {
@@ -528,23 +523,49 @@ impl Worker {
                         let _slot = api_slots.acquire().await;
                         uplink.handle(&node, &message).await
                     };
-                    if let Some(token) = token {
-                        let _ = handle
-                            .exec(move |s, now| {
-                                let stale =
-                                    reply.as_ref().and_then(|r| newer_than_answer(&index, r));
-                                s.complete_uplink(now, token, reply);
-                                if let Some((key, entry)) = stale {
-                                    // The answer goes after a newer copy the edge may already
-                                    // hold, and an upstream edge keeps the answer's: send the
-                                    // newer one again after it.
-                                    s.forget(&key);
-                                    let _ = s.enqueue(upsert(&key, &entry, Operation::Update));
-                                }
-                            })
-                            .await;
-                    }
+                    let Some(token) = token else {
+                        return;
+                    };
+                    let answered = reply.as_ref().and_then(answered_object);
+                    let _ = handle
+                        .exec(move |s, now| s.complete_uplink(now, token, reply))
+                        .await;
                     drop(permit);
+                    // An upstream edge stores the object of a write's answer as its copy when
+                    // its caller gets to it, which can be after a newer copy went down (the node
+                    // then keeps the not-ready taints its own status report just ended): if the
+                    // object has moved on since the answer, send it again a little later.
+                    let Some((kind, ns, name, answered)) = answered else {
+                        return;
+                    };
+                    tokio::time::sleep(RESEND_AFTER_ANSWER).await;
+                    let _ = handle
+                        .exec(move |s, _| {
+                            if s.negotiated() {
+                                return;
+                            }
+                            let Some(current) = index.get(kind, &ns, &name) else {
+                                return;
+                            };
+                            let version = crate::index::version(&current);
+                            if version > answered {
+                                let key = edge_key(kind, &ns, &name);
+                                tracing::debug!(
+                                    key,
+                                    ?version,
+                                    ?answered,
+                                    "cloudhub: resending what moved on since an answer"
+                                );
+                                s.forget(&key);
+                                let entry = Entry {
+                                    kind,
+                                    version,
+                                    object: current,
+                                };
+                                let _ = s.enqueue(upsert(&key, &entry, Operation::Update));
+                            }
+                        })
+                        .await;
                 });
                 Ok(())
             }

@@ -111,13 +111,30 @@ impl Api {
     }
 
     /// Creates each CustomResourceDefinition in `crds` that is not stored yet (established at
-    /// once, as a CRD created through the API is); existing ones are left as they are.
+    /// once, as a CRD created through the API is), and replaces a stored one whose spec differs
+    /// (one an earlier version installed: the definitions are the platform's).
     pub fn install_crds(&self, crds: &[Value]) -> Result<(), store::Error> {
         for crd in crds {
             let mut crd = crd.clone();
             accept_crd(&mut crd);
-            self.store
-                .create_if_missing(registry::CRD_RESOURCE, None, crd)?;
+            let name = crd
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if self
+                .store
+                .create_if_missing(registry::CRD_RESOURCE, None, crd.clone())?
+            {
+                continue;
+            }
+            // Stored by an earlier version (or changed since): these definitions are the
+            // platform's, so the stored one becomes this one.
+            let stored = self.store.get(registry::CRD_RESOURCE, None, &name)?;
+            if stored.get("spec") != crd.get("spec") {
+                self.store
+                    .update(registry::CRD_RESOURCE, None, &name, crd)?;
+            }
         }
         Ok(())
     }

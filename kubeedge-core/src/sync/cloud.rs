@@ -607,6 +607,12 @@ impl Session {
         &self.outbox
     }
 
+    /// Whether the connected edge negotiated the kubeedge-rs extensions (false for an upstream
+    /// edge).
+    pub fn negotiated(&self) -> bool {
+        self.negotiated
+    }
+
     /// Forgets what the edge is believed to hold for `key`, so that the next
     /// [`enqueue`](Self::enqueue) of it goes even at the version last acked: for when the edge is
     /// known to have gone back to an older copy (an upstream edge stores the object of a write's

@@ -23,12 +23,19 @@ use serde_json::Value;
 
 use crate::common::{TempDir, eventually, kill_all};
 
-/// `../shared/upstream`, if this workplace has it.
+/// The upstream binaries, if this workplace has them: `$KUBEEDGE_UPSTREAM_DIR`, else
+/// `shared/upstream` beside the checkout or one of its parents (`../shared/upstream` for a checkout
+/// in the workplace), else the workplace's own `/work/shared/upstream` (for a clone made elsewhere).
 fn upstream_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("KUBEEDGE_UPSTREAM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/upstream"));
-    dir.join("edgecore.xz").exists().then_some(dir)
+    if let Some(dir) = std::env::var_os("KUBEEDGE_UPSTREAM_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    workspace
+        .ancestors()
+        .map(|d| d.join("../shared/upstream"))
+        .chain([PathBuf::from("/work/shared/upstream")])
+        .find(|d| d.join("edgecore.xz").exists())
 }
 
 /// The unpacked upstream binary `name`, cached beside the build (`<target>/upstream/`).
@@ -250,6 +257,32 @@ impl Drop for HostTraces {
     }
 }
 
+/// Writes `edir/edgecore.yaml`: upstream edgecore's own default configuration
+/// (`--defaultconfig`) for node `node` joining `cloud` with `token`, its pods on `ctrd`, every path
+/// under `edir` and every port free (upstream's config writer).
+fn upstream_edge_config(
+    up: &Path,
+    upstream_edgecore: &Path,
+    edir: &Path,
+    node: &str,
+    cloud: &kubeedge_cloud::CloudCore,
+    token: &str,
+    ctrd: &Containerd,
+) {
+    std::fs::create_dir_all(edir).unwrap();
+    let defaults = run(Command::new(upstream_edgecore).arg("--defaultconfig"));
+    std::fs::write(edir.join("default.yaml"), defaults).unwrap();
+    run(Command::new("python3")
+        .arg(up.join("edgecore-config.py"))
+        .arg(edir)
+        .arg(node)
+        .arg(cloud.hub_addr().to_string())
+        .arg(format!("https://{}", cloud.https_addr()))
+        .arg(token)
+        .arg(&ctrd.sock)
+        .arg(free_ports(10).to_string()));
+}
+
 /// A child process killed (and reaped) on drop.
 struct Proc(Child);
 
@@ -293,19 +326,7 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
 
     // Upstream's own default configuration, with the test's paths and ports (its config writer).
     let edir = dir.0.join("edge");
-    std::fs::create_dir_all(&edir).unwrap();
-    let defaults = run(Command::new(&edgecore_bin).arg("--defaultconfig"));
-    std::fs::write(edir.join("default.yaml"), defaults).unwrap();
-    let base = free_ports(10);
-    run(Command::new("python3")
-        .arg(up.join("edgecore-config.py"))
-        .arg(&edir)
-        .arg("up1")
-        .arg(cloud.hub_addr().to_string())
-        .arg(format!("https://{}", cloud.https_addr()))
-        .arg(token)
-        .arg(&ctrd.sock)
-        .arg(base.to_string()));
+    upstream_edge_config(&up, &edgecore_bin, &edir, "up1", &cloud, token, &ctrd);
     // This machine's specifics: the local image as the sandbox ("pause") image, and eviction
     // thresholds that a shared build disk does not trip.
     run(Command::new("python3").arg("-c").arg(format!(
@@ -368,7 +389,20 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
     })
     .await;
 
-    // A pod from `kubectl run`, with a ConfigMap volume; its output is the ConfigMap's content.
+    // A pod from `kubectl run`, with a ConfigMap volume and a Secret in its environment; its
+    // output is their content.
+    kubectl_at(
+        &home,
+        &kc,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "word",
+            "--from-literal=word=secret-from-our-cloud",
+        ],
+    )
+    .unwrap();
     kubectl_at(
         &home,
         &kc,
@@ -382,7 +416,8 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
     .unwrap();
     let overrides = format!(
         r#"{{"spec": {{"containers": [{{"name": "web", "image": "{IMAGE}", "imagePullPolicy": "Never",
-            "command": ["sh", "-c", "cat /cfg/text; echo; sleep 3600"],
+            "command": ["sh", "-c", "cat /cfg/text; echo; echo $WORD; sleep 3600"],
+            "env": [{{"name": "WORD", "valueFrom": {{"secretKeyRef": {{"name": "word", "key": "word"}}}}}}],
             "volumeMounts": [{{"name": "cfg", "mountPath": "/cfg"}}]}}],
             "volumes": [{{"name": "cfg", "configMap": {{"name": "greeting"}}}}]}}}}"#
     );
@@ -436,12 +471,15 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
         "{}",
         pod["status"]
     );
-    // The ConfigMap's content reached the container: its log (CRI format, under the kubelet's
-    // pod log directory) says it.
+    // The ConfigMap's and the Secret's content reached the container: its log (CRI format,
+    // under the kubelet's pod log directory) says it.
     eventually(
         30,
-        "the pod's log with the ConfigMap's content",
-        async || log_contains(&edir, "hello-from-our-cloud"),
+        "the pod's log with the ConfigMap and the Secret",
+        async || {
+            log_contains(&edir, "hello-from-our-cloud")
+                && log_contains(&edir, "secret-from-our-cloud")
+        },
     )
     .await;
 
@@ -689,18 +727,15 @@ async fn our_edgecore_runs_from_upstreams_default_configuration() {
     // `edgecore --defaultconfig`, with only the server, the token and the paths and ports
     // changed (upstream's config writer), and nothing of ours added.
     let edir = dir.0.join("edge");
-    std::fs::create_dir_all(&edir).unwrap();
-    let defaults = run(Command::new(&upstream_edgecore).arg("--defaultconfig"));
-    std::fs::write(edir.join("default.yaml"), defaults).unwrap();
-    run(Command::new("python3")
-        .arg(up.join("edgecore-config.py"))
-        .arg(&edir)
-        .arg("ours2")
-        .arg(cloud.hub_addr().to_string())
-        .arg(format!("https://{}", cloud.https_addr()))
-        .arg(&token)
-        .arg(&ctrd.sock)
-        .arg(free_ports(10).to_string()));
+    upstream_edge_config(
+        &up,
+        &upstream_edgecore,
+        &edir,
+        "ours2",
+        &cloud,
+        &token,
+        &ctrd,
+    );
     let ours = std::env::current_exe()
         .unwrap()
         .ancestors()
