@@ -398,13 +398,19 @@ struct Worker {
     acked: Acked,
 }
 
+/// The cloud module upstream sends a kind from: devices and their models come from the device
+/// controller (an upstream edge hands those to its device twin), the rest from the edge controller.
 fn source_of(kind: Kind) -> &'static str {
-    if kind == Kind::Device {
+    if matches!(kind, Kind::Device | Kind::DeviceModel) {
         names::DEVICECONTROLLER
     } else {
         names::EDGECONTROLLER
     }
 }
+
+/// How long an answer to an upstream edge's Node or Pod write waits for the controllers that
+/// react to it.
+const SETTLE_BEFORE_ANSWER: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// How long after answering a write to check that an upstream edge holds the newest copy.
 const RESEND_AFTER_ANSWER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -526,6 +532,29 @@ impl Worker {
                     let Some(token) = token else {
                         return;
                     };
+                    let mut reply = reply;
+                    if let Some((kind, ns, name, _)) = reply.as_ref().and_then(answered_object) {
+                        // An upstream edge's kubelet keeps the answer's object as its copy of
+                        // its Node (or Pod): give the controllers that react to the write (the
+                        // not-ready taints going once the node reports Ready) a moment, and
+                        // answer with what they made of it.
+                        let (tx, rx) = oneshot::channel();
+                        let _ = handle
+                            .exec(move |s, _| {
+                                let _ = tx.send(!s.negotiated());
+                            })
+                            .await;
+                        if rx.await.unwrap_or(false) {
+                            tokio::time::sleep(SETTLE_BEFORE_ANSWER).await;
+                            if let (Some(r), Some(current)) =
+                                (reply.as_mut(), index.get(kind, &ns, &name))
+                                && crate::index::version(&current)
+                                    > crate::index::version(&r["Object"])
+                            {
+                                r["Object"] = (*current).clone();
+                            }
+                        }
+                    }
                     let answered = reply.as_ref().and_then(answered_object);
                     let _ = handle
                         .exec(move |s, now| s.complete_uplink(now, token, reply))
@@ -681,11 +710,18 @@ impl Worker {
                 }
             });
         }
+        let memberships: Vec<Option<Message>> = changes.iter().map(membership).collect();
         let (tx, rx) = oneshot::channel();
         self.handle
             .exec(move |s, _| {
                 let mut accepted = 0;
-                for m in messages {
+                // An upstream edge's device twin learns its devices from membership updates
+                // (ours reads the Device objects themselves).
+                let upstream = !s.negotiated();
+                for (m, member) in messages.into_iter().zip(memberships) {
+                    if let Some(member) = member.filter(|_| upstream) {
+                        let _ = s.send(member);
+                    }
                     if s.enqueue(m).is_err() {
                         break;
                     }
@@ -716,6 +752,44 @@ impl Worker {
 }
 
 /// The namespace and name of an edge key (`<ns>/<type>/<name>`; `""` for a cluster object's).
+/// The membership update upstream's device controller sends (group `twin`, resource
+/// `membership`, operation `update`) when a Device joins or leaves a node's share.
+fn membership(change: &Change) -> Option<Message> {
+    let (key, object, added) = match change {
+        Change::Upsert(key, e, Operation::Insert) if e.kind == Kind::Device => {
+            (key, Some(&e.object), true)
+        }
+        Change::Delete(key, (_, _, Kind::Device)) => (key, None, false),
+        _ => return None,
+    };
+    let (ns, name) = ns_name_of_key(key);
+    let device = json!({"id": format!("{ns}/{name}"), "name": name,
+        "description": object.and_then(|o| o["metadata"]["labels"]["description"].as_str()).unwrap_or("")});
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let event_id = format!("{:016x}", driver::random_seed());
+    let (add, remove) = if added {
+        (json!([device]), json!([]))
+    } else {
+        (json!([]), json!([device]))
+    };
+    Some(
+        Message::new(
+            "",
+            0,
+            Route::new(
+                names::DEVICECONTROLLER,
+                names::TWIN_GROUP,
+                Operation::Update,
+                "membership",
+            ),
+        )
+        .with_content(json!({"event_id": event_id, "timestamp": now_ms,
+                             "added_devices": add, "removed_devices": remove})),
+    )
+}
+
 fn ns_name_of_key(key: &str) -> (&str, &str) {
     let mut parts = key.splitn(3, '/');
     let ns = parts.next().unwrap_or_default();

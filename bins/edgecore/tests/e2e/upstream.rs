@@ -483,6 +483,45 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
     )
     .await;
 
+    // A Device bound to the edge reaches its device twin: upstream's twin keeps the devices of
+    // its node, learnt from membership updates, in its database's `device` table.
+    let device = dir.0.join("device.yaml");
+    std::fs::write(
+        &device,
+        "apiVersion: devices.kubeedge.io/v1beta1\nkind: DeviceModel\nmetadata: {name: thermo-model}\n\
+         spec: {protocol: modbus, properties: [{name: temperature, type: INT, accessMode: ReadOnly}]}\n---\n\
+         apiVersion: devices.kubeedge.io/v1beta1\nkind: Device\nmetadata: {name: thermo}\n\
+         spec: {deviceModelRef: {name: thermo-model}, nodeName: up1, protocol: {protocolName: modbus}}\n",
+    )
+    .unwrap();
+    kubectl_at(&home, &kc, &["apply", "-f", &device.to_string_lossy()]).unwrap();
+    let db = edir.join("edgecore.db");
+    let twin_devices = || {
+        Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import sqlite3; c = sqlite3.connect('file:{}?mode=ro', uri=True); \
+                 print(','.join(r[0] for r in c.execute('select id from device')))",
+                db.display()
+            ))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut seen = String::new();
+    for _ in 0..30 {
+        seen = twin_devices();
+        if seen.split(',').any(|d| d == "default/thermo") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        seen.split(',').any(|d| d == "default/thermo"),
+        "the upstream edge's device twin holds {seen:?}\n--- edgecore log ---\n{}",
+        tail(&log_path, 40)
+    );
+
     // Three minutes on: still Ready, its Lease renewed within its 40 s duration, and renewed
     // since the first one seen (the kubelet reports node status every 5 minutes when nothing
     // changes, so the Lease is its heartbeat, as in Kubernetes).
