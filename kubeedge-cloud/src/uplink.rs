@@ -542,7 +542,51 @@ impl Uplink {
                 &Patch::Merge(&json!({"status": status})),
             )
             .await?;
+        if let Err(e) = self.device_status(&device, ns, name, &status).await {
+            tracing::warn!(device = %format!("{ns}/{name}"), error = %e,
+                "writing the DeviceStatus (the Device's own status is written)");
+        }
         Ok(Value::String(names::ACK_CONTENT.into()))
+    }
+
+    /// The same report in the device's DeviceStatus (same name, owned by the Device), where
+    /// upstream's cloud (1.23 and later) and its tools keep reported twins and state; made on the
+    /// first report. Best effort: a cluster without the DeviceStatus CRD still gets the Device's.
+    async fn device_status(
+        &self,
+        device: &Value,
+        ns: &str,
+        name: &str,
+        status: &Value,
+    ) -> Result<(), UplinkError> {
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("devices.kubeedge.io", "v1beta1", "DeviceStatus"),
+            "devicestatuses",
+        );
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource);
+        let mut status = status.clone();
+        if let Some(m) = status.as_object_mut() {
+            // Not in DeviceStatus' schema.
+            m.remove("conditions");
+        }
+        let patch = json!({"status": status});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => {
+                let owner = json!({"apiVersion": device["apiVersion"], "kind": "Device",
+                    "name": name, "uid": meta(device, "uid"), "controller": true,
+                    "blockOwnerDeletion": true});
+                let obj = json!({"apiVersion": "devices.kubeedge.io/v1beta1", "kind": "DeviceStatus",
+                    "metadata": {"name": name, "namespace": ns, "ownerReferences": [owner]},
+                    "spec": {}, "status": patch["status"]});
+                api.create(&PostParams::default(), &from_json(obj)?).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A service account token for a pod on `node` (upstream's `serviceaccounttoken` query,

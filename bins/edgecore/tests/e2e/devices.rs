@@ -269,6 +269,24 @@ async fn modbus_device_reports_follows_and_takes_desired_values() {
         "{d}"
     );
     assert_eq!(twin0["reported"]["metadata"]["type"], "int", "{d}");
+    // And in the device's DeviceStatus, owned by the Device, where upstream keeps them.
+    eventually(10, "thermo's DeviceStatus", async || {
+        let out = kubectl(
+            &dir,
+            &[
+                "get",
+                "devicestatus",
+                "thermo",
+                "-o",
+                "json",
+                "--ignore-not-found",
+            ],
+        );
+        let ds: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        reported(&ds, "temperature").as_deref() == Some("100")
+            && ds["metadata"]["ownerReferences"][0]["name"] == "thermo"
+    })
+    .await;
     assert!(mapper.registered());
 
     // The register changes on the device: the status follows.
