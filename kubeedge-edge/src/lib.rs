@@ -190,6 +190,9 @@ async fn run_pods<R: runtime::Runtime>(
     Ok(version)
 }
 
+/// Longest [`EdgeCore::stop`] waits for the store's last users after stopping its tasks.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(6);
+
 /// Everything edgecore runs, started. Dropping it stops the background tasks.
 #[derive(Debug)]
 pub struct EdgeCore {
@@ -327,7 +330,9 @@ impl EdgeCore {
     }
 
     /// Stops everything and waits for the tasks to end; the metastore is closed when this returns
-    /// (open metaserver connections get up to 5 s, watches are ended).
+    /// (open metaserver connections get up to 5 s, watches are ended), unless something outside
+    /// edgecore still holds a handle to it (a device twin module, a clone of the store): that is
+    /// waited for up to 6 s.
     pub async fn stop(mut self) {
         if let Some((stop, mut task)) = self.metaserver.take() {
             let _ = stop.send(());
@@ -342,6 +347,15 @@ impl EdgeCore {
         for t in self.tasks.drain(..) {
             t.abort();
             let _ = t.await;
+        }
+        let store = self.hub.store().store().clone();
+        drop(self);
+        // Work the tasks started on their way may still hold the store for a moment (a status
+        // update's retry timer, a write finishing on a blocking thread): wait for it (bounded),
+        // so that the file is closed when this returns and the next open finds it free.
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while store.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }

@@ -353,6 +353,12 @@ fn open_database_unguarded(path: &Path, config: &Config) -> Result<Database, Err
 }
 
 impl Store {
+    /// How many handles (clones of this store, dry-run ones included) are alive: the file is
+    /// closed when the last one goes.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// A handle whose writes ([`create`](Self::create), [`update`](Self::update),
     /// [`delete`](Self::delete), [`batch`](Self::batch)) run every check and return what they would
     /// have stored, but commit nothing and wake no watch: the API's `dryRun=All`.
