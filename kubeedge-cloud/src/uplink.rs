@@ -612,23 +612,21 @@ impl Uplink {
                 .unwrap_or("default");
             meta(pod, "namespace") == ns && sa == account
         };
+        // As Kubernetes' node authorizer: a node gets only tokens bound to a pod of its own,
+        // named with its uid, running as that account.
         let bound = &request["spec"]["boundObjectRef"];
-        let allowed = if bound.is_object() {
-            bound["kind"] == "Pod"
-                && self
-                    .own_pod(node, ns, bound["name"].as_str().unwrap_or(""))
-                    .is_ok_and(|pod| {
-                        runs_as(&pod)
-                            && bound["uid"]
-                                .as_str()
-                                .is_none_or(|uid| uid.is_empty() || uid == meta(&pod, "uid"))
-                    })
-        } else {
-            self.index.pods_on(node).iter().any(|p| runs_as(p))
-        };
+        let allowed = bound["kind"] == "Pod"
+            && self
+                .own_pod(node, ns, bound["name"].as_str().unwrap_or(""))
+                .is_ok_and(|pod| {
+                    runs_as(&pod)
+                        && bound["uid"]
+                            .as_str()
+                            .is_some_and(|uid| !uid.is_empty() && uid == meta(&pod, "uid"))
+                });
         if !allowed {
             return Err(UplinkError::Forbidden(format!(
-                "node {node:?} runs no pod as service account {ns}/{account} that the token is bound to"
+                "node {node:?} may only get tokens bound to a pod of its own (by name and uid) running as {ns}/{account}"
             )));
         }
         request["apiVersion"] = json!("authentication.k8s.io/v1");

@@ -180,6 +180,15 @@ impl EdgeHub {
         self.lease.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The lease is being read again: until an answer says otherwise, renew as if nothing were
+    /// known (so that a read that gets no usable answer does not stop renewals).
+    pub fn lease_reread(&self) {
+        let mut state = self.lease.lock().unwrap_or_else(|e| e.into_inner());
+        if *state == LeaseState::Stale {
+            *state = LeaseState::Unknown;
+        }
+    }
+
     /// Notes the cloud's answer to a lease write or query.
     fn lease_answer(&self, reply: &Message) {
         let content = &reply.content;
@@ -192,8 +201,10 @@ impl EdgeHub {
             Some(404) => LeaseState::Missing,
             Some(409) => LeaseState::Stale,
             Some(_) => {
+                // Read the lease again before the next renewal (e.g. an update without a
+                // resourceVersion refused after a restart), rather than repeat what failed.
                 tracing::warn!(answer = %content["Err"], "the cloud refused a lease renewal");
-                return;
+                LeaseState::Stale
             }
         };
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = next;

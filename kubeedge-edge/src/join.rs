@@ -7,7 +7,7 @@ use std::path::Path;
 use kubeedge_core::transport::ws;
 
 use crate::config_file::EdgeCoreFile;
-use crate::{CertFiles, Error, bootstrap};
+use crate::{Error, bootstrap};
 
 /// A step of [`join`], reported as it starts and as it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub async fn join(
     mut progress: impl FnMut(Progress),
 ) -> Result<(), Error> {
     let config = file.to_config()?;
-    let certs = CertFiles::under(&config.data_dir);
+    let certs = config.cert_files();
     let begin = |n: u8, what: String| Progress::Begin { n, of: STEPS, what };
     if certs.exist() {
         progress(begin(1, format!("node certificate for {}", config.node)));

@@ -141,6 +141,7 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
             }
             LeaseState::Missing => Operation::Insert,
             LeaseState::Stale => {
+                hub.lease_reread();
                 lease = Value::Null;
                 Operation::Query
             }

@@ -1915,12 +1915,23 @@ fn delete_options(query: &Query, body: &Bytes) -> Result<Value, ApiError> {
 
 fn delete(api: &Api, t: &Target, query: &Query, body: Bytes) -> Result<Response, ApiError> {
     let options = delete_options(query, &body)?;
-    let current = api
-        .store
-        .get(&t.resource.store_name(), ns(t), name(t))
-        .map_err(|e| store_error(&t.resource, e))?;
-    let (code, gone) = delete_object(api, t, current, &options)?;
-    Ok(json_response(code, &views::outward(&t.resource, gone)))
+    // Marking an object for deletion writes it: a controller's write between the read and the
+    // mark is a conflict the client did not ask for (it gave no resourceVersion), so read again
+    // and retry, as kube-apiserver does.
+    let pinned = options.pointer("/preconditions/resourceVersion").is_some();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = api
+            .store
+            .get(&t.resource.store_name(), ns(t), name(t))
+            .map_err(|e| store_error(&t.resource, e))?;
+        match delete_object(api, t, current, &options) {
+            Ok((code, gone)) => return Ok(json_response(code, &views::outward(&t.resource, gone))),
+            Err(e) if e.reason == "Conflict" && !pinned && attempts < 5 => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Deletes one object (`current`, as read): marks it for deletion when finalizers or a node's
