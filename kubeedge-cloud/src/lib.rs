@@ -27,6 +27,7 @@ pub mod controlplane;
 pub mod hub;
 pub mod index;
 pub mod lifecycle;
+pub mod streams;
 pub mod uplink;
 pub mod workloads;
 
@@ -176,6 +177,7 @@ pub struct CloudCore {
     client: kube::Client,
     index: Arc<Index>,
     hub: Hub,
+    tunnels: streams::Tunnels,
     hub_addr: SocketAddr,
     https_addr: SocketAddr,
     ca: Arc<Ca>,
@@ -242,7 +244,17 @@ impl CloudCore {
         let https = TlsListener::new("cloudhub-https", https_tcp, https_tls, auth)
             .map_err(io_err("reading the HTTPS server's address"))?;
         let https_addr = https.local_addr();
-        let routes = certserver::router(ca.clone(), config.edge_cert_validity, index.clone());
+        let tunnels = streams::Tunnels::new();
+        if let Some(cp) = &control_plane {
+            cp.api()
+                .serve_pod_streams(Arc::new(streams::CloudStreams::new(tunnels.clone())));
+        }
+        let routes = certserver::router(
+            ca.clone(),
+            config.edge_cert_validity,
+            index.clone(),
+            tunnels.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             if let Err(e) = certserver::serve(https, routes, std::future::pending()).await {
                 tracing::error!(error = %e, "cloudhub HTTPS server stopped");
@@ -260,6 +272,7 @@ impl CloudCore {
             client,
             index,
             hub,
+            tunnels,
             hub_addr,
             https_addr,
             ca,
@@ -285,6 +298,11 @@ impl CloudCore {
     /// cloudhub.
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The edges' stream tunnels.
+    pub fn tunnels(&self) -> &streams::Tunnels {
+        &self.tunnels
     }
 
     /// cloudhub's WebSocket address.

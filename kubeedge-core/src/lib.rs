@@ -23,6 +23,9 @@
 //!   embedded control plane and the edge metastore.
 //! * [`admission`] (feature `admission`): connection admission that idle-connection floods cannot
 //!   starve, for every listening server; [`metrics`]: Prometheus counters.
+//! * [`streaming`] (feature `streaming`): pod streams (`exec`, `attach`, `port-forward`, logs)
+//!   as kubectl and CRI runtimes speak them (SPDY/3.1, the WebSocket channel protocols), and the
+//!   edge–cloud stream tunnel (HTTP/2) that carries them.
 //!
 //! What it is not: no Kubernetes client and no controllers; those live in the cloud and edge crates. With `--no-default-features` it builds without tokio, sockets or a clock, for embedding the
 //! protocol in any runtime.
@@ -52,6 +55,8 @@ pub mod pki;
 pub mod resource;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "streaming")]
+pub mod streaming;
 pub mod sync;
 #[cfg(all(feature = "test-util", feature = "pki", feature = "transport"))]
 pub mod test_util;

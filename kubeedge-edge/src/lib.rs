@@ -32,8 +32,10 @@ pub mod metastore;
 pub mod node;
 pub mod pods;
 pub mod process;
+mod process_exec;
 pub mod rotation;
 pub mod runtime;
+pub mod streams;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
@@ -269,17 +271,42 @@ impl EdgeCore {
             backoff_start: config.restart_backoff,
         };
         let store = hub.store().store().clone();
-        let runtime_version = match &config.runtime {
-            PodRuntime::None => String::new(),
+        let streams =
+            streams::StreamServer::new(&config.node, api.clone(), hub.clone(), dir.clone());
+        let (runtime_version, streams) = match &config.runtime {
+            PodRuntime::None => (String::new(), streams),
             PodRuntime::Cri(endpoint) => {
                 let rt = cri::CriRuntime::connect(endpoint).await?;
-                run_pods(rt, store, &hub, pod_config, &mut tasks).await?
+                let streams = streams.with_runtime(rt.clone());
+                (
+                    run_pods(rt, store, &hub, pod_config, &mut tasks).await?,
+                    streams,
+                )
             }
             PodRuntime::Process => {
                 let rt = process::ProcessRuntime::new(dir.join("process"), &config.node_address)?;
-                run_pods(rt, store, &hub, pod_config, &mut tasks).await?
+                let streams = streams.with_runtime(rt.clone());
+                (
+                    run_pods(rt, store, &hub, pod_config, &mut tasks).await?,
+                    streams,
+                )
             }
         };
+        // The stream tunnel (logs, exec, attach, port-forward from the cloud) goes to the
+        // certificate server's address.
+        if let Some(https) = &config.https_url {
+            let tunnel = streams::TunnelConfig {
+                node: config.node.clone(),
+                https_url: https.clone(),
+                tls: config.cert_files().client_config()?,
+                backoff_max: config.backoff_max,
+            };
+            tasks.push(tokio::spawn(streams::run(tunnel, streams)));
+        } else {
+            tracing::info!(
+                "no certificate server configured: no stream tunnel (kubectl logs/exec from the cloud)"
+            );
+        }
         if let Some(https) = config
             .https_url
             .as_ref()

@@ -19,6 +19,42 @@ pub struct LogOptions {
     pub timestamps: bool,
     /// At most this many bytes (from the start of what is selected).
     pub limit_bytes: Option<usize>,
+    /// Only lines recorded at or after this time (RFC 3339 UTC to the second,
+    /// `YYYY-MM-DDTHH:MM:SS`; see [`since_seconds`]). Lines without a recorded time (the process
+    /// runtime's) are kept.
+    pub since: Option<String>,
+}
+
+/// The `since` bound of `sinceSeconds=n`: `n` seconds before `now`, as RFC 3339 UTC to the second.
+pub fn since_seconds(now: std::time::SystemTime, n: u64) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_sub(n);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Whether a record's `time` is before `since` (compared to the second; times not in UTC are
+/// kept).
+fn before(time: &str, since: &str) -> bool {
+    time.ends_with('Z') && time.len() >= 19 && &time[..19] < since
 }
 
 /// The log files of `container` under a pod's log directory, oldest run first.
@@ -89,6 +125,9 @@ pub fn render(raw: &[u8], options: &LogOptions) -> Vec<u8> {
                     .unwrap_or_else(|| (time.to_owned(), String::new()));
                 acc.push_str(chunk);
                 if full {
+                    if options.since.as_deref().is_some_and(|s| before(&t, s)) {
+                        continue;
+                    }
                     lines.push(stamp(options, Some(&t), &acc));
                 } else {
                     partial = Some((t, acc));
@@ -123,6 +162,23 @@ fn stamp(options: &LogOptions, time: Option<&str>, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_drops_older_records() {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        assert_eq!(since_seconds(at, 0), "2026-11-18T11:06:40");
+        assert_eq!(since_seconds(at, 86_400 * 366), "2025-11-17T11:06:40");
+        let raw =
+            b"2026-11-18T11:06:39.9Z stdout F old\n2026-11-18T11:06:40.1Z stdout F new\nplain\n";
+        let options = LogOptions {
+            since: Some(since_seconds(at, 0)),
+            ..LogOptions::default()
+        };
+        assert_eq!(
+            String::from_utf8(render(raw, &options)).unwrap(),
+            "new\nplain\n"
+        );
+    }
 
     #[test]
     fn cri_records_and_plain_lines() {

@@ -183,7 +183,13 @@ fn bad_request(message: String) -> Response {
 /// How often a followed log is checked for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-async fn pod_log(api: &Api, node: &Node, namespace: &str, name: &str, query: &str) -> Response {
+pub(crate) async fn pod_log(
+    api: &Api,
+    node: &Node,
+    namespace: &str,
+    name: &str,
+    query: &str,
+) -> Response {
     let pod = match api.store().get("pods", Some(namespace), name) {
         Ok(p) => p,
         Err(_) => {
@@ -203,6 +209,12 @@ async fn pod_log(api: &Api, node: &Node, namespace: &str, name: &str, query: &st
             "follow" => follow = v == "true",
             "tailLines" => options.tail_lines = number(),
             "limitBytes" => options.limit_bytes = number(),
+            "sinceSeconds" => {
+                options.since = v
+                    .parse()
+                    .ok()
+                    .map(|n| crate::logs::since_seconds(std::time::SystemTime::now(), n));
+            }
             _ => {}
         }
     }

@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kubeedge_core::streaming::channel::Duplex;
+use kubeedge_core::streaming::remote::StreamOptions;
 use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 
@@ -573,5 +575,43 @@ impl Runtime for ProcessRuntime {
             Ok(Err(e)) => Err(fail(e.to_string())),
             Err(_) => Err(fail(format!("command timed out after {timeout:?}"))),
         }
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        options: StreamOptions,
+    ) -> Result<Duplex, RuntimeError> {
+        let r = self.record(id)?;
+        if r.exit.is_some() {
+            return Err(RuntimeError::Call {
+                call: "Exec",
+                message: format!("container {} is not running", r.name),
+            });
+        }
+        crate::process_exec::start(cmd, &r.working_dir, &r.env, options).map_err(|message| {
+            RuntimeError::Call {
+                call: "Exec",
+                message,
+            }
+        })
+    }
+
+    async fn port_forward_url(&self, _sandbox_id: &str) -> Result<Option<String>, RuntimeError> {
+        Ok(None)
+    }
+
+    async fn attach_stream(
+        &self,
+        _id: &str,
+        _options: StreamOptions,
+    ) -> Result<Duplex, RuntimeError> {
+        Err(RuntimeError::Call {
+            call: "Attach",
+            message: "the process runtime runs programs without a terminal or standard input to attach to; \
+                      follow their output with `kubectl logs -f`"
+                .into(),
+        })
     }
 }

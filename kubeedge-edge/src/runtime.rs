@@ -1,6 +1,8 @@
 //! What the pod lifecycle needs from a container runtime: pod sandboxes and containers, their
 //! state, images present locally. [`crate::cri::CriRuntime`] implements it over CRI (containerd).
 
+use kubeedge_core::streaming::channel::Duplex;
+use kubeedge_core::streaming::remote::StreamOptions;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -189,4 +191,27 @@ pub trait Runtime: Send + Sync + 'static {
         cmd: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<(i32, Vec<u8>, Vec<u8>), RuntimeError>> + Send;
+
+    /// Starts `cmd` in a container for a client (`kubectl exec`): the session's channel frames
+    /// (see [`kubeedge_core::streaming::channel`]); it ends with the exit status on the error
+    /// channel.
+    fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        options: StreamOptions,
+    ) -> impl Future<Output = Result<Duplex, RuntimeError>> + Send;
+    /// Attaches a client to a container's main process (`kubectl attach`).
+    fn attach_stream(
+        &self,
+        id: &str,
+        options: StreamOptions,
+    ) -> impl Future<Output = Result<Duplex, RuntimeError>> + Send;
+    /// Where a pod's ports are forwarded from: the CRI streaming URL of the sandbox's
+    /// `PortForward`, or `None` when the pod's address is reachable from edgecore (the process
+    /// runtime).
+    fn port_forward_url(
+        &self,
+        sandbox_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
 }

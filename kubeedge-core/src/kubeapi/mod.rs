@@ -83,6 +83,33 @@ pub struct Api {
     allocating: Arc<std::sync::Mutex<()>>,
     /// Flipped to `true` when serving stops: open watches end, so that connections close.
     closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// What serves `pods/{log,exec,attach,portforward}` (see [`Api::serve_pod_streams`]).
+    pod_streams: Arc<std::sync::OnceLock<Arc<dyn PodStreams>>>,
+}
+
+/// Serves the pod subresources that reach into a running pod: `log`, `exec`, `attach` and
+/// `portforward` (the kubelet's part, which a cloud reaches through its tunnel to the pod's
+/// node). The request has passed authentication and authorization (`create` for the three
+/// streams, `get` for logs); its body is unread (an upgrade takes the connection).
+pub trait PodStreams: Send + Sync + std::fmt::Debug + 'static {
+    /// Answers `request` for `pod` (as stored).
+    fn serve(
+        &self,
+        request: PodStreamRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+}
+
+/// One request for a pod stream.
+#[derive(Debug)]
+pub struct PodStreamRequest {
+    /// The pod, as stored.
+    pub pod: Value,
+    /// `log`, `exec`, `attach` or `portforward`.
+    pub subresource: String,
+    /// Who asks (none on an unauthenticated server).
+    pub user: Option<auth::User>,
+    /// The HTTP request, whole.
+    pub request: Request,
 }
 
 /// How often an idle watch that asked for bookmarks (`allowWatchBookmarks=true`) gets one.
@@ -107,7 +134,14 @@ impl Api {
             root_ca: None,
             allocating: Arc::new(std::sync::Mutex::new(())),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
+            pod_streams: Arc::new(std::sync::OnceLock::new()),
         })
+    }
+
+    /// Has `streams` serve `pods/{log,exec,attach,portforward}` from now on (the first call
+    /// wins; without one they answer 404).
+    pub fn serve_pod_streams(&self, streams: Arc<dyn PodStreams>) {
+        let _ = self.pod_streams.set(streams);
     }
 
     /// Creates each CustomResourceDefinition in `crds` that is not stored yet (established at
@@ -677,6 +711,22 @@ impl Target {
 }
 
 async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
+    if let Some(answer) = pod_stream(&api, req.uri().path()) {
+        return match answer {
+            Ok((pod, sub, streams)) => {
+                let user = req.extensions().get::<auth::User>().cloned();
+                streams
+                    .serve(PodStreamRequest {
+                        pod,
+                        subresource: sub,
+                        user,
+                        request: req,
+                    })
+                    .await
+            }
+            Err(e) => e.into_response(),
+        };
+    }
     let (parts, body) = req.into_parts();
     let query = Query::of(&parts.uri);
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -724,6 +774,37 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     } else {
         response
     }
+}
+
+/// For `pods/{log,exec,attach,portforward}`: the pod, the subresource and what serves them.
+#[allow(clippy::type_complexity)]
+fn pod_stream(
+    api: &Api,
+    path: &str,
+) -> Option<Result<(Value, String, Arc<dyn PodStreams>), ApiError>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["api", "v1", "namespaces", ns, "pods", name, sub] = segs.as_slice() else {
+        return None;
+    };
+    if !matches!(*sub, "log" | "exec" | "attach" | "portforward") {
+        return None;
+    }
+    let Some(streams) = api.pod_streams.get() else {
+        return Some(Err(ApiError::new(
+            404,
+            "NotFound",
+            format!("pods/{sub} is not served here: no node connection reaches pods"),
+        )));
+    };
+    Some(
+        api.store
+            .get("pods", Some(ns), name)
+            .map(|pod| (pod, (*sub).to_owned(), streams.clone()))
+            .map_err(|e| match e {
+                store::Error::NotFound { .. } => ApiError::not_found("pods", name),
+                other => ApiError::new(500, "InternalError", other.to_string()),
+            }),
+    )
 }
 
 fn media_type(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {

@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use kubeedge_core::streaming::channel::Duplex;
+use kubeedge_core::streaming::remote::{StreamOptions, dial_command};
 use tonic::transport::{Channel, Endpoint, Uri};
 use v1::image_service_client::ImageServiceClient;
 use v1::runtime_service_client::RuntimeServiceClient;
@@ -413,5 +415,76 @@ impl Runtime for CriRuntime {
             .map_err(call_err("ExecSync"))?
             .into_inner();
         Ok((r.exit_code, r.stdout, r.stderr))
+    }
+
+    async fn exec_stream(
+        &self,
+        id: &str,
+        cmd: &[String],
+        options: StreamOptions,
+    ) -> Result<Duplex, RuntimeError> {
+        let url = self
+            .runtime
+            .clone()
+            .exec(v1::ExecRequest {
+                container_id: id.to_owned(),
+                cmd: cmd.to_vec(),
+                tty: options.tty,
+                stdin: options.stdin,
+                stdout: options.stdout,
+                stderr: options.stderr,
+            })
+            .await
+            .map_err(call_err("Exec"))?
+            .into_inner()
+            .url;
+        dial_command(&url, options)
+            .await
+            .map_err(|e| RuntimeError::Call {
+                call: "Exec",
+                message: kubeedge_core::error_chain(&e),
+            })
+    }
+
+    async fn port_forward_url(&self, sandbox_id: &str) -> Result<Option<String>, RuntimeError> {
+        let url = self
+            .runtime
+            .clone()
+            .port_forward(v1::PortForwardRequest {
+                pod_sandbox_id: sandbox_id.to_owned(),
+                port: Vec::new(),
+            })
+            .await
+            .map_err(call_err("PortForward"))?
+            .into_inner()
+            .url;
+        Ok(Some(url))
+    }
+
+    async fn attach_stream(
+        &self,
+        id: &str,
+        options: StreamOptions,
+    ) -> Result<Duplex, RuntimeError> {
+        let url = self
+            .runtime
+            .clone()
+            .attach(v1::AttachRequest {
+                container_id: id.to_owned(),
+                stdin: options.stdin,
+                tty: options.tty,
+                stdout: options.stdout,
+                stderr: options.stderr,
+            })
+            .await
+            .map_err(call_err("Attach"))?
+            .into_inner()
+            .url;
+        dial_command(&url, options)
+            .await
+            .map_err(|e| RuntimeError::Call {
+                call: "Attach",
+                message: kubeedge_core::error_chain(&e),
+            })
     }
 }

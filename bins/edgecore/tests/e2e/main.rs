@@ -10,6 +10,7 @@ mod join;
 mod netfaults;
 mod pods;
 mod process;
+mod streams;
 mod sync;
 mod upstream;
 mod workloads;

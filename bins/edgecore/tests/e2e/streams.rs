@@ -1,0 +1,558 @@
+//! Reaching edge pods from the cloud through the stream tunnel, with the real kubectl against the
+//! embedded control plane: `logs -f`, `exec` (output, exit codes, 10 MiB of stdin, an interactive
+//! shell under tmux), `port-forward` with curl; for a process-runtime pod and a containerd pod.
+//! Then who may: a user without `pods/exec` gets 403, another node's certificate can neither
+//! open this node's tunnel nor exec; and the edge offline: each fails fast, saying so.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use kubeedge_cloud::CloudCore;
+use kubeedge_edge::{EdgeCore, PodRuntime};
+
+use crate::common::{self, TempDir, eventually, kubectl};
+
+fn kubectl_cmd(dir: &TempDir, kubeconfig: &Path) -> Command {
+    let mut c = Command::new("kubectl");
+    c.env_remove("KUBECONFIG")
+        .env("HOME", dir.0.join("home"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.0.join("kcache"));
+    c
+}
+
+fn admin(dir: &TempDir) -> std::path::PathBuf {
+    dir.0.join("cloud/admin.kubeconfig")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs kubectl, returns (exit code, stdout, stderr).
+fn run(mut c: Command, stdin: Option<&Path>) -> (i32, Vec<u8>, String) {
+    if let Some(f) = stdin {
+        c.stdin(std::fs::File::open(f).unwrap());
+    } else {
+        c.stdin(Stdio::null());
+    }
+    let out = c.output().expect("kubectl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Everything a user does with a running pod `pod` (its main container serves `page` on
+/// `port` and prints a numbered line every 200 ms; `hostname` is what /etc/hostname holds).
+async fn reach_pod(
+    dir: &TempDir,
+    pod: &str,
+    port: u16,
+    page: &str,
+    hostname: &str,
+    timestamps: bool,
+) {
+    let kc = admin(dir);
+
+    // logs: follow shows the lines as they come; tail and limits apply
+    let mut follow = kubectl_cmd(dir, &kc)
+        .args(["logs", "-f", pod])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first: Vec<String> =
+        tokio::task::spawn_blocking(move || lines.by_ref().take(5).map_while(Result::ok).collect())
+            .await
+            .unwrap();
+    let _ = follow.kill();
+    let mut err = String::new();
+    let _ = follow.stderr.take().unwrap().read_to_string(&mut err);
+    let _ = follow.wait();
+    assert_eq!(first.len(), 5, "{first:?} {err}");
+    assert!(first.iter().all(|l| l.starts_with("line ")), "{first:?}");
+    let numbers: Vec<u64> = first
+        .iter()
+        .map(|l| l["line ".len()..].parse().unwrap())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    let tail = kubectl(dir, &["logs", pod, "--tail", "2"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    let limited = kubectl(dir, &["logs", pod, "--limit-bytes", "4"]);
+    assert_eq!(limited, "line");
+    if timestamps {
+        // containerd records each line's time; the process runtime's output has none
+        let stamped = kubectl(dir, &["logs", pod, "--tail", "1", "--timestamps"]);
+        assert!(stamped.starts_with("20"), "{stamped}");
+        let recent = kubectl(dir, &["logs", pod, "--since=1s"]);
+        let all = kubectl(dir, &["logs", pod]);
+        assert!(recent.lines().count() < all.lines().count(), "{recent}");
+    }
+
+    // exec -i: 10 MiB through stdin, checksummed on the other side
+    let input = dir.0.join(format!("{pod}-input"));
+    {
+        let mut f = std::fs::File::create(&input).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..10 {
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            f.write_all(&block).unwrap();
+        }
+    }
+    for websockets in [true, false] {
+        exec_checks(dir, pod, hostname, &input, websockets);
+        port_forward_check(dir, pod, port, page, websockets).await;
+    }
+    // exec -it: an interactive shell under tmux
+    let session = format!("ke-{}-{}", pod, std::process::id());
+    let script = dir.0.join(format!("{pod}-tty.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "HOME={home} exec kubectl --kubeconfig {kc} --cache-dir {cache} exec -it {pod} -- sh\n",
+            home = dir.0.join("home").display(),
+            kc = kc.display(),
+            cache = dir.0.join("kcache").display(),
+        ),
+    )
+    .unwrap();
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &format!("sh {}; sleep 30", script.display()),
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let pane = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let mut typed = false;
+    let mut last = String::new();
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !typed {
+            // typed once the shell prompt shows
+            last = pane();
+            if last.contains('#') || last.contains('$') {
+                tmux(&[
+                    "send-keys",
+                    "-t",
+                    &session,
+                    "echo tty-$((6*7)); stty size",
+                    "Enter",
+                ]);
+                typed = true;
+            }
+            continue;
+        }
+        last = pane();
+        if last.contains("tty-42") && last.contains("30 120") {
+            break;
+        }
+    }
+    tmux(&["send-keys", "-t", &session, "exit", "Enter"]);
+    tmux(&["kill-server"]);
+    assert!(
+        last.contains("tty-42") && last.contains("30 120"),
+        "the interactive shell did not answer (size 30x120 expected): {last}"
+    );
+}
+
+/// kubectl speaks WebSocket (v5 channels; SPDY tunnelled for port-forward) by default since
+/// 1.30/1.31, SPDY/3.1 before (and when told so).
+fn kubectl_for(dir: &TempDir, websockets: bool) -> Command {
+    let mut c = kubectl_cmd(dir, &admin(dir));
+    c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", websockets.to_string())
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string());
+    c
+}
+
+fn exec_checks(dir: &TempDir, pod: &str, hostname: &str, input: &Path, websockets: bool) {
+    let kc = admin(dir);
+    let kubectl_cmd = |dir: &TempDir, _: &Path| kubectl_for(dir, websockets);
+    // exec: output, exit codes
+    let (code, out, err) = run(
+        {
+            let mut c = kubectl_cmd(dir, &kc);
+            c.args(["exec", pod, "--", "cat", "/etc/hostname"]);
+            c
+        },
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), hostname);
+    let (code, _, err) = run(
+        {
+            let mut c = kubectl_cmd(dir, &kc);
+            c.args(["exec", pod, "--", "sh", "-c", "echo oops >&2; exit 3"]);
+            c
+        },
+        None,
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("oops"), "{err}");
+
+    let (code, out, err) = run(
+        {
+            let mut c = kubectl_cmd(dir, &kc);
+            c.args(["exec", "-i", pod, "--", "sha256sum"]);
+            c
+        },
+        Some(input),
+    );
+    assert_eq!(code, 0, "{err}");
+    let remote = String::from_utf8_lossy(&out);
+    assert_eq!(
+        remote.split_whitespace().next(),
+        Some(sha256(input).as_str()),
+        "{remote}"
+    );
+}
+
+async fn port_forward_check(dir: &TempDir, pod: &str, port: u16, page: &str, websockets: bool) {
+    let kc = admin(dir);
+    let kubectl_cmd = |dir: &TempDir, _: &Path| kubectl_for(dir, websockets);
+    // port-forward, then curl through it
+    let local = free_port();
+    let mut forward = kubectl_cmd(dir, &kc)
+        .args([
+            "port-forward",
+            &format!("pod/{pod}"),
+            &format!("{local}:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(forward.stdout.take().unwrap());
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        // kubectl keeps writing "Handling connection" lines: keep reading them
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        line
+    })
+    .await
+    .unwrap();
+    assert!(ready.contains("Forwarding from"), "{ready}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let exited = forward.try_wait().unwrap();
+    assert!(exited.is_none(), "kubectl port-forward exited: {exited:?}");
+    let mut pages = Vec::new();
+    for _ in 0..3 {
+        let curl = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://127.0.0.1:{local}/"),
+            ])
+            .output()
+            .unwrap();
+        pages.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&curl.stdout).trim(),
+            String::from_utf8_lossy(&curl.stderr)
+        ));
+    }
+    let _ = forward.kill();
+    let mut err = String::new();
+    let _ = forward.stderr.take().unwrap().read_to_string(&mut err);
+    let _ = forward.wait();
+    assert!(
+        pages.iter().all(|p| p == page),
+        "{pages:?}; kubectl said {ready:?} then {err}"
+    );
+}
+
+/// The pod `web`: a numbered line every 200 ms, and busybox httpd serving `page` on `port`.
+fn web_pod(image: &str, port: u16, page: &str, root: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  nodeName: e1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {image}
+    command: ["/bin/sh", "-c", "mkdir -p {root}/www && echo {page} > {root}/www/index.html; (i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done) & exec busybox httpd -f -p {port} -h {root}/www"]
+    ports:
+    - containerPort: {port}
+"#
+    )
+}
+
+async fn wait_running(cloud: &CloudCore, name: &str) {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(cloud.client().clone(), "default");
+    eventually(120, &format!("{name} Running"), async || {
+        pods.get_opt(name).await.ok().flatten().is_some_and(|p| {
+            p.status
+                .and_then(|s| s.container_statuses)
+                .unwrap_or_default()
+                .first()
+                .is_some_and(|c| c.ready)
+        })
+    })
+    .await;
+    eventually(30, "the stream tunnel", async || {
+        cloud.tunnels().is_open("e1")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reaches_a_process_pod_and_only_whom_it_should() {
+    let dir = TempDir::new("streams");
+    let cloud = common::cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let mut ec = common::edge_config(&dir, &cloud);
+    ec.runtime = PodRuntime::Process;
+    let edge = EdgeCore::start(ec).await.unwrap();
+    let port = free_port();
+    let file = dir.0.join("web.yaml");
+    std::fs::write(&file, web_pod("/bin/busybox", port, "hello-process", ".")).unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    wait_running(&cloud, "web").await;
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    reach_pod(&dir, "web", port, "hello-process", hostname.trim(), false).await;
+
+    // a user who may read pods and their logs, but not exec
+    let ca = cloud.ca();
+    let now = SystemTime::now();
+    let viewer = ca
+        .issue_client("viewer", "viewers", Duration::from_secs(3600), now)
+        .unwrap();
+    let api_url = format!(
+        "https://127.0.0.1:{}",
+        cloud.control_plane().unwrap().addr().port()
+    );
+    let viewer_kc = dir.0.join("viewer.kubeconfig");
+    std::fs::write(
+        &viewer_kc,
+        kubeedge_core::kubeapi::tls::kubeconfig(
+            &api_url,
+            &ca.cert_pem(),
+            &viewer.cert_pem(),
+            &viewer.key_pem().unwrap(),
+        ),
+    )
+    .unwrap();
+    let rbac = dir.0.join("rbac.yaml");
+    std::fs::write(
+        &rbac,
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-reader}
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/log", "pods/exec"]
+  verbs: ["get", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: viewer-reads}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}
+subjects:
+- {kind: User, name: viewer, apiGroup: rbac.authorization.k8s.io}
+"#,
+    )
+    .unwrap();
+    kubectl(&dir, &["apply", "-f", rbac.to_str().unwrap()]);
+    let (code, out, err) = run(
+        {
+            let mut c = kubectl_cmd(&dir, &viewer_kc);
+            c.args(["logs", "web", "--tail", "1"]);
+            c
+        },
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(String::from_utf8_lossy(&out).starts_with("line "));
+    for args in [
+        &["exec", "web", "--", "true"][..],
+        &["exec", "-i", "web", "--", "true"][..],
+        &["port-forward", "pod/web", "0:80"][..],
+    ] {
+        let (code, _, err) = run(
+            {
+                let mut c = kubectl_cmd(&dir, &viewer_kc);
+                c.args(args);
+                c
+            },
+            None,
+        );
+        assert_ne!(code, 0);
+        assert!(
+            err.contains("Forbidden") || err.contains("forbidden"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // node e2's certificate: not e1's tunnel, not e1's pods
+    let e2 = ca
+        .issue_client(
+            "system:node:e2",
+            "system:nodes",
+            Duration::from_secs(3600),
+            now,
+        )
+        .unwrap();
+    let (cert, key, ca_file) = (
+        dir.0.join("e2.crt"),
+        dir.0.join("e2.key"),
+        dir.0.join("ca.crt"),
+    );
+    std::fs::write(&cert, e2.cert_pem()).unwrap();
+    std::fs::write(&key, e2.key_pem().unwrap()).unwrap();
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let curl = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .arg("--cacert")
+        .arg(&ca_file)
+        .args([
+            "-H",
+            "NodeName: e1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: kubeedge-tunnel/1",
+        ])
+        .arg(format!(
+            "https://127.0.0.1:{}/v1/tunnel",
+            cloud.https_addr().port()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "403");
+    let e2_kc = dir.0.join("e2.kubeconfig");
+    std::fs::write(
+        &e2_kc,
+        kubeedge_core::kubeapi::tls::kubeconfig(
+            &api_url,
+            &ca.cert_pem(),
+            &e2.cert_pem(),
+            &e2.key_pem().unwrap(),
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(
+        {
+            let mut c = kubectl_cmd(&dir, &e2_kc);
+            c.args(["exec", "web", "--", "true"]);
+            c
+        },
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("orbidden"), "{err}");
+    assert_eq!(cloud.tunnels().nodes(), ["e1"]);
+
+    // the edge offline: each fails within 5 s, saying the node is not connected
+    edge.stop().await;
+    eventually(30, "the tunnel to close", async || {
+        !cloud.tunnels().is_open("e1")
+    })
+    .await;
+    for args in [
+        &["logs", "web"][..],
+        &["exec", "web", "--", "true"][..],
+        &["port-forward", "pod/web", "0:80"][..],
+    ] {
+        let began = Instant::now();
+        let (code, _, err) = run(
+            {
+                let mut c = kubectl_cmd(&dir, &admin(&dir));
+                c.args(args);
+                c
+            },
+            None,
+        );
+        assert_ne!(code, 0, "{args:?}");
+        assert!(err.contains("not connected"), "{args:?}: {err}");
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "{args:?} took {:?}",
+            began.elapsed()
+        );
+    }
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reaches_a_containerd_pod() {
+    let (ctrd, dir, cloud, ec) = common::on_containerd("streams-cri").await;
+    let edge = EdgeCore::start(ec).await.unwrap();
+    let port = free_port();
+    let file = dir.0.join("web.yaml");
+    std::fs::write(
+        &file,
+        web_pod(
+            kubeedge_edge::test_util::IMAGE,
+            port,
+            "hello-container",
+            "/tmp",
+        ),
+    )
+    .unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    wait_running(&cloud, "web").await;
+    reach_pod(&dir, "web", port, "hello-container", "web", true).await;
+    kubectl(&dir, &["delete", "pod", "web", "--timeout=60s"]);
+    edge.stop().await;
+    cloud.stop().await;
+    drop(ctrd);
+}
