@@ -248,6 +248,8 @@ impl CloudCore {
         if let Some(cp) = &control_plane {
             cp.api()
                 .serve_pod_streams(Arc::new(streams::CloudStreams::new(tunnels.clone())));
+            cp.api()
+                .serve_metrics(Arc::new(streams::CloudMetrics::new(tunnels.clone())));
         }
         let routes = certserver::router(
             ca.clone(),

@@ -598,6 +598,11 @@ impl Runtime for ProcessRuntime {
         })
     }
 
+    async fn container_usage(&self, id: &str) -> Result<crate::runtime::Usage, RuntimeError> {
+        let r = self.record(id)?;
+        Ok(process_group_usage(r.pid))
+    }
+
     async fn port_forward_url(&self, _sandbox_id: &str) -> Result<Option<String>, RuntimeError> {
         Ok(None)
     }
@@ -614,4 +619,33 @@ impl Runtime for ProcessRuntime {
                 .into(),
         })
     }
+}
+
+/// CPU time and resident memory of every process in process group `pgid` (a container's
+/// process and what it started), from `/proc`.
+pub fn process_group_usage(pgid: i32) -> crate::runtime::Usage {
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let page = rustix::param::page_size() as u64;
+    let mut usage = crate::runtime::Usage::default();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(stat) = entry
+            .file_name()
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|_| std::fs::read_to_string(entry.path().join("stat")).ok())
+        else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if f.get(2).and_then(|v| v.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        usage.cpu_nanos += (num(11) + num(12)) * 1_000_000_000 / ticks;
+        usage.memory_bytes += num(21) * page;
+    }
+    usage
 }

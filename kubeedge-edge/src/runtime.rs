@@ -214,4 +214,16 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         sandbox_id: &str,
     ) -> impl Future<Output = Result<Option<String>, RuntimeError>> + Send;
+    /// A running container's resource use: CPU time so far and memory in use.
+    fn container_usage(&self, id: &str)
+    -> impl Future<Output = Result<Usage, RuntimeError>> + Send;
+}
+
+/// What a container uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time used so far, nanoseconds.
+    pub cpu_nanos: u64,
+    /// Memory in use (the working set), bytes.
+    pub memory_bytes: u64,
 }

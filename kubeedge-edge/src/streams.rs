@@ -5,6 +5,7 @@
 //! runtime) and port-forward (a TCP connection to the pod's address). It reconnects like
 //! edgehub, with a jittered backoff. Nothing listens at the edge.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -23,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::edgehub::EdgeHub;
-use crate::runtime::{ContainerState, Runtime, RuntimeError};
+use crate::runtime::{ContainerState, Runtime, RuntimeError, Usage};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -38,6 +39,7 @@ trait PodRuntime: Send + Sync {
     ) -> BoxFuture<Result<Duplex, RuntimeError>>;
     fn attach(&self, id: String, o: StreamOptions) -> BoxFuture<Result<Duplex, RuntimeError>>;
     fn forward_url(&self, uid: String) -> BoxFuture<Result<Option<String>, String>>;
+    fn usage(&self, uid: String) -> BoxFuture<Vec<(String, Usage)>>;
 }
 
 impl<R: Runtime + Clone> PodRuntime for R {
@@ -80,6 +82,28 @@ impl<R: Runtime + Clone> PodRuntime for R {
         Box::pin(async move { rt.attach_stream(&id, o).await })
     }
 
+    fn usage(&self, uid: String) -> BoxFuture<Vec<(String, Usage)>> {
+        let rt = self.clone();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            let sandboxes = rt.list_sandboxes().await.unwrap_or_default();
+            for s in sandboxes
+                .iter()
+                .filter(|s| s.ready && s.labels.get(crate::pods::UID_LABEL) == Some(&uid))
+            {
+                for c in rt.list_containers(&s.id).await.unwrap_or_default() {
+                    if !matches!(c.state, ContainerState::Running { .. }) {
+                        continue;
+                    }
+                    if let Ok(u) = rt.container_usage(&c.id).await {
+                        out.push((c.name, u));
+                    }
+                }
+            }
+            out
+        })
+    }
+
     fn forward_url(&self, uid: String) -> BoxFuture<Result<Option<String>, String>> {
         let rt = self.clone();
         Box::pin(async move {
@@ -105,6 +129,8 @@ pub struct StreamServer {
     hub: EdgeHub,
     data_dir: PathBuf,
     runtime: Option<Arc<dyn PodRuntime>>,
+    /// The CPU counters of the last summary, to give rates: key → (when, CPU nanoseconds).
+    samples: Arc<std::sync::Mutex<HashMap<String, (Instant, u64)>>>,
 }
 
 impl std::fmt::Debug for StreamServer {
@@ -124,6 +150,7 @@ impl StreamServer {
             hub,
             data_dir,
             runtime: None,
+            samples: Arc::default(),
         }
     }
 
@@ -170,6 +197,20 @@ impl StreamServer {
                     Some(port) => self.port_forward(ns, pod, port, body, &mut respond).await,
                     None => Err((StatusCode::BAD_REQUEST, "a port is required".to_owned())),
                 }
+            }
+            ["stats", "summary"] => {
+                let summary = self.summary().await;
+                reply(&mut respond, "application/json", summary.to_string());
+                Ok(())
+            }
+            ["metrics", "resource"] => {
+                let summary = self.summary().await;
+                reply(
+                    &mut respond,
+                    "text/plain; version=0.0.4",
+                    resource_metrics(&summary),
+                );
+                Ok(())
             }
             _ => Err((StatusCode::NOT_FOUND, format!("{path} is not served"))),
         };
@@ -382,6 +423,238 @@ impl StreamServer {
         conn.shutdown().await;
         Ok(())
     }
+}
+
+fn reply(respond: &mut h2::server::SendResponse<Bytes>, content_type: &str, body: String) {
+    let Ok(head) = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .body(())
+    else {
+        return;
+    };
+    if let Ok(mut send) = respond.send_response(head, false) {
+        tokio::spawn(async move {
+            let _ = tunnel::send(&mut send, Bytes::from(body)).await;
+            let _ = send.send_data(Bytes::new(), true);
+        });
+    }
+}
+
+/// The node's CPU time (nanoseconds, all CPUs) and memory (working set, available), from /proc.
+fn node_usage() -> (u64, u64, u64) {
+    let ticks = rustix::param::clock_ticks_per_second().max(1);
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: u64 = stat
+        .lines()
+        .next()
+        .map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system (idle iowait) irq softirq steal
+            [0usize, 1, 2, 5, 6, 7]
+                .iter()
+                .filter_map(|i| f.get(*i))
+                .sum::<u64>()
+        })
+        .unwrap_or(0);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb = |key: &str| {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let (total, available) = (kb("MemTotal:"), kb("MemAvailable:"));
+    (
+        cpu * 1_000_000_000 / ticks,
+        total.saturating_sub(available),
+        available,
+    )
+}
+
+fn rfc3339_now() -> String {
+    format!(
+        "{}Z",
+        crate::logs::since_seconds(std::time::SystemTime::now(), 0)
+    )
+}
+
+impl StreamServer {
+    /// CPU rate (nanocores) of `key` from `cpu` now against its previous sample.
+    fn rate(&self, key: &str, now: Instant, cpu: u64) -> Option<u64> {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = samples.insert(key.to_owned(), (now, cpu));
+        let (then, before) = previous?;
+        let dt = now.duration_since(then).as_nanos() as u64;
+        (dt >= 100_000_000).then(|| cpu.saturating_sub(before) * 1_000_000_000 / dt)
+    }
+
+    /// The kubelet's `/stats/summary` (node, and each pod and container: CPU and memory).
+    async fn summary(&self) -> Value {
+        // The first summary (or one after a long pause) samples twice, a second apart.
+        let stale = {
+            let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples
+                .get("")
+                .is_none_or(|(t, _)| t.elapsed() > Duration::from_secs(120))
+        };
+        if stale {
+            let _ = self.collect().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.collect().await
+    }
+
+    async fn collect(&self) -> Value {
+        let now = Instant::now();
+        let time = rfc3339_now();
+        let (cpu, working, available) = node_usage();
+        let cpu_json = |rate: Option<u64>, total: u64| {
+            let mut v = json!({"time": time, "usageCoreNanoSeconds": total});
+            if let Some(r) = rate {
+                v["usageNanoCores"] = json!(r);
+            }
+            v
+        };
+        let node = json!({
+            "nodeName": self.node,
+            "startTime": time,
+            "cpu": cpu_json(self.rate("", now, cpu), cpu),
+            "memory": {"time": time, "workingSetBytes": working, "usageBytes": working,
+                       "availableBytes": available},
+        });
+        let mut pods = Vec::new();
+        if let Some(rt) = &self.runtime {
+            let fields =
+                kubeedge_core::store::FieldSelector::parse(&format!("spec.nodeName={}", self.node));
+            let bound = match fields {
+                Ok(f) => self
+                    .api
+                    .store()
+                    .list("pods", None, &Default::default(), &f)
+                    .map(|(items, _)| items)
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            for pod in bound {
+                let meta = &pod["metadata"];
+                let (ns, name) = (
+                    meta["namespace"].as_str().unwrap_or(""),
+                    meta["name"].as_str().unwrap_or(""),
+                );
+                let uid = meta["uid"].as_str().unwrap_or("").to_owned();
+                let used = rt.usage(uid.clone()).await;
+                if used.is_empty() {
+                    continue;
+                }
+                let mut containers = Vec::new();
+                let (mut pod_cpu, mut pod_mem) = (0u64, 0u64);
+                let mut pod_rate: Option<u64> = Some(0);
+                for (container, u) in &used {
+                    let rate = self.rate(&format!("{uid}/{container}"), now, u.cpu_nanos);
+                    pod_rate = pod_rate.zip(rate).map(|(a, b)| a + b);
+                    pod_cpu += u.cpu_nanos;
+                    pod_mem += u.memory_bytes;
+                    containers.push(json!({"name": container, "startTime": time,
+                        "cpu": cpu_json(rate, u.cpu_nanos),
+                        "memory": {"time": time, "workingSetBytes": u.memory_bytes, "usageBytes": u.memory_bytes}}));
+                }
+                pods.push(json!({
+                    "podRef": {"name": name, "namespace": ns, "uid": uid},
+                    "startTime": time,
+                    "containers": containers,
+                    "cpu": cpu_json(pod_rate, pod_cpu),
+                    "memory": {"time": time, "workingSetBytes": pod_mem, "usageBytes": pod_mem},
+                }));
+            }
+        }
+        json!({"node": node, "pods": pods})
+    }
+}
+
+/// The kubelet's `/metrics/resource` (Prometheus text) from a summary.
+fn resource_metrics(summary: &Value) -> String {
+    let mut out = String::new();
+    let n = &summary["node"];
+    let secs = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1e9;
+    out.push_str("# HELP node_cpu_usage_seconds_total Cumulative cpu time consumed by the node in core-seconds\n# TYPE node_cpu_usage_seconds_total counter\n");
+    out.push_str(&format!(
+        "node_cpu_usage_seconds_total {}\n",
+        secs(&n["cpu"]["usageCoreNanoSeconds"])
+    ));
+    out.push_str("# HELP node_memory_working_set_bytes Current working set of the node in bytes\n# TYPE node_memory_working_set_bytes gauge\n");
+    out.push_str(&format!(
+        "node_memory_working_set_bytes {}\n",
+        n["memory"]["workingSetBytes"].as_u64().unwrap_or(0)
+    ));
+    let pods = summary["pods"].as_array().cloned().unwrap_or_default();
+    let mut cpu = String::new();
+    let mut mem = String::new();
+    let mut pod_cpu = String::new();
+    let mut pod_mem = String::new();
+    for p in &pods {
+        let (ns, name) = (
+            p["podRef"]["namespace"].as_str().unwrap_or(""),
+            p["podRef"]["name"].as_str().unwrap_or(""),
+        );
+        pod_cpu.push_str(&format!(
+            "pod_cpu_usage_seconds_total{{namespace=\"{ns}\",pod=\"{name}\"}} {}\n",
+            secs(&p["cpu"]["usageCoreNanoSeconds"])
+        ));
+        pod_mem.push_str(&format!(
+            "pod_memory_working_set_bytes{{namespace=\"{ns}\",pod=\"{name}\"}} {}\n",
+            p["memory"]["workingSetBytes"].as_u64().unwrap_or(0)
+        ));
+        for c in p["containers"].as_array().into_iter().flatten() {
+            let cn = c["name"].as_str().unwrap_or("");
+            cpu.push_str(&format!(
+                "container_cpu_usage_seconds_total{{container=\"{cn}\",namespace=\"{ns}\",pod=\"{name}\"}} {}\n",
+                secs(&c["cpu"]["usageCoreNanoSeconds"])
+            ));
+            mem.push_str(&format!(
+                "container_memory_working_set_bytes{{container=\"{cn}\",namespace=\"{ns}\",pod=\"{name}\"}} {}\n",
+                c["memory"]["workingSetBytes"].as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    for (name, kind, help, body) in [
+        (
+            "container_cpu_usage_seconds_total",
+            "counter",
+            "Cumulative cpu time consumed by the container in core-seconds",
+            cpu,
+        ),
+        (
+            "container_memory_working_set_bytes",
+            "gauge",
+            "Current working set of the container in bytes",
+            mem,
+        ),
+        (
+            "pod_cpu_usage_seconds_total",
+            "counter",
+            "Cumulative cpu time consumed by the pod in core-seconds",
+            pod_cpu,
+        ),
+        (
+            "pod_memory_working_set_bytes",
+            "gauge",
+            "Current working set of the pod in bytes",
+            pod_mem,
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{body}"
+        ));
+    }
+    out
 }
 
 fn refuse(respond: &mut h2::server::SendResponse<Bytes>, code: StatusCode, message: &str) {

@@ -85,6 +85,17 @@ pub struct Api {
     closing: Arc<tokio::sync::watch::Sender<bool>>,
     /// What serves `pods/{log,exec,attach,portforward}` (see [`Api::serve_pod_streams`]).
     pod_streams: Arc<std::sync::OnceLock<Arc<dyn PodStreams>>>,
+    /// What answers `metrics.k8s.io` (see [`Api::serve_metrics`]).
+    metrics: Arc<std::sync::OnceLock<Arc<dyn MetricsSource>>>,
+}
+
+/// The source of the resource metrics API (`metrics.k8s.io/v1beta1`, what `kubectl top`
+/// reads): current NodeMetrics and PodMetrics objects.
+pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
+    /// A NodeMetrics of every node that reports.
+    fn nodes(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>> + Send>>;
+    /// A PodMetrics of every running pod that reports, in every namespace.
+    fn pods(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>> + Send>>;
 }
 
 /// Serves the pod subresources that reach into a running pod: `log`, `exec`, `attach` and
@@ -135,7 +146,14 @@ impl Api {
             allocating: Arc::new(std::sync::Mutex::new(())),
             closing: Arc::new(tokio::sync::watch::channel(false).0),
             pod_streams: Arc::new(std::sync::OnceLock::new()),
+            metrics: Arc::new(std::sync::OnceLock::new()),
         })
+    }
+
+    /// Has `source` answer the resource metrics API from now on (the first call wins; without
+    /// one it answers 503, as an API server whose metrics service is down).
+    pub fn serve_metrics(&self, source: Arc<dyn MetricsSource>) {
+        let _ = self.metrics.set(source);
     }
 
     /// Has `streams` serve `pods/{log,exec,attach,portforward}` from now on (the first call
@@ -995,6 +1013,9 @@ async fn dispatch(
         ["api", "v1", rest @ ..] => {
             resource_request(api, method, headers, "", "v1", rest, query, body, user).await
         }
+        ["apis", registry::METRICS_GROUP, "v1beta1", rest @ ..] => {
+            metrics_request(api, method, rest, query).await
+        }
         ["apis", group, version, rest @ ..] => {
             resource_request(
                 api, method, headers, group, version, rest, query, body, user,
@@ -1003,6 +1024,66 @@ async fn dispatch(
         }
         _ => Err(ApiError::not_found("path", &format!("/{}", segs.join("/")))),
     }
+}
+
+/// `metrics.k8s.io/v1beta1`: reads only, from the metrics source.
+async fn metrics_request(
+    api: &Api,
+    method: &Method,
+    rest: &[&str],
+    query: &Query,
+) -> Result<Response, ApiError> {
+    if *method != Method::GET {
+        return Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the resource metrics API is read-only",
+        ));
+    }
+    let Some(source) = api.metrics.get() else {
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request (no metrics source)",
+        ));
+    };
+    let selector = LabelSelector::parse(query.get("labelSelector").unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (kind, items, name) = match rest {
+        ["nodes"] => ("NodeMetrics", source.nodes().await, None),
+        ["nodes", n] => ("NodeMetrics", source.nodes().await, Some(*n)),
+        ["pods"] => ("PodMetrics", source.pods().await, None),
+        ["namespaces", ns, "pods", tail @ ..] if tail.len() <= 1 => {
+            let pods = source
+                .pods()
+                .await
+                .into_iter()
+                .filter(|p| p["metadata"]["namespace"] == *ns)
+                .collect();
+            ("PodMetrics", pods, tail.first().copied())
+        }
+        _ => return Err(ApiError::not_found("path", &rest.join("/"))),
+    };
+    let plural = if kind == "NodeMetrics" {
+        "nodes"
+    } else {
+        "pods"
+    };
+    if let Some(name) = name {
+        return items
+            .into_iter()
+            .find(|i| i["metadata"]["name"] == name)
+            .map(|i| json_response(StatusCode::OK, &i))
+            .ok_or_else(|| {
+                ApiError::not_found(&format!("{plural}.{}", registry::METRICS_GROUP), name)
+            });
+    }
+    let items: Vec<Value> = items.into_iter().filter(|i| selector.matches(i)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": format!("{kind}List"), "apiVersion": "metrics.k8s.io/v1beta1",
+                "metadata": {}, "items": items}),
+    ))
 }
 
 fn version(minor: &str) -> Value {

@@ -93,7 +93,9 @@ impl Resource {
 
     /// The verbs served on the resource.
     pub fn verbs(&self) -> Vec<&'static str> {
-        if self.create_only {
+        if self.group == METRICS_GROUP {
+            vec!["get", "list"]
+        } else if self.create_only {
             vec!["create"]
         } else {
             ALL_VERBS.to_vec()
@@ -244,6 +246,10 @@ const BUILTINS: &[Builtin] = &[
     ("certificates.k8s.io", "v1", "certificatesigningrequests", "CertificateSigningRequest", CLUSTER, &["csr"], true, false, &[]),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", CLUSTER, &["crd", "crds"], true, false, &[]),
     ("apiregistration.k8s.io", "v1", "apiservices", "APIService", CLUSTER, &[], true, false, &[]),
+    // The resource metrics API (as metrics-server serves it): read-only, answered by the
+    // control plane's metrics source, never stored.
+    ("metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", CLUSTER, &[], false, false, &[]),
+    ("metrics.k8s.io", "v1beta1", "pods", "PodMetrics", NS, &[], false, false, &[]),
 ];
 
 /// Resources that only take `create` and store nothing.
@@ -256,6 +262,9 @@ const REVIEWS: &[(&str, &str, &str, bool)] = &[
     ("authorization.k8s.io", "selfsubjectrulesreviews", "SelfSubjectRulesReview", CLUSTER),
     ("authorization.k8s.io", "localsubjectaccessreviews", "LocalSubjectAccessReview", NS),
 ];
+
+/// The resource metrics API group (`metrics.k8s.io/v1beta1`: NodeMetrics, PodMetrics).
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
 
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {

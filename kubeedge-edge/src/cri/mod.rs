@@ -446,6 +446,32 @@ impl Runtime for CriRuntime {
             })
     }
 
+    async fn container_usage(&self, id: &str) -> Result<crate::runtime::Usage, RuntimeError> {
+        let stats = self
+            .runtime
+            .clone()
+            .container_stats(v1::ContainerStatsRequest {
+                container_id: id.to_owned(),
+            })
+            .await
+            .map_err(call_err("ContainerStats"))?
+            .into_inner()
+            .stats
+            .unwrap_or_default();
+        Ok(crate::runtime::Usage {
+            cpu_nanos: stats
+                .cpu
+                .and_then(|c| c.usage_core_nano_seconds)
+                .map(|v| v.value)
+                .unwrap_or(0),
+            memory_bytes: stats
+                .memory
+                .and_then(|m| m.working_set_bytes)
+                .map(|v| v.value)
+                .unwrap_or(0),
+        })
+    }
+
     async fn port_forward_url(&self, sandbox_id: &str) -> Result<Option<String>, RuntimeError> {
         let url = self
             .runtime

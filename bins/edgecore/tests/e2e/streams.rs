@@ -104,10 +104,28 @@ async fn reach_pod(
         // containerd records each line's time; the process runtime's output has none
         let stamped = kubectl(dir, &["logs", pod, "--tail", "1", "--timestamps"]);
         assert!(stamped.starts_with("20"), "{stamped}");
+        // a line every 200 ms for over 2 s: the last second holds fewer than all
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let recent = kubectl(dir, &["logs", pod, "--since=1s"]);
         let all = kubectl(dir, &["logs", pod]);
         assert!(recent.lines().count() < all.lines().count(), "{recent}");
     }
+
+    // top: the pod's memory (and the node) from the edge's stats, through the tunnel
+    let mut top = String::new();
+    eventually(20, "kubectl top to show the pod's memory", async || {
+        top = kubectl(dir, &["top", "pods", pod, "--no-headers"]);
+        let fields: Vec<&str> = top.split_whitespace().collect();
+        fields.first() == Some(&pod)
+            && fields
+                .get(2)
+                .and_then(|m| m.strip_suffix("Mi"))
+                .and_then(|m| m.parse::<u64>().ok())
+                .is_some_and(|m| m > 0)
+    })
+    .await;
+    let nodes = kubectl(dir, &["top", "nodes", "--no-headers"]);
+    assert!(nodes.starts_with("e1 "), "{nodes}");
 
     // exec -i: 10 MiB through stdin, checksummed on the other side
     let input = dir.0.join(format!("{pod}-input"));
@@ -304,7 +322,8 @@ async fn port_forward_check(dir: &TempDir, pod: &str, port: u16, page: &str, web
     );
 }
 
-/// The pod `web`: a numbered line every 200 ms, and busybox httpd serving `page` on `port`.
+/// The pod `web`: a numbered line every 200 ms, busybox httpd serving `page` on `port`, and a
+/// shell holding 4 MB (a memory use `kubectl top` shows in MiB).
 fn web_pod(image: &str, port: u16, page: &str, root: &str) -> String {
     format!(
         r#"apiVersion: v1
@@ -317,7 +336,7 @@ spec:
   containers:
   - name: main
     image: {image}
-    command: ["/bin/sh", "-c", "mkdir -p {root}/www && echo {page} > {root}/www/index.html; (i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done) & exec busybox httpd -f -p {port} -h {root}/www"]
+    command: ["/bin/sh", "-c", "mkdir -p {root}/www && echo {page} > {root}/www/index.html; (x=$(head -c 4000000 /dev/zero | tr '\\000' a); sleep 3600) & (i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done) & exec busybox httpd -f -p {port} -h {root}/www"]
     ports:
     - containerPort: {port}
 "#
