@@ -252,8 +252,8 @@ pub(crate) async fn pod_log(
             "no {which} log of container \"{container}\" in pod \"{name}\" on this node yet"
         ));
     };
-    let raw = match tokio::fs::read(&file).await {
-        Ok(r) => r,
+    let end = match tokio::fs::metadata(&file).await {
+        Ok(m) => m.len(),
         Err(e) => {
             return ApiError::with(
                 500,
@@ -263,48 +263,30 @@ pub(crate) async fn pod_log(
             .into_response();
         }
     };
-    let mut response = if follow && !options.previous {
-        // What was read so far, then whatever complete lines are appended, until the container
-        // runs again (a newer file) or the client goes away.
-        let consumed = complete_lines(&raw);
-        let head = crate::logs::render(&raw[..consumed], &options);
-        let state = (Some(head), file, consumed as u64, dir, container, options);
-        let stream = futures_util::stream::unfold(
-            state,
-            |(head, file, mut at, dir, container, options)| async move {
-                if let Some(head) = head {
-                    return Some((
-                        Ok::<_, std::io::Error>(head),
-                        (None, file, at, dir, container, options),
-                    ));
-                }
-                loop {
-                    tokio::time::sleep(FOLLOW_POLL).await;
-                    let bytes = read_from(&file, at).await?;
-                    let complete = complete_lines(&bytes);
-                    if complete > 0 {
-                        let more = crate::logs::render(
-                            &bytes[..complete],
-                            &crate::logs::LogOptions {
-                                timestamps: options.timestamps,
-                                ..crate::logs::LogOptions::default()
-                            },
-                        );
-                        at += complete as u64;
-                        return Some((Ok(more), (None, file, at, dir, container, options)));
-                    }
-                    let latest =
-                        crate::logs::select(&dir, &container, &crate::logs::LogOptions::default());
-                    if latest.as_ref() != Some(&file) {
-                        return None;
-                    }
-                }
-            },
-        );
-        Response::new(Body::from_stream(stream))
-    } else {
-        Response::new(Body::from(crate::logs::render(&raw, &options)))
+    // The log is read in chunks from where the selection starts, never whole: logs may be
+    // far larger than the edge's memory.
+    let start = match options.tail_lines {
+        Some(n) => tail_start(&file, end, n).await,
+        None => 0,
     };
+    let follow = follow && !options.previous;
+    let state = LogRead {
+        file,
+        dir,
+        container,
+        at: start,
+        end,
+        first: true,
+        emitted: 0,
+        options,
+        follow,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let chunk = st.next_chunk().await?;
+        Some((Ok::<_, std::io::Error>(chunk), st))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
     if let Ok(v) = "text/plain".parse() {
         response
             .headers_mut()
@@ -313,12 +295,150 @@ pub(crate) async fn pod_log(
     response
 }
 
-/// The bytes of `path` from offset `at` on.
-async fn read_from(path: &std::path::Path, at: u64) -> Option<Vec<u8>> {
+/// Bytes read per chunk of a log.
+const LOG_CHUNK: u64 = 256 * 1024;
+
+/// Where the last `n` lines of the first `end` bytes of `path` start (read backwards in chunks).
+async fn tail_start(path: &std::path::Path, end: u64, n: usize) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return 0;
+    };
+    let mut pos = end;
+    let mut newlines = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    // The last byte is a line's end unless the line is unfinished.
+    let mut skip_last = true;
+    while pos > 0 {
+        let len = (pos.min(buf.len() as u64)) as usize;
+        pos -= len as u64;
+        if f.seek(std::io::SeekFrom::Start(pos)).await.is_err()
+            || f.read_exact(&mut buf[..len]).await.is_err()
+        {
+            return 0;
+        }
+        for i in (0..len).rev() {
+            if buf[i] != b'\n' {
+                skip_last = false;
+                continue;
+            }
+            if skip_last {
+                skip_last = false;
+                continue;
+            }
+            newlines += 1;
+            if newlines == n {
+                return pos + i as u64 + 1;
+            }
+        }
+    }
+    0
+}
+
+/// A log being read for a client: the selected part in chunks, then (following) what is
+/// appended, until the container runs again or the client goes away.
+struct LogRead {
+    file: PathBuf,
+    dir: PathBuf,
+    container: String,
+    at: u64,
+    end: u64,
+    first: bool,
+    emitted: usize,
+    options: crate::logs::LogOptions,
+    follow: bool,
+    done: bool,
+}
+
+impl LogRead {
+    async fn next_chunk(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            let limit = if self.follow {
+                LOG_CHUNK
+            } else if self.at < self.end {
+                (self.end - self.at).min(LOG_CHUNK)
+            } else {
+                return None;
+            };
+            let bytes = read_range(&self.file, self.at, limit).await?;
+            let complete = complete_lines(&bytes);
+            // An unfinished last line of what was selected is shown as it is (not when following:
+            // it is shown once finished).
+            let take =
+                if complete == 0 && !self.follow && self.at + (bytes.len() as u64) >= self.end {
+                    bytes.len()
+                } else {
+                    complete
+                };
+            if take == 0 {
+                if !self.follow || bytes.len() as u64 >= LOG_CHUNK {
+                    // A line longer than a chunk: give it as it is.
+                    if !bytes.is_empty() {
+                        self.at += bytes.len() as u64;
+                        return self.render(&bytes);
+                    }
+                    return None;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+                let latest = crate::logs::select(
+                    &self.dir,
+                    &self.container,
+                    &crate::logs::LogOptions::default(),
+                );
+                if latest.as_ref() != Some(&self.file) {
+                    return None;
+                }
+                continue;
+            }
+            self.at += take as u64;
+            if let Some(out) = self.render(&bytes[..take]) {
+                return Some(out);
+            }
+        }
+    }
+
+    /// Renders complete lines; `None` once the byte limit is reached.
+    fn render(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let options = crate::logs::LogOptions {
+            // The tail is where reading started; the limit applies across chunks.
+            tail_lines: None,
+            limit_bytes: None,
+            previous: false,
+            timestamps: self.options.timestamps,
+            since: if self.first {
+                self.options.since.clone()
+            } else {
+                None
+            },
+        };
+        let mut out = crate::logs::render(bytes, &options);
+        if let Some(limit) = self.options.limit_bytes {
+            let room = limit.saturating_sub(self.emitted);
+            if out.len() >= room {
+                out.truncate(room);
+                self.done = true;
+            }
+        }
+        self.emitted += out.len();
+        if self.at >= self.end {
+            self.first = false;
+        }
+        if out.is_empty() && self.done {
+            return None;
+        }
+        Some(out)
+    }
+}
+
+/// Up to `len` bytes of `path` from offset `at`.
+async fn read_range(path: &std::path::Path, at: u64, len: u64) -> Option<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut f = tokio::fs::File::open(path).await.ok()?;
     f.seek(std::io::SeekFrom::Start(at)).await.ok()?;
-    let mut out = Vec::new();
-    f.read_to_end(&mut out).await.ok()?;
+    let mut out = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut out).await.ok()?;
     Some(out)
 }

@@ -18,6 +18,8 @@ pub struct CloudCore {
     pub hub_port: u16,
     /// cloudhub's HTTPS port.
     pub https_port: u16,
+    /// The embedded API server, `https://host:port`.
+    pub api_url: String,
 }
 
 fn port(addr: Option<&str>) -> Option<u16> {
@@ -41,17 +43,24 @@ impl CloudCore {
         let kubeconfig = PathBuf::from(proc::field(line, "kubeconfig").ok_or("no kubeconfig")?);
         let hub_port = port(proc::field(line, "hub")).ok_or("no hub address")?;
         let https_port = port(proc::field(line, "https")).ok_or("no https address")?;
+        let api_url = proc::field(line, "api").ok_or("no API address")?.to_owned();
         Ok(CloudCore {
             daemon,
             kubeconfig,
             hub_port,
             https_port,
+            api_url,
         })
     }
 
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.daemon.pid()
+    }
+
+    /// Its data directory.
+    pub fn dir(&self) -> &Path {
+        &self.daemon.dir
     }
 
     /// Resident memory, KiB.

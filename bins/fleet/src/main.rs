@@ -42,6 +42,7 @@ mod plot;
 mod proc;
 mod sim;
 mod soak;
+mod streams;
 mod workloads;
 
 use std::path::PathBuf;
@@ -57,7 +58,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Cli {
     /// Scenarios to run.
     #[arg(long, value_delimiter = ',', default_value = "fleet,link,edgecore",
-        value_parser = ["fleet", "link", "edgecore", "soak", "workloads"])]
+        value_parser = ["fleet", "link", "edgecore", "soak", "workloads", "streams"])]
     scenarios: Vec<String>,
     /// Fleet sizes (simulated edge nodes), one fleet run each.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
@@ -114,6 +115,12 @@ struct Cli {
     /// Replicas of the workloads scenario's Deployment.
     #[arg(long, default_value_t = 10_000)]
     workload_pods: usize,
+    /// Log size of the streams scenario, MiB.
+    #[arg(long, default_value_t = 100)]
+    stream_mib: u64,
+    /// Idle exec sessions of the streams scenario.
+    #[arg(long, default_value_t = 100)]
+    stream_sessions: usize,
 }
 
 /// Prints a markdown table after a blank line, under `## title` if given; the first `left`
@@ -230,6 +237,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
         let report =
             workloads::run(&cloudcore, cli.workload_nodes, cli.workload_pods, limit).await?;
         workloads::print(&report);
+    }
+    if failure.is_none() && wants("streams") {
+        let edgecore = proc::sibling(cli.edgecore.clone(), "edgecore")?;
+        let report = streams::run(
+            &cloudcore,
+            &edgecore,
+            cli.stream_mib << 20,
+            cli.stream_sessions,
+            limit,
+        )
+        .await?;
+        streams::print(&report);
     }
     match failure {
         Some(f) => Err(f.into()),
