@@ -26,6 +26,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod hub;
 pub mod index;
+pub mod kubelet;
 pub mod lifecycle;
 pub mod streams;
 pub mod uplink;
@@ -75,6 +76,9 @@ pub enum Error {
     /// The Kubernetes client could not be built.
     #[error("building the Kubernetes client")]
     Kube(#[from] kube::Error),
+    /// The settings do not work together.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// cloudcore's settings.
@@ -91,6 +95,9 @@ pub struct Config {
     pub hub_addr: SocketAddr,
     /// cloudhub's HTTPS address (CA and certificate signing). Default `0.0.0.0:10002`.
     pub https_addr: SocketAddr,
+    /// With an external cluster (`kubeconfig`): where the kubelet API for edge nodes is served
+    /// (see [`kubelet`]). Default `0.0.0.0:10003` (upstream's stream port).
+    pub stream_addr: SocketAddr,
     /// Addresses edges dial (IP SANs of cloudhub's certificate; 127.0.0.1 is always included).
     pub advertise: Vec<IpAddr>,
     /// DNS names edges dial (DNS SANs; `localhost` is always included).
@@ -116,6 +123,7 @@ impl Config {
             api_addr: SocketAddr::from(([127, 0, 0, 1], 6443)),
             hub_addr: SocketAddr::from(([0, 0, 0, 0], 10000)),
             https_addr: SocketAddr::from(([0, 0, 0, 0], 10002)),
+            stream_addr: SocketAddr::from(([0, 0, 0, 0], 10003)),
             advertise: Vec::new(),
             dns: Vec::new(),
             hub: HubConfig::default(),
@@ -180,6 +188,7 @@ pub struct CloudCore {
     tunnels: streams::Tunnels,
     hub_addr: SocketAddr,
     https_addr: SocketAddr,
+    stream_addr: Option<SocketAddr>,
     ca: Arc<Ca>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -262,6 +271,41 @@ impl CloudCore {
                 tracing::error!(error = %e, "cloudhub HTTPS server stopped");
             }
         }));
+        // Against an external cluster, its API server reaches edge pods through the kubelet API
+        // served here (the embedded control plane goes to the tunnels directly).
+        let stream_addr = if control_plane.is_none() {
+            let cluster_pem = cluster_ca(&kubeconfig)?;
+            let cluster_ca = tls::certs_from_pem(&cluster_pem)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{} names no cluster CA: the kubelet API for edge nodes needs it to check the API server's client certificate",
+                        kubeconfig.display()
+                    ))
+                })?;
+            let (chain, key) = hub_identity(dir, &ca, &config)?;
+            let (stream_tls, stream_auth) =
+                tls::server_config_optional_client(&cluster_ca, chain, key)?;
+            let tcp = tokio::net::TcpListener::bind(config.stream_addr)
+                .await
+                .map_err(io_err(format!(
+                    "binding the kubelet API to {}",
+                    config.stream_addr
+                )))?;
+            let listener = TlsListener::new("kubelet-api", tcp, stream_tls, stream_auth)
+                .map_err(io_err("reading the kubelet API's address"))?;
+            let addr = listener.local_addr();
+            let routes = kubelet::router(index.clone(), tunnels.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = kubelet::serve(listener, routes, std::future::pending()).await {
+                    tracing::error!(error = %e, "kubelet API server stopped");
+                }
+            }));
+            Some(addr)
+        } else {
+            None
+        };
         tasks.push(tokio::spawn(lifecycle::run(
             client.clone(),
             index.clone(),
@@ -277,6 +321,7 @@ impl CloudCore {
             tunnels,
             hub_addr,
             https_addr,
+            stream_addr,
             ca,
             tasks,
         })
@@ -310,6 +355,11 @@ impl CloudCore {
     /// cloudhub's WebSocket address.
     pub fn hub_addr(&self) -> SocketAddr {
         self.hub_addr
+    }
+
+    /// Where the kubelet API for edge nodes is served (with an external cluster only).
+    pub fn stream_addr(&self) -> Option<SocketAddr> {
+        self.stream_addr
     }
 
     /// cloudhub's HTTPS address.

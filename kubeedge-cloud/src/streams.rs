@@ -333,13 +333,7 @@ async fn serve(tunnels: Tunnels, r: PodStreamRequest) -> Response {
                 .filter(|p| !p.is_empty() && !p.starts_with("container="))
                 .collect();
             let uri = format!("/containerLogs/{ns}/{name}/{container}?{}", rest.join("&"));
-            let Ok(req) = http::Request::get(uri).body(()) else {
-                return api_error(StatusCode::BAD_REQUEST, "BadRequest", "malformed request");
-            };
-            match tunnels.request(&node, req, true).await {
-                Ok((answer, _)) => relay(answer),
-                Err(e) => tunnel_error(&e),
-            }
+            relay_get(&tunnels, &node, uri).await
         }
         "exec" | "attach" => {
             let container = match container_of(&pod, &query) {
@@ -368,80 +362,123 @@ async fn serve(tunnels: Tunnels, r: PodStreamRequest) -> Response {
                 "/{subresource}/{ns}/{name}/{container}?{}",
                 edge_query.join("&")
             );
-            let Ok(req) = http::Request::post(uri).body(()) else {
-                return api_error(StatusCode::BAD_REQUEST, "BadRequest", "malformed request");
-            };
-            let (answer, send) = match tunnels.request(&node, req, false).await {
-                Ok(pair) => pair,
-                Err(e) => return tunnel_error(&e),
-            };
-            if answer.status() != StatusCode::OK {
-                return relay(answer);
-            }
-            let Some(send) = send else {
-                return api_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    "no stream",
-                );
-            };
-            let (response, pending) = match remote::accept_command(request, options) {
-                Ok(pair) => pair,
-                Err(refusal) => return refusal,
-            };
-            let recv = answer.into_body();
             let what = format!("{subresource} {ns}/{name}/{container}");
-            tokio::spawn(async move {
-                let began = Instant::now();
-                let client = match pending.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::info!(user = %who, session = %what, node, error = %e, "pod stream: upgrade failed");
-                        return;
-                    }
-                };
-                tracing::info!(user = %who, session = %what, node, "pod stream started");
-                let Duplex { tx, rx } = client;
-                let inbound = tokio::spawn(tunnel::frames_in(recv, tx));
-                tunnel::frames_out(rx, send).await;
-                let _ = inbound.await;
-                tracing::info!(user = %who, session = %what, node,
-                    seconds = began.elapsed().as_secs_f64(), "pod stream ended");
-            });
-            response
+            bridge_command(&tunnels, &node, uri, request, options, who, what).await
         }
-        "portforward" => {
-            let (response, pending) = match remote::accept_port_forward(request) {
-                Ok(pair) => pair,
-                Err(refusal) => return refusal,
-            };
-            let what = format!("portforward {ns}/{name}");
-            tokio::spawn(async move {
-                let began = Instant::now();
-                let mut conns = match pending.await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::info!(user = %who, session = %what, node, error = %e, "pod stream: upgrade failed");
-                        return;
-                    }
-                };
-                tracing::info!(user = %who, session = %what, node, "pod stream started");
-                while let Some(conn) = conns.recv().await {
-                    let tunnels = tunnels.clone();
-                    let (node, ns, name) = (node.clone(), ns.clone(), name.clone());
-                    tokio::spawn(forward(tunnels, node, ns, name, conn));
-                }
-                tracing::info!(user = %who, session = %what, node,
-                    seconds = began.elapsed().as_secs_f64(), "pod stream ended");
-            });
-            response
-        }
+        "portforward" => bridge_port_forward(&tunnels, &node, &ns, &name, request, who),
         other => api_error(
             StatusCode::NOT_FOUND,
             "NotFound",
             &format!("pods/{other} is not served"),
         ),
     }
+}
+
+/// A GET through `node`'s tunnel, its answer relayed as it streams.
+pub(crate) async fn relay_get(tunnels: &Tunnels, node: &str, uri: String) -> Response {
+    let Ok(req) = http::Request::get(uri).body(()) else {
+        return api_error(StatusCode::BAD_REQUEST, "BadRequest", "malformed request");
+    };
+    match tunnels.request(node, req, true).await {
+        Ok((answer, _)) => relay(answer),
+        Err(e) => tunnel_error(&e),
+    }
+}
+
+/// An exec or attach: the edge starts the session at `uri`; the client's upgrade (`request`)
+/// is answered once it did, and the two are bridged until either ends. Logged with `who`.
+pub(crate) async fn bridge_command(
+    tunnels: &Tunnels,
+    node: &str,
+    uri: String,
+    request: axum::extract::Request,
+    options: StreamOptions,
+    who: String,
+    what: String,
+) -> Response {
+    let Ok(req) = http::Request::post(uri).body(()) else {
+        return api_error(StatusCode::BAD_REQUEST, "BadRequest", "malformed request");
+    };
+    let (answer, send) = match tunnels.request(node, req, false).await {
+        Ok(pair) => pair,
+        Err(e) => return tunnel_error(&e),
+    };
+    if answer.status() != StatusCode::OK {
+        return relay(answer);
+    }
+    let Some(send) = send else {
+        return api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "no stream",
+        );
+    };
+    let (response, pending) = match remote::accept_command(request, options) {
+        Ok(pair) => pair,
+        Err(refusal) => return refusal,
+    };
+    let recv = answer.into_body();
+    let node = node.to_owned();
+    tokio::spawn(async move {
+        let began = Instant::now();
+        let client = match pending.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(user = %who, session = %what, node, error = %e, "pod stream: upgrade failed");
+                return;
+            }
+        };
+        tracing::info!(user = %who, session = %what, node, "pod stream started");
+        let Duplex { tx, rx } = client;
+        let inbound = tokio::spawn(tunnel::frames_in(recv, tx));
+        tunnel::frames_out(rx, send).await;
+        let _ = inbound.await;
+        tracing::info!(user = %who, session = %what, node,
+            seconds = began.elapsed().as_secs_f64(), "pod stream ended");
+    });
+    response
+}
+
+/// A port-forward session: each of the client's connections becomes a tunnel stream to the
+/// pod's port. Logged with `who`.
+pub(crate) fn bridge_port_forward(
+    tunnels: &Tunnels,
+    node: &str,
+    ns: &str,
+    name: &str,
+    request: axum::extract::Request,
+    who: String,
+) -> Response {
+    let (response, pending) = match remote::accept_port_forward(request) {
+        Ok(pair) => pair,
+        Err(refusal) => return refusal,
+    };
+    let what = format!("portforward {ns}/{name}");
+    let (tunnels, node, ns, name) = (
+        tunnels.clone(),
+        node.to_owned(),
+        ns.to_owned(),
+        name.to_owned(),
+    );
+    tokio::spawn(async move {
+        let began = Instant::now();
+        let mut conns = match pending.await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(user = %who, session = %what, node, error = %e, "pod stream: upgrade failed");
+                return;
+            }
+        };
+        tracing::info!(user = %who, session = %what, node, "pod stream started");
+        while let Some(conn) = conns.recv().await {
+            let tunnels = tunnels.clone();
+            let (node, ns, name) = (node.clone(), ns.clone(), name.clone());
+            tokio::spawn(forward(tunnels, node, ns, name, conn));
+        }
+        tracing::info!(user = %who, session = %what, node,
+            seconds = began.elapsed().as_secs_f64(), "pod stream ended");
+    });
+    response
 }
 
 /// One forwarded connection: a tunnel stream to the pod's port, bytes both ways.

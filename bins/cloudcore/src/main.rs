@@ -5,10 +5,12 @@
 //! kubectl; with `--kubeconfig K` it uses that cluster and serves no API of its own. Either way it
 //! runs the controllers, cloudhub (`--hub-port`, default 10000) and cloudhub's HTTPS server
 //! (`--https-port`, default 10002) on `--bind-address` (default 0.0.0.0), until SIGINT or SIGTERM.
+//! With `--kubeconfig` it also serves the kubelet API for edge nodes (`--stream-port`, default
+//! 10003), which that cluster's API server is pointed at for logs, exec and port-forward.
 //!
 //! Once serving, it prints one line to stdout:
-//! `cloudcore ready api=<url|-> kubeconfig=<path> hub=<addr> https=<addr>` (port 0 picks free
-//! ports; the line tells which). Logs go to stderr (`RUST_LOG`, default `info`).
+//! `cloudcore ready api=<url|-> kubeconfig=<path> hub=<addr> https=<addr> stream=<addr|->` (port 0
+//! picks free ports; the line tells which). Logs go to stderr (`RUST_LOG`, default `info`).
 //!
 //! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
 
@@ -47,6 +49,9 @@ struct Cli {
     /// cloudhub's HTTPS port (CA and node certificate signing).
     #[arg(long, default_value_t = 10002)]
     https_port: u16,
+    /// The kubelet API port for edge nodes (with --kubeconfig only).
+    #[arg(long, default_value_t = 10003)]
+    stream_port: u16,
     /// Addresses edges dial (IP SANs of cloudhub's certificate).
     #[arg(long = "advertise-address")]
     advertise: Vec<IpAddr>,
@@ -77,6 +82,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.api_addr = SocketAddr::new(cli.api_address, cli.api_port);
     config.hub_addr = SocketAddr::new(cli.bind_address, cli.hub_port);
     config.https_addr = SocketAddr::new(cli.bind_address, cli.https_port);
+    config.stream_addr = SocketAddr::new(cli.bind_address, cli.stream_port);
     config.advertise = cli.advertise;
     config.dns = cli.dns;
     config.hub.node_limit = cli.node_limit;
@@ -90,8 +96,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(cp) => (format!("https://{}", cp.addr()), cp.kubeconfig().to_owned()),
         None => ("-".to_owned(), kubeconfig.unwrap_or_default()),
     };
+    let stream = core
+        .stream_addr()
+        .map_or_else(|| "-".to_owned(), |a| a.to_string());
     println!(
-        "cloudcore ready api={api} kubeconfig={} hub={} https={}",
+        "cloudcore ready api={api} kubeconfig={} hub={} https={} stream={stream}",
         kubeconfig.display(),
         core.hub_addr(),
         core.https_addr()

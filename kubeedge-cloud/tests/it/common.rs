@@ -36,6 +36,7 @@ pub fn loopback_config(dir: &TempDir) -> Config {
     c.api_addr = "127.0.0.1:0".parse().unwrap();
     c.hub_addr = "127.0.0.1:0".parse().unwrap();
     c.https_addr = "127.0.0.1:0".parse().unwrap();
+    c.stream_addr = "127.0.0.1:0".parse().unwrap();
     c
 }
 

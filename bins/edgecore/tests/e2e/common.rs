@@ -47,6 +47,7 @@ pub fn cloud_config(dir: &TempDir, hub: &str, https: &str) -> kubeedge_cloud::Co
     c.api_addr = "127.0.0.1:0".parse().unwrap();
     c.hub_addr = hub.parse().unwrap();
     c.https_addr = https.parse().unwrap();
+    c.stream_addr = "127.0.0.1:0".parse().unwrap();
     c
 }
 

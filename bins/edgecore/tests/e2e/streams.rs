@@ -343,9 +343,10 @@ spec:
     )
 }
 
-async fn wait_running(cloud: &CloudCore, name: &str) {
+/// Waits until pod `name` in `api`'s cluster is ready and `cloud` has e1's tunnel.
+async fn wait_running_in(api: &CloudCore, cloud: &CloudCore, name: &str) {
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(cloud.client().clone(), "default");
+        kube::Api::namespaced(api.client().clone(), "default");
     eventually(120, &format!("{name} Running"), async || {
         pods.get_opt(name).await.ok().flatten().is_some_and(|p| {
             p.status
@@ -360,6 +361,10 @@ async fn wait_running(cloud: &CloudCore, name: &str) {
         cloud.tunnels().is_open("e1")
     })
     .await;
+}
+
+async fn wait_running(cloud: &CloudCore, name: &str) {
+    wait_running_in(cloud, cloud, name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -574,4 +579,107 @@ async fn kubectl_reaches_a_containerd_pod() {
     edge.stop().await;
     cloud.stop().await;
     drop(ctrd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_an_external_cluster_cloudcore_serves_the_kubelet_api_for_edge_nodes() {
+    // A stands for the real cluster (its API server would call the kubelet API); B is cloudcore
+    // pointed at it, with edge e1.
+    let dir_a = TempDir::new("kubelet-cluster");
+    let cluster = common::cloud(&dir_a, "127.0.0.1:0", "127.0.0.1:0").await;
+    let dir = TempDir::new("kubelet-remote");
+    let mut config = common::cloud_config(&dir, "127.0.0.1:0", "127.0.0.1:0");
+    config.kubeconfig = Some(dir_a.0.join("cloud/admin.kubeconfig"));
+    let cloud = CloudCore::start(config).await.unwrap();
+    let stream = cloud.stream_addr().expect("served with a kubeconfig");
+    let mut ec = common::edge_config(&dir, &cloud);
+    ec.runtime = PodRuntime::Process;
+    let edge = EdgeCore::start(ec).await.unwrap();
+    let port = free_port();
+    let file = dir.0.join("web.yaml");
+    std::fs::write(&file, web_pod("/bin/busybox", port, "hello-kubelet", ".")).unwrap();
+    kubectl(&dir_a, &["apply", "-f", file.to_str().unwrap()]);
+    wait_running_in(&cluster, &cloud, "web").await;
+    eventually(30, "the stream tunnel", async || {
+        cloud.tunnels().is_open("e1")
+    })
+    .await;
+
+    // the API server's client: a certificate of the cluster's CA
+    let now = SystemTime::now();
+    let client = cluster
+        .ca()
+        .issue_client(
+            "kube-apiserver-kubelet-client",
+            "kubeadm:cluster-admins",
+            Duration::from_secs(3600),
+            now,
+        )
+        .unwrap();
+    let node_cert = cluster
+        .ca()
+        .issue_client(
+            "system:node:e2",
+            "system:nodes",
+            Duration::from_secs(3600),
+            now,
+        )
+        .unwrap();
+    let files = |tag: &str, id: &kubeedge_core::pki::Identity| {
+        let (c, k) = (
+            dir.0.join(format!("{tag}.crt")),
+            dir.0.join(format!("{tag}.key")),
+        );
+        std::fs::write(&c, id.cert_pem()).unwrap();
+        std::fs::write(&k, id.key_pem().unwrap()).unwrap();
+        (c, k)
+    };
+    let (cert, key) = files("apiserver", &client);
+    let (node_crt, node_key) = files("node", &node_cert);
+    let curl = |path: &str, cert: Option<(&Path, &Path)>| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-k", "--max-time", "10", "-w", "\n%{http_code}"]);
+        if let Some((crt, key)) = cert {
+            c.arg("--cert").arg(crt).arg("--key").arg(key);
+        }
+        // The address the API server dials is the node's (e1 reports 127.0.0.1).
+        let out = c
+            .arg(format!("https://127.0.0.1:{}{path}", stream.port()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_owned(), body.to_owned())
+    };
+    let mut answer = (String::new(), String::new());
+    eventually(10, "two log lines through the kubelet API", async || {
+        answer = curl(
+            "/containerLogs/default/web/main?tailLines=2",
+            Some((&cert, &key)),
+        );
+        answer.1.lines().filter(|l| l.starts_with("line ")).count() == 2
+    })
+    .await;
+    assert_eq!(answer.0, "200", "{}", answer.1);
+    let (code, body) = curl("/stats/summary", Some((&cert, &key)));
+    assert_eq!(code, "200", "{body}");
+    let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["node"]["nodeName"], "e1");
+    assert_eq!(summary["pods"][0]["podRef"]["name"], "web");
+    let (code, body) = curl("/metrics/resource", Some((&cert, &key)));
+    assert_eq!(code, "200", "{body}");
+    assert!(
+        body.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"}"),
+        "{body}"
+    );
+    // no certificate, or a node's: refused
+    assert_eq!(curl("/stats/summary", None).0, "401");
+    assert_eq!(
+        curl("/stats/summary", Some((&node_crt, &node_key))).0,
+        "403"
+    );
+
+    edge.stop().await;
+    cloud.stop().await;
+    cluster.stop().await;
 }

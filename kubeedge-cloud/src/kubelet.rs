@@ -1,0 +1,166 @@
+//! The kubelet API for edge nodes, served by cloudcore when it works against an external cluster
+//! (`--kubeconfig`): the kube-apiserver calls a node's kubelet for `kubectl logs`, `exec`,
+//! `attach` and `port-forward`, and metrics-server for `/stats/summary` and
+//! `/metrics/resource`; edge nodes have no reachable kubelet, so these calls are pointed at
+//! cloudcore (upstream's recipe: an iptables DNAT rule on the API server's host sending
+//! `<edge node IP>:10350` to cloudcore's stream port, 10003), which finds the node by the address
+//! the request was made to (its `Host`) among the edge nodes' reported addresses, and goes
+//! through that node's stream tunnel.
+//!
+//! Only clients with a certificate from the cluster's CA are served (the kube-apiserver's
+//! `--kubelet-client-certificate`), and never a node's own (`O=system:nodes`): a node cannot reach
+//! another node's pods through here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kubeedge_core::kubeapi::tls::{TlsListener, TlsPeer};
+use kubeedge_core::pki::NODES_ORG;
+use kubeedge_core::streaming::remote::StreamOptions;
+
+use crate::index::Index;
+use crate::streams::{Tunnels, bridge_command, bridge_port_forward, relay_get};
+
+struct Ctx {
+    index: Arc<Index>,
+    tunnels: Tunnels,
+}
+
+/// The routes (everything under `/`, dispatched by path).
+pub fn router(index: Arc<Index>, tunnels: Tunnels) -> Router {
+    Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(Ctx { index, tunnels }))
+}
+
+/// Serves `router` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: TlsListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<TlsPeer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+fn refuse(code: StatusCode, message: String) -> Response {
+    (code, message).into_response()
+}
+
+/// The edge node a request is for: the one whose reported addresses hold the request's host.
+#[allow(clippy::result_large_err)] // the refusal is the response, handed straight back
+fn node_of(index: &Index, request: &Request) -> Result<String, Response> {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: Option<IpAddr> = host.parse().ok();
+    let found: Vec<String> = index
+        .edge_nodes()
+        .iter()
+        .filter(|n| {
+            n["status"]["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| {
+                    let addr = a["address"].as_str().unwrap_or("");
+                    addr == host || (ip.is_some() && addr.parse::<IpAddr>().ok() == ip)
+                })
+        })
+        .map(|n| crate::index::meta(n, "name").to_owned())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!("no edge node reports the address {host:?}"),
+        )),
+        many => Err(refuse(
+            StatusCode::CONFLICT,
+            format!("edge nodes {many:?} all report the address {host:?}"),
+        )),
+    }
+}
+
+async fn handle(
+    State(ctx): State<Arc<Ctx>>,
+    ConnectInfo(peer): ConnectInfo<TlsPeer>,
+    request: Request,
+) -> Response {
+    let user = match &peer.user {
+        Ok(u) if u.groups.iter().any(|g| g == NODES_ORG) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} is a node: nodes do not reach pods through cloudcore",
+                    u.name
+                ),
+            );
+        }
+        Ok(u) => u.name.clone(),
+        Err(why) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                format!("a client certificate of the cluster is required: {why}"),
+            );
+        }
+    };
+    let node = match node_of(&ctx.index, &request) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let uri = |p: &str| {
+        if query.is_empty() {
+            p.to_owned()
+        } else {
+            format!("{p}?{query}")
+        }
+    };
+    match parts.as_slice() {
+        ["containerLogs", _, _, _] | ["stats", "summary"] | ["metrics", "resource"] => {
+            relay_get(&ctx.tunnels, &node, uri(&path)).await
+        }
+        [sub @ ("exec" | "attach"), ns, pod, container] => {
+            let options = StreamOptions::from_query(&query);
+            let commands: Vec<&str> = query
+                .split('&')
+                .filter(|p| p.starts_with("command="))
+                .collect();
+            let edge_uri = format!(
+                "/{sub}/{ns}/{pod}/{container}?{}{}stdin={}&stdout={}&stderr={}&tty={}",
+                commands.join("&"),
+                if commands.is_empty() { "" } else { "&" },
+                options.stdin,
+                options.stdout,
+                options.stderr,
+                options.tty
+            );
+            let what = format!("{sub} {ns}/{pod}/{container} (kubelet API)");
+            bridge_command(&ctx.tunnels, &node, edge_uri, request, options, user, what).await
+        }
+        ["portForward", ns, pod] => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            bridge_port_forward(&ctx.tunnels, &node, &ns, &pod, request, user)
+        }
+        _ => refuse(StatusCode::NOT_FOUND, format!("{path} is not served")),
+    }
+}
