@@ -575,6 +575,30 @@ async fn kubectl_reaches_a_containerd_pod() {
     kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
     wait_running(&cloud, "web").await;
     reach_pod(&dir, "web", port, "hello-container", "web", true).await;
+
+    // attach: the main process's output as it comes
+    for websockets in [true, false] {
+        let mut attach = kubectl_for(&dir, websockets)
+            .args(["attach", "web"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+        let got: Vec<String> = tokio::task::spawn_blocking(move || {
+            lines.by_ref().take(3).map_while(Result::ok).collect()
+        })
+        .await
+        .unwrap();
+        let _ = attach.kill();
+        let mut err = String::new();
+        let _ = attach.stderr.take().unwrap().read_to_string(&mut err);
+        let _ = attach.wait();
+        assert!(
+            got.len() == 3 && got.iter().all(|l| l.starts_with("line ")),
+            "{got:?} {err}"
+        );
+    }
     kubectl(&dir, &["delete", "pod", "web", "--timeout=60s"]);
     edge.stop().await;
     cloud.stop().await;
