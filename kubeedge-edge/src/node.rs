@@ -48,6 +48,9 @@ fn os_image() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The kubelet port edge nodes report (upstream KubeEdge's), for the API server's DNAT rule.
+pub const KUBELET_PORT: u16 = 10350;
+
 /// The status this machine reports: capacity, addresses, nodeInfo (every field the Kubernetes
 /// clients require), and Ready.
 pub fn machine_status(address: &str, runtime_version: &str) -> Value {
@@ -67,6 +70,9 @@ pub fn machine_status(address: &str, runtime_version: &str) -> Value {
         "allocatable": resources,
         "addresses": [{"type": "InternalIP", "address": address},
                       {"type": "Hostname", "address": read_trim("/proc/sys/kernel/hostname")}],
+        // Nothing listens there: as upstream's edges, the port the API server's DNAT rule for
+        // this node matches (cloudcore serves the kubelet API, see kubeedge_cloud::kubelet).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
         "nodeInfo": {
             "architecture": arch,
             "bootID": read_trim("/proc/sys/kernel/random/boot_id"),

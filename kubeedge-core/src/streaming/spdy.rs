@@ -514,6 +514,18 @@ impl Inflater {
     }
 }
 
+/// Decodes one SPDY/3 header block as the first of a connection (zlib with SPDY's dictionary,
+/// then the name/value pairs). Malformed or oversized blocks (over 1 MiB inflated, 1,000 pairs)
+/// are errors.
+pub fn decode_header_block(block: &[u8]) -> Result<Headers, SpdyError> {
+    Inflater::new().headers(block)
+}
+
+/// Encodes a header block as the first of a connection (see [`decode_header_block`]).
+pub fn encode_header_block(headers: &[(String, String)]) -> Vec<u8> {
+    Deflater::new().block(headers)
+}
+
 fn parse_block(b: &[u8]) -> Option<Headers> {
     let mut at = 0;
     let mut take = |n: usize| -> Option<&[u8]> {
