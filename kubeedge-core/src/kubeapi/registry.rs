@@ -266,6 +266,13 @@ const REVIEWS: &[(&str, &str, &str, bool)] = &[
 /// The resource metrics API group (`metrics.k8s.io/v1beta1`: NodeMetrics, PodMetrics).
 pub const METRICS_GROUP: &str = "metrics.k8s.io";
 
+/// Whether `plural` in `group` is one of the built-in resources (not a custom resource, even in a
+/// `*.k8s.io` group).
+pub fn is_builtin(group: &str, plural: &str) -> bool {
+    BUILTINS.iter().any(|b| b.0 == group && b.2 == plural)
+        || REVIEWS.iter().any(|r| r.0 == group && r.1 == plural)
+}
+
 /// The built-in resources.
 pub fn builtins() -> Vec<Resource> {
     let stored = BUILTINS.iter().map(

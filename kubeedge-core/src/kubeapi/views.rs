@@ -59,9 +59,9 @@ pub(crate) fn inward(r: &Resource, obj: Value) -> Value {
     core
 }
 
-/// Whether `r` is a custom resource (its group has a dot and is not Kubernetes' own).
+/// Whether `r` is a custom resource (defined by a CRD, whatever its group).
 fn is_custom(r: &Resource) -> bool {
-    r.group.contains('.') && !r.group.ends_with(".k8s.io") && r.group != "k8s.io"
+    !super::registry::is_builtin(&r.group, &r.plural)
 }
 
 /// `obj` (stored form) as `r` shows it. A custom resource served in several versions is stored

@@ -202,7 +202,8 @@ pub fn accept_command(
         let response = websocket_answer(&req, protocol)?;
         let io = upgraded(&mut req);
         let pending: Pending<Duplex> = Box::pin(async move {
-            let ws = WebSocketStream::from_raw_socket(io.await?, WsRole::Server, None).await;
+            let ws = WebSocketStream::from_raw_socket(io.await?, WsRole::Server, Some(ws_config()))
+                .await;
             Ok(websocket_command(ws, protocol == WS_V5))
         });
         return Ok((response, pending));
@@ -262,7 +263,8 @@ pub fn accept_port_forward(
         let response = websocket_answer(&req, WS_PORT_FORWARD)?;
         let io = upgraded(&mut req);
         let pending: Pending<_> = Box::pin(async move {
-            let ws = WebSocketStream::from_raw_socket(io.await?, WsRole::Server, None).await;
+            let ws = WebSocketStream::from_raw_socket(io.await?, WsRole::Server, Some(ws_config()))
+                .await;
             let (conn, incoming) = spdy::Connection::start(websocket_bytes(ws), Role::Server);
             Ok(port_forward_server(conn, incoming))
         });
@@ -294,6 +296,14 @@ pub fn accept_port_forward(
         StatusCode::BAD_REQUEST,
         "upgrade to SPDY/3.1 or WebSocket is required",
     ))
+}
+
+/// Small buffers: an idle session holds little (tungstenite reads 128 KiB at a time by default).
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(channel::MAX_FRAME + 1))
 }
 
 /// The WebSocket channel protocol: each binary message is a channel byte and data.

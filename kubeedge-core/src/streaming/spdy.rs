@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 /// A header block: names (lower case on the wire) and values.
 pub type Headers = Vec<(String, String)>;
 
-/// Largest frame accepted.
-pub const MAX_FRAME: usize = 1 << 24;
+/// Largest frame accepted (the protocol allows 16 MiB; kubectl and Go's streaming servers write
+/// data in 32 KiB pieces).
+pub const MAX_FRAME: usize = 1 << 20;
 /// Largest data frame written.
 const DATA_CHUNK: usize = 32 * 1024;
 /// How long [`Connection::open`] waits for the peer's SYN_REPLY.
