@@ -8,8 +8,11 @@
 //! through that node's stream tunnel.
 //!
 //! Only clients with a certificate from the cluster's CA are served (the kube-apiserver's
-//! `--kubelet-client-certificate`), and never a node's own (`O=system:nodes`): a node cannot reach
-//! another node's pods through here.
+//! `--kubelet-client-certificate`), never a node's own (`O=system:nodes`: a node cannot reach
+//! another node's pods through here), and each request is authorized by the cluster as a kubelet
+//! authorizes it: a SubjectAccessReview for `nodes/proxy` (logs, exec, attach, port-forward),
+//! `nodes/stats` or `nodes/metrics` on that node. Requests for a pod go to the node the pod is
+//! bound to; the `Host` picks the node only for the node's own stats and metrics.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,13 +31,51 @@ use crate::streams::{Tunnels, bridge_command, bridge_port_forward, relay_get};
 struct Ctx {
     index: Arc<Index>,
     tunnels: Tunnels,
+    client: kube::Client,
 }
 
-/// The routes (everything under `/`, dispatched by path).
-pub fn router(index: Arc<Index>, tunnels: Tunnels) -> Router {
-    Router::new()
-        .fallback(handle)
-        .with_state(Arc::new(Ctx { index, tunnels }))
+/// The routes (everything under `/`, dispatched by path); requests are authorized through
+/// `client`'s cluster.
+pub fn router(index: Arc<Index>, tunnels: Tunnels, client: kube::Client) -> Router {
+    Router::new().fallback(handle).with_state(Arc::new(Ctx {
+        index,
+        tunnels,
+        client,
+    }))
+}
+
+/// Whether the cluster allows `user` (with `groups`) `verb` on `nodes/<sub>` of `node`.
+async fn allowed(
+    client: &kube::Client,
+    user: &str,
+    groups: &[String],
+    verb: &str,
+    sub: &str,
+    node: &str,
+) -> Result<bool, String> {
+    let review = serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": groups,
+                 "resourceAttributes": {"verb": verb, "resource": "nodes", "subresource": sub, "name": node}}});
+    let request = http::Request::post("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(review.to_string().into_bytes())
+        .map_err(|e| e.to_string())?;
+    let answer: serde_json::Value = client.request(request).await.map_err(|e| e.to_string())?;
+    Ok(answer["status"]["allowed"] == true)
+}
+
+/// The edge node a pod is bound to.
+#[allow(clippy::result_large_err)] // the refusal is the response, handed straight back
+fn node_of_pod(index: &Index, ns: &str, pod: &str) -> Result<String, Response> {
+    index
+        .get(crate::index::Kind::Pod, ns, pod)
+        .and_then(|p| crate::index::bound_node(&p).map(str::to_owned))
+        .ok_or_else(|| {
+            refuse(
+                StatusCode::NOT_FOUND,
+                format!("pod {ns}/{pod} is not bound to an edge node"),
+            )
+        })
 }
 
 /// Serves `router` on `listener` until `shutdown`.
@@ -103,7 +144,7 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<TlsPeer>,
     request: Request,
 ) -> Response {
-    let user = match &peer.user {
+    let (user, groups) = match &peer.user {
         Ok(u) if u.groups.iter().any(|g| g == NODES_ORG) => {
             return refuse(
                 StatusCode::FORBIDDEN,
@@ -113,7 +154,7 @@ async fn handle(
                 ),
             );
         }
-        Ok(u) => u.name.clone(),
+        Ok(u) => (u.name.clone(), u.groups.clone()),
         Err(why) => {
             return refuse(
                 StatusCode::UNAUTHORIZED,
@@ -121,13 +162,50 @@ async fn handle(
             );
         }
     };
-    let node = match node_of(&ctx.index, &request) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // As a kubelet authorizes: which subresource of the node, which verb.
+    let (sub, node) = match parts.as_slice() {
+        ["stats", ..] | ["metrics", ..] => {
+            let sub = if parts[0] == "stats" {
+                "stats"
+            } else {
+                "metrics"
+            };
+            match node_of(&ctx.index, &request) {
+                Ok(n) => (sub, n),
+                Err(r) => return r,
+            }
+        }
+        ["containerLogs" | "exec" | "attach", ns, pod, _] | ["portForward", ns, pod] => {
+            match node_of_pod(&ctx.index, ns, pod) {
+                Ok(n) => ("proxy", n),
+                Err(r) => return r,
+            }
+        }
+        _ => return refuse(StatusCode::NOT_FOUND, format!("{path} is not served")),
+    };
+    let verb = if request.method() == http::Method::POST {
+        "create"
+    } else {
+        "get"
+    };
+    match allowed(&ctx.client, &user, &groups, verb, sub, &node).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!("{user} may not {verb} nodes/{sub} of node {node}"),
+            );
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("authorizing the request: {e}"),
+            );
+        }
+    }
     let uri = |p: &str| {
         if query.is_empty() {
             p.to_owned()

@@ -296,7 +296,7 @@ impl CloudCore {
             let listener = TlsListener::new("kubelet-api", tcp, stream_tls, stream_auth)
                 .map_err(io_err("reading the kubelet API's address"))?;
             let addr = listener.local_addr();
-            let routes = kubelet::router(index.clone(), tunnels.clone());
+            let routes = kubelet::router(index.clone(), tunnels.clone(), client.clone());
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = kubelet::serve(listener, routes, std::future::pending()).await {
                     tracing::error!(error = %e, "kubelet API server stopped");

@@ -396,6 +396,10 @@ pub(crate) async fn bridge_command(
     who: String,
     what: String,
 ) -> Response {
+    // Nothing is started at the edge for a request whose upgrade would be refused.
+    if let Err(refusal) = remote::check_command_upgrade(request.headers()) {
+        return refusal;
+    }
     let Ok(req) = http::Request::post(uri).body(()) else {
         return api_error(StatusCode::BAD_REQUEST, "BadRequest", "malformed request");
     };
@@ -565,7 +569,9 @@ impl CloudMetrics {
         CloudMetrics { tunnels }
     }
 
-    async fn summaries(&self) -> Vec<Value> {
+    /// Each connected node's summary, with the node's name (as its tunnel is registered, not as
+    /// the summary says).
+    async fn summaries(&self) -> Vec<(String, Value)> {
         let asks = self.tunnels.nodes().into_iter().map(|node| {
             let tunnels = self.tunnels.clone();
             async move {
@@ -591,7 +597,9 @@ impl CloudMetrics {
                 {
                     return None;
                 }
-                serde_json::from_slice::<Value>(&bytes).ok()
+                serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .map(|summary| (node, summary))
             }
         });
         futures_util::future::join_all(asks)
@@ -615,22 +623,24 @@ impl kubeedge_core::kubeapi::MetricsSource for CloudMetrics {
             this.summaries()
                 .await
                 .iter()
-                .map(|s| {
+                .map(|(node, s)| {
                     let n = &s["node"];
                     let time = n["cpu"]["time"].clone();
                     serde_json::json!({"kind": "NodeMetrics", "apiVersion": "metrics.k8s.io/v1beta1",
-                        "metadata": {"name": n["nodeName"], "creationTimestamp": time},
+                        "metadata": {"name": node, "creationTimestamp": time},
                         "timestamp": time, "window": "1s", "usage": usage(n)})
                 })
                 .collect()
         })
     }
 
-    fn pods(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>> + Send>> {
+    fn pods(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(String, Value)>> + Send>> {
         let this = self.clone();
         Box::pin(async move {
             let mut out = Vec::new();
-            for s in this.summaries().await {
+            for (node, s) in this.summaries().await {
                 for p in s["pods"].as_array().into_iter().flatten() {
                     let (ns, name) = (
                         p["podRef"]["namespace"].as_str().unwrap_or(""),
@@ -643,9 +653,9 @@ impl kubeedge_core::kubeapi::MetricsSource for CloudMetrics {
                         .flatten()
                         .map(|c| serde_json::json!({"name": c["name"], "usage": usage(c)}))
                         .collect();
-                    out.push(serde_json::json!({"kind": "PodMetrics", "apiVersion": "metrics.k8s.io/v1beta1",
+                    out.push((node.clone(), serde_json::json!({"kind": "PodMetrics", "apiVersion": "metrics.k8s.io/v1beta1",
                         "metadata": {"name": name, "namespace": ns, "creationTimestamp": time},
-                        "timestamp": time, "window": "1s", "containers": containers}));
+                        "timestamp": time, "window": "1s", "containers": containers})));
                 }
             }
             out

@@ -54,7 +54,7 @@ pub fn since_seconds(now: std::time::SystemTime, n: u64) -> String {
 /// Whether a record's `time` is before `since` (compared to the second; times not in UTC are
 /// kept).
 fn before(time: &str, since: &str) -> bool {
-    time.ends_with('Z') && time.len() >= 19 && &time[..19] < since
+    time.ends_with('Z') && time.get(..19).is_some_and(|t| t < since)
 }
 
 /// The log files of `container` under a pod's log directory, oldest run first.

@@ -215,6 +215,13 @@ pub(crate) async fn pod_log(
                     .ok()
                     .map(|n| crate::logs::since_seconds(std::time::SystemTime::now(), n));
             }
+            // `kubectl logs --since-time`: RFC 3339 in UTC (`%3A` as the query escapes it).
+            "sinceTime" => {
+                let t = v.replace("%3A", ":").replace("%3a", ":");
+                if t.ends_with('Z') || t.ends_with("%2B00:00") {
+                    options.since = t.get(..19).map(str::to_owned);
+                }
+            }
             _ => {}
         }
     }
@@ -301,6 +308,9 @@ const LOG_CHUNK: u64 = 256 * 1024;
 /// Where the last `n` lines of the first `end` bytes of `path` start (read backwards in chunks).
 async fn tail_start(path: &std::path::Path, end: u64, n: usize) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    if n == 0 {
+        return end;
+    }
     let Ok(mut f) = tokio::fs::File::open(path).await else {
         return 0;
     };

@@ -1,7 +1,8 @@
 //! `kubectl exec` into a process-runtime pod: the command runs on the host in the container's
 //! working directory and environment, with pipes for stdin, stdout and stderr, or with a
 //! pseudo-terminal for `-t` (made the command's controlling terminal through util-linux's
-//! `setsid --ctty` where present; resized from the client's resize channel).
+//! `setsid --ctty` where present; resized from the client's resize channel). The command is
+//! killed when the client goes away.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -44,7 +45,9 @@ pub(crate) fn start(
     let (ours, theirs) = channel::duplex(16);
     let Duplex { tx, mut rx } = theirs;
     let mut stdin = child.stdin.take();
+    let (hangup, hung_up) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        let _hangup = hangup;
         while let Some(f) = rx.recv().await {
             match f.channel {
                 STDIN => {
@@ -73,6 +76,7 @@ pub(crate) fn start(
         let status = tokio::select! {
             s = child.wait() => s,
             _ = tx.closed() => return,
+            _ = hung_up => return,
         };
         for p in pumps {
             let _ = p.await;
@@ -164,7 +168,9 @@ fn start_tty(
     let (ours, theirs) = channel::duplex(16);
     let Duplex { tx, mut rx } = theirs;
     let stdin = options.stdin;
+    let (hangup, hung_up) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        let _hangup = hangup;
         while let Some(f) = rx.recv().await {
             match f.channel {
                 STDIN if stdin => {
@@ -198,9 +204,14 @@ fn start_tty(
     tokio::spawn(async move {
         // The terminal's output ends (EIO) once the command and its children closed it.
         let output = tokio::spawn(pump(reader, STDOUT, tx.clone()));
+        // The client gone, the terminal hangs up: the command is killed.
         let status = tokio::select! {
             s = child.wait() => s,
             _ = tx.closed() => return,
+            _ = hung_up => {
+                output.abort();
+                return;
+            }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), output).await;
         let code = match status {

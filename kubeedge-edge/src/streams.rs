@@ -262,8 +262,20 @@ impl StreamServer {
             return Ok(());
         };
         use futures_util::StreamExt;
+        use futures_util::future::Either;
         let mut stream = body.into_data_stream();
-        while let Some(Ok(chunk)) = stream.next().await {
+        loop {
+            // A followed log waits for more; the cloud's reset (its client went away) ends it.
+            let chunk = {
+                let next = stream.next();
+                let reset = std::future::poll_fn(|cx| send.poll_reset(cx));
+                futures_util::pin_mut!(next, reset);
+                match futures_util::future::select(next, reset).await {
+                    Either::Left((chunk, _)) => chunk,
+                    Either::Right(_) => None,
+                }
+            };
+            let Some(Ok(chunk)) = chunk else { break };
             if tunnel::send(&mut send, chunk).await.is_err() {
                 return Ok(());
             }
@@ -337,8 +349,15 @@ impl StreamServer {
         }
         let host_network = p["spec"]["hostNetwork"].as_bool().unwrap_or(false);
         let ip = match p["status"]["podIP"].as_str().filter(|ip| !ip.is_empty()) {
-            Some(ip) if !host_network => ip.to_owned(),
-            _ => "127.0.0.1".to_owned(),
+            _ if host_network => "127.0.0.1".to_owned(),
+            Some(ip) => ip.to_owned(),
+            // Never the node's own loopback for a pod that has no address yet.
+            None => {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("pod {ns}/{pod} has no IP address yet"),
+                ));
+            }
         };
         let addr = if ip.contains(':') {
             format!("[{ip}]:{port}")
@@ -490,9 +509,15 @@ impl StreamServer {
     /// CPU rate (nanocores) of `key` from `cpu` now against its previous sample.
     fn rate(&self, key: &str, now: Instant, cpu: u64) -> Option<u64> {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = samples.insert(key.to_owned(), (now, cpu));
-        let (then, before) = previous?;
+        let Some(&(then, before)) = samples.get(key) else {
+            samples.insert(key.to_owned(), (now, cpu));
+            return None;
+        };
         let dt = now.duration_since(then).as_nanos() as u64;
+        // Summaries asked close together share the baseline instead of resetting it.
+        if dt >= 1_000_000_000 {
+            samples.insert(key.to_owned(), (now, cpu));
+        }
         (dt >= 100_000_000).then(|| cpu.saturating_sub(before) * 1_000_000_000 / dt)
     }
 
@@ -574,6 +599,17 @@ impl StreamServer {
                     "memory": {"time": time, "workingSetBytes": pod_mem, "usageBytes": pod_mem},
                 }));
             }
+        }
+        // Counters of pods that are gone are dropped.
+        {
+            let seen: std::collections::HashSet<String> = pods
+                .iter()
+                .filter_map(|p| p["podRef"]["uid"].as_str().map(str::to_owned))
+                .collect();
+            let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+            samples.retain(|k, _| {
+                k.is_empty() || k.split('/').next().is_some_and(|uid| seen.contains(uid))
+            });
         }
         json!({"node": node, "pods": pods})
     }

@@ -288,16 +288,6 @@ impl Attributes {
         } else {
             verb
         };
-        // Reaching into a pod is a create, also over a WebSocket upgrade (a GET), as
-        // kube-apiserver authorizes it since 1.35: a role that may only read pods cannot exec.
-        let verb = if group.is_empty()
-            && resource == "pods"
-            && matches!(sub, "exec" | "attach" | "portforward")
-        {
-            "create"
-        } else {
-            verb
-        };
         Attributes {
             verb: verb.into(),
             resource_request: true,

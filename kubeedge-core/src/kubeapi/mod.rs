@@ -94,8 +94,12 @@ pub struct Api {
 pub trait MetricsSource: Send + Sync + std::fmt::Debug + 'static {
     /// A NodeMetrics of every node that reports.
     fn nodes(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>> + Send>>;
-    /// A PodMetrics of every running pod that reports, in every namespace.
-    fn pods(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>> + Send>>;
+    /// A PodMetrics of every running pod that reports, in every namespace, with the node that
+    /// reported it (a PodMetrics whose pod is not bound to that node is not served).
+    #[allow(clippy::type_complexity)]
+    fn pods(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<(String, Value)>> + Send>>;
 }
 
 /// Serves the pod subresources that reach into a running pod: `log`, `exec`, `attach` and
@@ -1026,6 +1030,29 @@ async fn dispatch(
     }
 }
 
+/// The PodMetrics of `source` (in `namespace`, if given) whose pod is bound to the node that
+/// reported it: a node reports for its own pods only.
+async fn pod_metrics(api: &Api, source: &dyn MetricsSource, namespace: Option<&str>) -> Vec<Value> {
+    source
+        .pods()
+        .await
+        .into_iter()
+        .filter(|(node, m)| {
+            let ns = m["metadata"]["namespace"].as_str().unwrap_or("");
+            namespace.is_none_or(|want| want == ns)
+                && api
+                    .store
+                    .get(
+                        "pods",
+                        Some(ns),
+                        m["metadata"]["name"].as_str().unwrap_or(""),
+                    )
+                    .is_ok_and(|pod| pod["spec"]["nodeName"] == node.as_str())
+        })
+        .map(|(_, m)| m)
+        .collect()
+}
+
 /// `metrics.k8s.io/v1beta1`: reads only, from the metrics source.
 async fn metrics_request(
     api: &Api,
@@ -1052,16 +1079,16 @@ async fn metrics_request(
     let (kind, items, name) = match rest {
         ["nodes"] => ("NodeMetrics", source.nodes().await, None),
         ["nodes", n] => ("NodeMetrics", source.nodes().await, Some(*n)),
-        ["pods"] => ("PodMetrics", source.pods().await, None),
-        ["namespaces", ns, "pods", tail @ ..] if tail.len() <= 1 => {
-            let pods = source
-                .pods()
-                .await
-                .into_iter()
-                .filter(|p| p["metadata"]["namespace"] == *ns)
-                .collect();
-            ("PodMetrics", pods, tail.first().copied())
-        }
+        ["pods"] => (
+            "PodMetrics",
+            pod_metrics(api, source.as_ref(), None).await,
+            None,
+        ),
+        ["namespaces", ns, "pods", tail @ ..] if tail.len() <= 1 => (
+            "PodMetrics",
+            pod_metrics(api, source.as_ref(), Some(ns)).await,
+            tail.first().copied(),
+        ),
         _ => return Err(ApiError::not_found("path", &rest.join("/"))),
     };
     let plural = if kind == "NodeMetrics" {

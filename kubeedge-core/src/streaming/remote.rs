@@ -184,9 +184,44 @@ pub fn accept_command(
     mut req: Request,
     options: StreamOptions,
 ) -> Result<(Response, Pending<Duplex>), Response> {
-    let headers = req.headers().clone();
-    if is_websocket(&headers) {
-        let offered = header_list(&headers, "sec-websocket-protocol");
+    match command_protocol(req.headers())? {
+        CommandProtocol::WebSocket(protocol) => {
+            let response = websocket_answer(&req, protocol)?;
+            let io = upgraded(&mut req);
+            let pending: Pending<Duplex> = Box::pin(async move {
+                let ws =
+                    WebSocketStream::from_raw_socket(io.await?, WsRole::Server, Some(ws_config()))
+                        .await;
+                Ok(websocket_command(ws, protocol == WS_V5))
+            });
+            Ok((response, pending))
+        }
+        CommandProtocol::Spdy => {
+            let mut response = switching("SPDY/3.1");
+            response.headers_mut().insert(
+                "x-stream-protocol-version",
+                HeaderValue::from_static(SPDY_V4),
+            );
+            let io = upgraded(&mut req);
+            let pending: Pending<Duplex> = Box::pin(async move {
+                let (conn, incoming) = spdy::Connection::start(io.await?, Role::Server);
+                spdy_command_server(conn, incoming, options).await
+            });
+            Ok((response, pending))
+        }
+    }
+}
+
+enum CommandProtocol {
+    WebSocket(&'static str),
+    Spdy,
+}
+
+/// Which protocol an `exec` or `attach` upgrade request gets, or the refusal: checked before
+/// anything is started for it (see [`check_command_upgrade`]).
+fn command_protocol(headers: &HeaderMap) -> Result<CommandProtocol, Response> {
+    if is_websocket(headers) {
+        let offered = header_list(headers, "sec-websocket-protocol");
         let protocol = if offered.iter().any(|p| p == WS_V5) {
             WS_V5
         } else if offered.iter().any(|p| p == WS_V4) {
@@ -199,39 +234,31 @@ pub fn accept_command(
                 ),
             ));
         };
-        let response = websocket_answer(&req, protocol)?;
-        let io = upgraded(&mut req);
-        let pending: Pending<Duplex> = Box::pin(async move {
-            let ws = WebSocketStream::from_raw_socket(io.await?, WsRole::Server, Some(ws_config()))
-                .await;
-            Ok(websocket_command(ws, protocol == WS_V5))
-        });
-        return Ok((response, pending));
+        if headers.get("sec-websocket-key").is_none() {
+            return Err(refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+        }
+        return Ok(CommandProtocol::WebSocket(protocol));
     }
-    if is_spdy(&headers) {
-        let offered = header_list(&headers, "x-stream-protocol-version");
+    if is_spdy(headers) {
+        let offered = header_list(headers, "x-stream-protocol-version");
         if !offered.iter().any(|p| p == SPDY_V4) {
             return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 &format!("none of the offered stream protocols {offered:?} is served ({SPDY_V4})"),
             ));
         }
-        let mut response = switching("SPDY/3.1");
-        response.headers_mut().insert(
-            "x-stream-protocol-version",
-            HeaderValue::from_static(SPDY_V4),
-        );
-        let io = upgraded(&mut req);
-        let pending: Pending<Duplex> = Box::pin(async move {
-            let (conn, incoming) = spdy::Connection::start(io.await?, Role::Server);
-            spdy_command_server(conn, incoming, options).await
-        });
-        return Ok((response, pending));
+        return Ok(CommandProtocol::Spdy);
     }
     Err(refuse(
         StatusCode::BAD_REQUEST,
         "upgrade to SPDY/3.1 or WebSocket is required",
     ))
+}
+
+/// The refusal [`accept_command`] would answer `headers` with, if any: for checking a request
+/// before starting the command it asks for.
+pub fn check_command_upgrade(headers: &HeaderMap) -> Result<(), Response> {
+    command_protocol(headers).map(|_| ())
 }
 
 /// One forwarded connection of a port-forward session.
@@ -428,16 +455,17 @@ async fn spdy_command_server(
             }
         });
     }
-    drop(tx);
     let writers: Vec<(u8, spdy::StreamWriter)> =
         [("stdout", STDOUT), ("stderr", STDERR), ("error", ERROR)]
             .into_iter()
             .filter_map(|(kind, ch)| take(&mut streams, kind).map(|s| (ch, s.writer())))
             .collect();
     tokio::spawn(async move {
-        // Streams opened later (none are expected) are refused.
+        // Streams opened later (none are expected) are refused. The client's side of the
+        // session lasts as long as its connection: it ends when the connection does.
         let conn2 = conn.clone();
         let refuser = tokio::spawn(async move {
+            let _client = tx;
             while let Some(s) = incoming.recv().await {
                 s.writer().reset().await;
             }
@@ -470,7 +498,7 @@ fn port_forward_server(
             let request = stream.header("requestid").unwrap_or("").to_owned();
             let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
             match (stream.header("streamtype"), port) {
-                (Some("error"), _) => {
+                (Some("error"), _) if errors.len() < 1000 => {
                     errors.insert(request, stream.writer());
                 }
                 (Some("data"), Some(port)) => {
@@ -625,6 +653,7 @@ pub async fn dial_command(url: &str, options: StreamOptions) -> Result<Duplex, S
     let Duplex { tx, mut rx } = theirs;
     // Input: stdin data, its end, terminal sizes.
     let stdin_w = stdin.as_ref().map(spdy::Stream::writer);
+    let input_conn = conn.clone();
     let resize_w = resize.as_ref().map(spdy::Stream::writer);
     tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
@@ -639,9 +668,11 @@ pub async fn dial_command(url: &str, options: StreamOptions) -> Result<Duplex, S
                 _ => {}
             }
         }
+        // The client went away: so does the session.
         if let Some(w) = &stdin_w {
             let _ = w.finish().await;
         }
+        input_conn.shutdown().await;
     });
     // Output: stdout and stderr as they come, then the outcome once both ended.
     tokio::spawn(async move {

@@ -24,6 +24,12 @@ pub type Headers = Vec<(String, String)>;
 /// Largest frame accepted (the protocol allows 16 MiB; kubectl and Go's streaming servers write
 /// data in 32 KiB pieces).
 pub const MAX_FRAME: usize = 1 << 20;
+/// Most header pairs in a block (values split at NULs counted apart).
+const MAX_HEADERS: usize = 1000;
+/// Most bytes a decoded header block may make (names counted once per value).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+/// Most streams open at once on a connection; more are refused.
+const MAX_STREAMS: usize = 1000;
 /// Largest data frame written.
 const DATA_CHUNK: usize = 32 * 1024;
 /// How long [`Connection::open`] waits for the peer's SYN_REPLY.
@@ -204,7 +210,7 @@ impl Connection {
                 Role::Server => 2,
             }),
         });
-        tokio::spawn(write_loop(write, out_rx));
+        tokio::spawn(write_loop(write, out_rx, Arc::downgrade(&shared)));
         let reader = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = read_loop(read, &reader, incoming_tx).await {
@@ -247,6 +253,7 @@ impl Connection {
             Ok(Err(_)) => Err(SpdyError::Closed),
             Err(_) => {
                 lock(&self.shared.replies).remove(&id);
+                lock(&self.shared.streams).remove(&id);
                 Err(SpdyError::Timeout(REPLY_TIMEOUT))
             }
         }
@@ -317,6 +324,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let id = be32(&body) & 0x7fff_ffff;
                 let headers = inflater.headers(&body[10..])?;
                 let (data_tx, data) = mpsc::channel(32);
+                if lock(&shared.streams).len() >= MAX_STREAMS {
+                    let _ = shared.out.send(Out::Rst { id, status: 3 }).await;
+                    continue;
+                }
                 if flags & 1 == 0 {
                     lock(&shared.streams).insert(id, data_tx);
                 }
@@ -377,7 +388,11 @@ async fn read_loop<R: AsyncRead + Unpin>(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Out>) {
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Out>,
+    shared: std::sync::Weak<Shared>,
+) {
     let mut deflater = Deflater::new();
     while let Some(out) = rx.recv().await {
         let (frame, last) = match out {
@@ -401,6 +416,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Out>
                 (f, false)
             }
             Out::Rst { id, status } => {
+                if let Some(shared) = shared.upgrade() {
+                    lock(&shared.streams).remove(&id);
+                }
                 let mut body = id.to_be_bytes().to_vec();
                 body.extend_from_slice(&status.to_be_bytes());
                 (control(3, 0, &body), false)
@@ -535,16 +553,22 @@ fn parse_block(b: &[u8]) -> Option<Headers> {
         Some(s)
     };
     let count = be32(take(4)?) as usize;
-    if count > 1000 {
+    if count > MAX_HEADERS {
         return None;
     }
     let mut headers = Vec::with_capacity(count);
+    // Values split at NULs repeat their name: what that makes is bounded too.
+    let mut budget = MAX_HEADER_BYTES;
     for _ in 0..count {
         let n = be32(take(4)?) as usize;
         let name = String::from_utf8_lossy(take(n)?).into_owned();
         let n = be32(take(4)?) as usize;
         let value = take(n)?;
         for v in value.split(|c| *c == 0) {
+            budget = budget.checked_sub(name.len() + v.len())?;
+            if headers.len() >= MAX_HEADERS {
+                return None;
+            }
             headers.push((name.clone(), String::from_utf8_lossy(v).into_owned()));
         }
     }

@@ -382,6 +382,27 @@ async fn kubectl_reaches_a_process_pod_and_only_whom_it_should() {
     let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     reach_pod(&dir, "web", port, "hello-process", hostname.trim(), false).await;
 
+    // a client that goes away takes its command with it (on both protocols)
+    for websockets in [true, false] {
+        let marker = if websockets { "4242" } else { "4243" };
+        let mut exec = kubectl_for(&dir, websockets)
+            .args(["exec", "web", "--", "sleep", marker])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let running = || {
+            std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
+            })
+        };
+        eventually(20, "the exec'd command running", async || running()).await;
+        let _ = exec.kill();
+        let _ = exec.wait();
+        eventually(20, "the command gone with its client", async || !running()).await;
+    }
+
     // a user who may read pods and their logs, but not exec
     let ca = cloud.ca();
     let now = SystemTime::now();
@@ -635,7 +656,7 @@ async fn against_an_external_cluster_cloudcore_serves_the_kubelet_api_for_edge_n
         .ca()
         .issue_client(
             "kube-apiserver-kubelet-client",
-            "kubeadm:cluster-admins",
+            "system:masters",
             Duration::from_secs(3600),
             now,
         )
@@ -660,6 +681,11 @@ async fn against_an_external_cluster_cloudcore_serves_the_kubelet_api_for_edge_n
     };
     let (cert, key) = files("apiserver", &client);
     let (node_crt, node_key) = files("node", &node_cert);
+    let nobody = cluster
+        .ca()
+        .issue_client("nobody", "nobodies", Duration::from_secs(3600), now)
+        .unwrap();
+    let (nobody_crt, nobody_key) = files("nobody", &nobody);
     let curl = |path: &str, cert: Option<(&Path, &Path)>| {
         let mut c = Command::new("curl");
         c.args(["-sS", "-k", "--max-time", "10", "-w", "\n%{http_code}"]);
@@ -702,6 +728,13 @@ async fn against_an_external_cluster_cloudcore_serves_the_kubelet_api_for_edge_n
         curl("/stats/summary", Some((&node_crt, &node_key))).0,
         "403"
     );
+    // a user the cluster does not allow nodes/proxy gets 403 from the cluster's authorization
+    let (code, body) = curl(
+        "/containerLogs/default/web/main",
+        Some((&nobody_crt, &nobody_key)),
+    );
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("nodes/proxy"), "{body}");
 
     edge.stop().await;
     cloud.stop().await;
