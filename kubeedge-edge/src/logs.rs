@@ -109,6 +109,24 @@ fn cri_record(line: &str) -> Option<(&str, &str, bool)> {
     }
 }
 
+/// Where a trailing run of partial CRI records (`P`) starts in `bytes` (whole lines), or
+/// `bytes.len()` when the last line is not one: a chunk cut there renders no line in two.
+pub fn before_partial_run(bytes: &[u8]) -> usize {
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = bytes[..end - 1]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line = String::from_utf8_lossy(&bytes[start..end - 1]);
+        match cri_record(&line) {
+            Some((_, _, false)) => end = start,
+            _ => return end,
+        }
+    }
+    0
+}
+
 /// Turns a log file's bytes into the lines `kubectl logs` shows (each ending in `\n`), applying
 /// `options` (except `previous`, see [`select`]).
 pub fn render(raw: &[u8], options: &LogOptions) -> Vec<u8> {
@@ -162,6 +180,19 @@ fn stamp(options: &LogOptions, time: Option<&str>, text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_are_cut_before_a_run_of_partial_records() {
+        let full = b"2026-11-23T10:00:00Z stdout F one\n";
+        let part = b"2026-11-23T10:00:01Z stdout P tw\n2026-11-23T10:00:01Z stdout P o-\n";
+        let mut bytes = full.to_vec();
+        assert_eq!(before_partial_run(&bytes), bytes.len());
+        bytes.extend_from_slice(part);
+        assert_eq!(before_partial_run(&bytes), full.len());
+        assert_eq!(before_partial_run(part), 0);
+        assert_eq!(before_partial_run(b"plain\n"), 6);
+        assert_eq!(before_partial_run(b""), 0);
+    }
 
     #[test]
     fn since_drops_older_records() {

@@ -374,7 +374,19 @@ impl LogRead {
                 return None;
             };
             let bytes = read_range(&self.file, self.at, limit).await?;
-            let complete = complete_lines(&bytes);
+            // A long line the runtime wrote as partial records (P…F) is rendered whole: the cut
+            // goes before a trailing run of partial records, whose end comes with the next read.
+            let lines = complete_lines(&bytes);
+            let whole = crate::logs::before_partial_run(&bytes[..lines]);
+            let complete = if whole == lines || whole > 0 {
+                whole
+            } else if bytes.len() as u64 >= LOG_CHUNK || !self.follow {
+                // A run longer than a chunk, or the end of what was selected: as it is.
+                lines
+            } else {
+                // Following: wait for the run's end.
+                0
+            };
             // An unfinished last line of what was selected is shown as it is (not when following:
             // it is shown once finished).
             let take =
