@@ -127,7 +127,8 @@ pub fn router(ca: Arc<Ca>, validity: Duration, index: Arc<Index>, tunnels: Tunne
         }))
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes, each request knowing its client
+/// ([`TlsPeer`]); also the kubelet API's server ([`crate::kubelet`]).
 pub async fn serve(
     listener: TlsListener,
     router: Router,

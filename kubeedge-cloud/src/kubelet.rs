@@ -21,7 +21,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use kubeedge_core::kubeapi::tls::{TlsListener, TlsPeer};
+use kubeedge_core::kubeapi::tls::TlsPeer;
 use kubeedge_core::pki::NODES_ORG;
 use kubeedge_core::streaming::remote::StreamOptions;
 
@@ -76,20 +76,6 @@ fn node_of_pod(index: &Index, ns: &str, pod: &str) -> Result<String, Response> {
                 format!("pod {ns}/{pod} is not bound to an edge node"),
             )
         })
-}
-
-/// Serves `router` on `listener` until `shutdown`.
-pub async fn serve(
-    listener: TlsListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<TlsPeer>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 fn refuse(code: StatusCode, message: String) -> Response {

@@ -298,7 +298,7 @@ impl CloudCore {
             let addr = listener.local_addr();
             let routes = kubelet::router(index.clone(), tunnels.clone(), client.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = kubelet::serve(listener, routes, std::future::pending()).await {
+                if let Err(e) = certserver::serve(listener, routes, std::future::pending()).await {
                     tracing::error!(error = %e, "kubelet API server stopped");
                 }
             }));

@@ -81,15 +81,18 @@ pub(crate) fn start(
         for p in pumps {
             let _ = p.await;
         }
-        let code = match status {
-            Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9)),
-            Err(_) => 137,
-        };
-        let _ = tx
-            .send(Frame::new(ERROR, channel::exit_status(code).to_string()))
-            .await;
+        let _ = tx.send(outcome(status)).await;
     });
     Ok(ours)
+}
+
+/// The error channel's last frame: the command's exit status (128 + signal when killed).
+fn outcome(status: std::io::Result<std::process::ExitStatus>) -> Frame {
+    let code = match status {
+        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9)),
+        Err(_) => 137,
+    };
+    Frame::new(ERROR, channel::exit_status(code).to_string())
 }
 
 async fn pump<R: AsyncRead + Unpin>(mut r: R, ch: u8, tx: mpsc::Sender<Frame>) {
@@ -214,13 +217,7 @@ fn start_tty(
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), output).await;
-        let code = match status {
-            Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(9)),
-            Err(_) => 137,
-        };
-        let _ = tx
-            .send(Frame::new(ERROR, channel::exit_status(code).to_string()))
-            .await;
+        let _ = tx.send(outcome(status)).await;
     });
     Ok(ours)
 }

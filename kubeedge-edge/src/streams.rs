@@ -200,13 +200,19 @@ impl StreamServer {
             }
             ["stats", "summary"] => {
                 let summary = self.summary().await;
-                reply(&mut respond, "application/json", summary.to_string());
+                reply(
+                    &mut respond,
+                    StatusCode::OK,
+                    "application/json",
+                    summary.to_string(),
+                );
                 Ok(())
             }
             ["metrics", "resource"] => {
                 let summary = self.summary().await;
                 reply(
                     &mut respond,
+                    StatusCode::OK,
                     "text/plain; version=0.0.4",
                     resource_metrics(&summary),
                 );
@@ -315,13 +321,7 @@ impl StreamServer {
             None => rt.attach(id, o).await,
         }
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let head = Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let send = respond
-            .send_response(head, false)
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let send = accept(respond)?;
         let Duplex { tx, rx } = session;
         tokio::spawn(tunnel::frames_in(body, tx));
         tunnel::frames_out(rx, send).await;
@@ -377,13 +377,7 @@ impl StreamServer {
         })?
         .map_err(|e| (StatusCode::BAD_GATEWAY, format!("dial tcp {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let head = Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let send = respond
-            .send_response(head, false)
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let send = accept(respond)?;
         let (r, w) = tcp.into_split();
         tokio::spawn(tunnel::copy_in(body, w));
         tunnel::copy_out(r, send).await;
@@ -404,13 +398,7 @@ impl StreamServer {
             kubeedge_core::streaming::remote::dial_port_forward(url, port)
                 .await
                 .map_err(|e| (StatusCode::BAD_GATEWAY, kubeedge_core::error_chain(&e)))?;
-        let head = Response::builder()
-            .status(StatusCode::OK)
-            .body(())
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let mut send = respond
-            .send_response(head, false)
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let mut send = accept(respond)?;
         let writer = data.writer();
         let inbound = tokio::spawn(async move {
             while let Some(Ok(b)) = tunnel::recv(&mut body).await {
@@ -444,19 +432,36 @@ impl StreamServer {
     }
 }
 
-fn reply(respond: &mut h2::server::SendResponse<Bytes>, content_type: &str, body: String) {
-    let Ok(head) = Response::builder()
+/// Answers 200 and gives the response body to stream into.
+fn accept(
+    respond: &mut h2::server::SendResponse<Bytes>,
+) -> Result<h2::SendStream<Bytes>, (StatusCode, String)> {
+    let internal = |e: String| (StatusCode::INTERNAL_SERVER_ERROR, e);
+    let head = Response::builder()
         .status(StatusCode::OK)
+        .body(())
+        .map_err(|e| internal(e.to_string()))?;
+    respond
+        .send_response(head, false)
+        .map_err(|e| internal(e.to_string()))
+}
+
+/// A whole answer (h2 buffers the body; these are small).
+fn reply(
+    respond: &mut h2::server::SendResponse<Bytes>,
+    code: StatusCode,
+    content_type: &str,
+    body: String,
+) {
+    let Ok(head) = Response::builder()
+        .status(code)
         .header("content-type", content_type)
         .body(())
     else {
         return;
     };
     if let Ok(mut send) = respond.send_response(head, false) {
-        tokio::spawn(async move {
-            let _ = tunnel::send(&mut send, Bytes::from(body)).await;
-            let _ = send.send_data(Bytes::new(), true);
-        });
+        let _ = send.send_data(Bytes::from(body), true);
     }
 }
 
@@ -696,16 +701,7 @@ fn resource_metrics(summary: &Value) -> String {
 fn refuse(respond: &mut h2::server::SendResponse<Bytes>, code: StatusCode, message: &str) {
     let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "code": code.as_u16()});
-    let Ok(head) = Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(())
-    else {
-        return;
-    };
-    if let Ok(mut send) = respond.send_response(head, false) {
-        let _ = send.send_data(Bytes::from(status.to_string()), true);
-    }
+    reply(respond, code, "application/json", status.to_string());
 }
 
 /// The values of `key` in a query string, percent-decoded.

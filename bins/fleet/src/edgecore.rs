@@ -42,6 +42,7 @@ pub struct Report {
 }
 
 const NODE: &str = "footprint-edge";
+const SCENARIO: &str = "edgecore footprint";
 
 async fn sample(pid: u32, pods: usize, window: Duration) -> Sample {
     let cpu0 = proc::cpu_secs(pid);
@@ -90,7 +91,14 @@ pub fn kill_recorded(data: &Path) {
     }
 }
 
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), Error>
+/// Checks `check` every 500 ms until it holds; an error naming `scenario` and `what` after
+/// `limit`.
+pub async fn wait_for<F, Fut>(
+    scenario: &str,
+    limit: Duration,
+    what: &str,
+    mut check: F,
+) -> Result<(), Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -98,11 +106,46 @@ where
     let deadline = Instant::now() + limit;
     while !check().await {
         if Instant::now() > deadline {
-            return Err(format!("edgecore footprint: {what} did not happen in time").into());
+            return Err(format!("{scenario}: {what} did not happen in time").into());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
+}
+
+/// Waits until node `node` reports Ready.
+pub async fn node_ready(
+    client: &kube::Client,
+    node: &str,
+    scenario: &str,
+    limit: Duration,
+) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_for(scenario, limit, "the node turning Ready", || async {
+        nodes.get_opt(node).await.ok().flatten().is_some_and(|n| {
+            n.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await
+}
+
+/// Where `edge`'s metaserver listens (from its ready line).
+pub fn metaserver_addr(edge: &Daemon) -> Result<&str, Error> {
+    Ok(edge
+        .ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metaserver="))
+        .ok_or("edgecore did not say where its metaserver is")?)
+}
+
+/// A client of `edge`'s metaserver.
+pub fn metaserver_client(edge: &Daemon) -> Result<kube::Client, Error> {
+    let url = format!("http://{}", metaserver_addr(edge)?);
+    Ok(kube::Client::try_from(kube::Config::new(url.parse()?))?)
 }
 
 /// A real edgecore (process runtime) on `dir` as node `node`, joined to `cloud` with a fresh
@@ -163,17 +206,7 @@ async fn measure(
     limit: Duration,
 ) -> Result<Report, Error> {
     let client = cloud.client().await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for(limit, "the node turning Ready", || async {
-        nodes.get_opt(NODE).await.ok().flatten().is_some_and(|n| {
-            n.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    })
-    .await?;
+    node_ready(&client, NODE, SCENARIO, limit).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = edge.pid();
     eprintln!("edgecore footprint: node Ready, sampling idle");
@@ -187,7 +220,7 @@ async fn measure(
                 "containers": [{"name": "c", "image": "sleep", "command": ["sleep"], "args": ["3600"]}]}}))?;
         pods.create(&PostParams::default(), &pod).await?;
     }
-    wait_for(limit, "every pod Running", || async {
+    wait_for(SCENARIO, limit, "every pod Running", || async {
         pods.list(&ListParams::default()).await.is_ok_and(|l| {
             l.items
                 .iter()

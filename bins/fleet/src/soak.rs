@@ -97,12 +97,7 @@ async fn churn(
     rate: u32,
 ) -> Result<Vec<Sample>, Error> {
     let client = cloud.client().await?;
-    let metaserver = edge
-        .ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metaserver="))
-        .ok_or("edgecore did not say where its metaserver is")?;
-    let local = kube::Client::try_from(kube::Config::new(format!("http://{metaserver}").parse()?))?;
+    let local = super::edgecore::metaserver_client(edge)?;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let local_pods: Api<Pod> = Api::namespaced(local.clone(), "default");

@@ -9,16 +9,19 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
 use super::cloud::CloudCore;
-use super::edgecore::{kill_recorded, start_joined};
+use super::edgecore::{
+    kill_recorded, metaserver_addr, metaserver_client, node_ready, start_joined, wait_for,
+};
 use super::proc::{self, Daemon};
 use super::{Error, mib, table};
 
 const NODE: &str = "streams-edge";
+const SCENARIO: &str = "streams";
 
 /// What the scenario measured.
 pub struct Report {
@@ -34,21 +37,6 @@ pub struct Report {
     pub rss: ((u64, u64), (u64, u64)),
     /// Exec sessions opened.
     pub sessions: usize,
-}
-
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        if Instant::now() > deadline {
-            return Err(format!("streams: {what} did not happen in time").into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 /// Runs the scenario.
@@ -150,24 +138,9 @@ async fn measure(
     limit: Duration,
 ) -> Result<Report, Error> {
     let client = cloud.client().await?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    wait_for(limit, "the node turning Ready", || async {
-        nodes.get_opt(NODE).await.ok().flatten().is_some_and(|n| {
-            n.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-    })
-    .await?;
-    let metaserver = edge
-        .ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metaserver="))
-        .ok_or("edgecore did not say where its metaserver is")?
-        .to_owned();
-    let local = kube::Client::try_from(kube::Config::new(format!("http://{metaserver}").parse()?))?;
+    node_ready(&client, NODE, SCENARIO, limit).await?;
+    let metaserver = metaserver_addr(edge)?.to_owned();
+    let local = metaserver_client(edge)?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let probe: ConfigMap =
@@ -179,7 +152,7 @@ async fn measure(
             "command": ["/bin/sh", "-c", format!("yes {line} | head -c {size}; exec sleep 3600")],
             "env": [{"name": "STEP", "valueFrom": {"configMapKeyRef": {"name": "probe", "key": "step"}}}]}]}}))?;
     pods.create(&PostParams::default(), &pod).await?;
-    wait_for(limit, "the pod Running", || async {
+    wait_for(SCENARIO, limit, "the pod Running", || async {
         pods.get_opt("logger")
             .await
             .ok()
@@ -189,7 +162,7 @@ async fn measure(
     .await?;
     let uid = pods.get("logger").await?.metadata.uid.unwrap_or_default();
     let file = dir.join("pods").join(&uid).join("logs/main_0.log");
-    wait_for(limit, "the log written", || async {
+    wait_for(SCENARIO, limit, "the log written", || async {
         std::fs::metadata(&file).is_ok_and(|m| m.len() >= size)
     })
     .await?;

@@ -804,13 +804,15 @@ fn pod_stream(
     api: &Api,
     path: &str,
 ) -> Option<Result<(Value, String, Arc<dyn PodStreams>), ApiError>> {
+    // Every request passes here: only these four suffixes get a closer look.
+    let sub = path.trim_end_matches('/').rsplit('/').next()?;
+    if !matches!(sub, "log" | "exec" | "attach" | "portforward") {
+        return None;
+    }
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let ["api", "v1", "namespaces", ns, "pods", name, sub] = segs.as_slice() else {
         return None;
     };
-    if !matches!(*sub, "log" | "exec" | "attach" | "portforward") {
-        return None;
-    }
     let Some(streams) = api.pod_streams.get() else {
         return Some(Err(ApiError::new(
             404,

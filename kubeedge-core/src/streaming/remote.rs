@@ -623,32 +623,23 @@ pub async fn dial_port_forward(
 /// and, last, the outcome on [`ERROR`] (`Success` when the runtime reported nothing).
 pub async fn dial_command(url: &str, options: StreamOptions) -> Result<Duplex, StreamError> {
     let conn = dial_spdy(url, SPDY_V4).await?;
-    let open = |kind: &str| {
+    // The error stream always; the others as asked for.
+    let open = |kind: &str, wanted: bool| {
         let conn = conn.clone();
         let headers = vec![("streamType".to_owned(), kind.to_owned())];
-        async move { conn.open(headers).await }
+        async move {
+            if wanted {
+                conn.open(headers).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        }
     };
-    let mut error = open("error").await?;
-    let stdin = if options.stdin {
-        Some(open("stdin").await?)
-    } else {
-        None
-    };
-    let stdout = if options.stdout {
-        Some(open("stdout").await?)
-    } else {
-        None
-    };
-    let stderr = if options.stderr {
-        Some(open("stderr").await?)
-    } else {
-        None
-    };
-    let resize = if options.tty {
-        Some(open("resize").await?)
-    } else {
-        None
-    };
+    let mut error = open("error", true).await?.ok_or(spdy::SpdyError::Closed)?;
+    let stdin = open("stdin", options.stdin).await?;
+    let stdout = open("stdout", options.stdout).await?;
+    let stderr = open("stderr", options.stderr).await?;
+    let resize = open("resize", options.tty).await?;
     let (ours, theirs) = channel::duplex(16);
     let Duplex { tx, mut rx } = theirs;
     // Input: stdin data, its end, terminal sizes.

@@ -438,12 +438,7 @@ impl Runtime for CriRuntime {
             .map_err(call_err("Exec"))?
             .into_inner()
             .url;
-        dial_command(&url, options)
-            .await
-            .map_err(|e| RuntimeError::Call {
-                call: "Exec",
-                message: kubeedge_core::error_chain(&e),
-            })
+        dial(&url, options, "Exec").await
     }
 
     async fn container_usage(&self, id: &str) -> Result<crate::runtime::Usage, RuntimeError> {
@@ -506,11 +501,20 @@ impl Runtime for CriRuntime {
             .map_err(call_err("Attach"))?
             .into_inner()
             .url;
-        dial_command(&url, options)
-            .await
-            .map_err(|e| RuntimeError::Call {
-                call: "Attach",
-                message: kubeedge_core::error_chain(&e),
-            })
+        dial(&url, options, "Attach").await
     }
+}
+
+/// The session at a streaming URL the runtime answered `call` with.
+async fn dial(
+    url: &str,
+    options: StreamOptions,
+    call: &'static str,
+) -> Result<Duplex, RuntimeError> {
+    dial_command(url, options)
+        .await
+        .map_err(|e| RuntimeError::Call {
+            call,
+            message: kubeedge_core::error_chain(&e),
+        })
 }

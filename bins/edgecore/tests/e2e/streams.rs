@@ -413,17 +413,19 @@ async fn kubectl_reaches_a_process_pod_and_only_whom_it_should() {
         "https://127.0.0.1:{}",
         cloud.control_plane().unwrap().addr().port()
     );
-    let viewer_kc = dir.0.join("viewer.kubeconfig");
-    std::fs::write(
-        &viewer_kc,
-        kubeedge_core::kubeapi::tls::kubeconfig(
+    // A kubeconfig for the API as `id`.
+    let kubeconfig = |name: &str, id: &kubeedge_core::pki::Identity| {
+        let path = dir.0.join(format!("{name}.kubeconfig"));
+        let text = kubeedge_core::kubeapi::tls::kubeconfig(
             &api_url,
             &ca.cert_pem(),
-            &viewer.cert_pem(),
-            &viewer.key_pem().unwrap(),
-        ),
-    )
-    .unwrap();
+            &id.cert_pem(),
+            &id.key_pem().unwrap(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let viewer_kc = kubeconfig("viewer", &viewer);
     let rbac = dir.0.join("rbac.yaml");
     std::fs::write(
         &rbac,
@@ -523,17 +525,7 @@ subjects:
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&curl.stdout), "403");
-    let e2_kc = dir.0.join("e2.kubeconfig");
-    std::fs::write(
-        &e2_kc,
-        kubeedge_core::kubeapi::tls::kubeconfig(
-            &api_url,
-            &ca.cert_pem(),
-            &e2.cert_pem(),
-            &e2.key_pem().unwrap(),
-        ),
-    )
-    .unwrap();
+    let e2_kc = kubeconfig("e2", &e2);
     let (code, _, err) = run(
         {
             let mut c = kubectl_cmd(&dir, &e2_kc);
