@@ -94,11 +94,29 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The last `n` lines of a log file, for failure messages.
+/// A log for failure messages: each distinct warning or error of the whole run once (upstream's
+/// klog lines, keyed by their message) with how often it came, then the last `n` lines.
 fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let mut seen: Vec<(&str, &str, usize)> = Vec::new();
+    for line in &lines {
+        if !matches!(line.as_bytes().first(), Some(b'E' | b'W' | b'F')) {
+            continue;
+        }
+        let msg = line.split_once("] ").map_or(*line, |(_, m)| m);
+        match seen.iter_mut().find(|(m, _, _)| *m == msg) {
+            Some(entry) => entry.2 += 1,
+            None => seen.push((msg, line, 1)),
+        }
+    }
+    let mut out = String::from("(distinct warnings and errors, first time and count)\n");
+    for (_, first, count) in seen.iter().take(80) {
+        out.push_str(&format!("{first}  [x{count}]\n"));
+    }
+    out.push_str(&format!("(last {n} lines)\n"));
+    out.push_str(&lines[lines.len().saturating_sub(n)..].join("\n"));
+    out
 }
 
 /// kubectl with `kubeconfig`; `Err` with its output when it fails.
@@ -163,7 +181,7 @@ impl Netns {
         let name = format!("keup{}", seed % 100_000);
         let host_if = format!("keuh{}", seed % 100_000);
         let ns_if = format!("keun{}", seed % 100_000);
-        let (a, b) = (200 + seed % 50, (seed / 50) % 64 * 4);
+        let (a, b) = (220 + seed % 30, (seed / 30) % 64 * 4);
         let host_ip = format!("10.{a}.{}.{}", b / 256, b % 256 + 1);
         let ns_ip = format!("10.{a}.{}.{}", b / 256, b % 256 + 2);
         let netns = Netns {
@@ -372,7 +390,7 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
         condition(&node, "Ready").is_some_and(|c| c["status"] == "True")
             && node["spec"]["taints"].is_null(),
         "upstream edgecore did not turn Ready: {node}\n--- edgecore log ---\n{}",
-        tail(&log_path, 60)
+        tail(&log_path, 30)
     );
     assert!(
         node["status"]["nodeInfo"]["kubeletVersion"]
@@ -449,7 +467,7 @@ async fn upstream_edgecore_joins_our_cloudcore_and_runs_a_pod() {
         pod["status"]["phase"] == "Running",
         "the pod did not run: {}\n--- edgecore log ---\n{}",
         pod["status"],
-        tail(&log_path, 60)
+        tail(&log_path, 30)
     );
     // Its status as the kubelet reported it, strategic-merged: every condition kept (merged by
     // type), the container status replaced (running, not also waiting).
@@ -656,7 +674,7 @@ async fn our_edgecore_joins_upstream_cloudcore_on_our_control_plane() {
     assert!(
         !token.is_empty(),
         "upstream cloudcore made no join token\n--- cloudcore log ---\n{}",
-        tail(&log_path, 60)
+        tail(&log_path, 30)
     );
 
     // Our edgecore, pods as host processes.
@@ -684,7 +702,7 @@ async fn our_edgecore_joins_upstream_cloudcore_on_our_control_plane() {
     assert!(
         condition(&node, "Ready").is_some_and(|c| c["status"] == "True"),
         "our edge did not turn Ready under upstream cloudcore: {node}\n--- cloudcore log ---\n{}",
-        tail(&log_path, 60)
+        tail(&log_path, 30)
     );
     // The Lease: created after upstream answers the first renewal 404, then renewed.
     let lease_args = ["get", "lease", "-n", "kube-node-lease", "ours1"];
@@ -735,7 +753,7 @@ async fn our_edgecore_joins_upstream_cloudcore_on_our_control_plane() {
         "Running",
         "{}\n--- cloudcore log ---\n{}",
         pod["status"],
-        tail(&log_path, 60)
+        tail(&log_path, 30)
     );
     kubectl_at(&home, &kc, &["delete", "pod", "sleeper", "--timeout=90s"]).unwrap();
     let root = dir.0.join("edge");
