@@ -142,26 +142,38 @@ impl Drop for Capture {
 }
 
 /// Puts `ip` on the dummy interface [`DUMMY`] (made if missing), so the DNS server can listen on
-/// upstream's link-local address. Needs `CAP_NET_ADMIN` and iproute2.
-pub fn dummy_address(ip: IpAddr) -> Result<(), crate::Error> {
-    let exists = Command::new("ip")
-        .args(["link", "show", DUMMY])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !exists {
-        run(Command::new("ip").args(["link", "add", DUMMY, "type", "dummy"]))?;
-    }
+/// upstream's link-local address; where the kernel has no dummy interfaces (some containers), on
+/// the loopback interface instead. Returns the interface used. Needs `CAP_NET_ADMIN` and iproute2.
+pub fn dummy_address(ip: IpAddr) -> Result<&'static str, crate::Error> {
+    let exists = |dev: &str| {
+        Command::new("ip")
+            .args(["link", "show", dev])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let dev = if exists(DUMMY) {
+        DUMMY
+    } else {
+        match run(Command::new("ip").args(["link", "add", DUMMY, "type", "dummy"])) {
+            Ok(()) => DUMMY,
+            Err(e) => {
+                tracing::warn!(error = %e, "mesh: no dummy interface, the DNS address goes on lo");
+                "lo"
+            }
+        }
+    };
     let prefix = if ip.is_ipv4() { 32 } else { 128 };
     let has = Command::new("ip")
-        .args(["addr", "show", "dev", DUMMY])
+        .args(["addr", "show", "dev", dev])
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {ip}/")));
     if !has {
-        run(Command::new("ip").args(["addr", "add", &format!("{ip}/{prefix}"), "dev", DUMMY]))?;
+        run(Command::new("ip").args(["addr", "add", &format!("{ip}/{prefix}"), "dev", dev]))?;
     }
-    run(Command::new("ip").args(["link", "set", DUMMY, "up"]))
+    run(Command::new("ip").args(["link", "set", dev, "up"]))?;
+    Ok(dev)
 }
 
 #[cfg(test)]

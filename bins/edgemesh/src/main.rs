@@ -77,6 +77,9 @@ struct Cli {
     /// Relay circuits for other nodes (a node every edge reaches, e.g. with a public address).
     #[arg(long)]
     relay: bool,
+    /// Only the tunnel, as a relay: no API, DNS, proxy or capture (e.g. on the cloud's host).
+    #[arg(long)]
+    relay_only: bool,
     /// The directory holding the node's certificates in edgecore's layout.
     #[arg(long, default_value = "/var/lib/kubeedge")]
     certs: PathBuf,
@@ -102,6 +105,7 @@ fn read(path: &std::path::Path) -> Result<String, Box<dyn std::error::Error>> {
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = match &cli.kubeconfig {
+        _ if cli.relay_only => None,
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)?;
             let config = kube::Config::from_custom_kubeconfig(
@@ -109,9 +113,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 &kube::config::KubeConfigOptions::default(),
             )
             .await?;
-            kube::Client::try_from(config)?
+            Some(kube::Client::try_from(config)?)
         }
-        None => kube::Client::try_from(kube::Config::new(cli.api.parse()?))?,
+        None => Some(kube::Client::try_from(kube::Config::new(cli.api.parse()?))?),
     };
     let tunnel = if cli.no_tunnel {
         None
@@ -132,6 +136,23 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             relay: cli.relay,
         })
     };
+    if cli.relay_only {
+        let Some(mut tunnel) = tunnel else {
+            return Err("--relay-only needs the tunnel (drop --no-tunnel)".into());
+        };
+        tunnel.relay = true;
+        let deny: kubeedge_mesh::tunnel::Allow = std::sync::Arc::new(|_, _, _| false);
+        let relay = kubeedge_mesh::tunnel::Tunnel::start(tunnel, deny).await?;
+        println!(
+            "edgemesh ready node={} dns=- tunnel={} socks=-",
+            cli.node_name,
+            relay
+                .addr()
+                .map_or_else(|| "-".to_owned(), |a| a.to_string())
+        );
+        daemon::shutdown_signal().await;
+        return Ok(());
+    }
     let mut config = MeshConfig::new(cli.node_name.clone());
     config.domain = cli.domain;
     config.dns = (!cli.no_dns).then_some(cli.dns);
@@ -142,6 +163,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.tunnel = tunnel;
     config.socks = cli.socks;
     config.gateway = cli.gateway;
+    let client = client.ok_or("no Kubernetes API")?;
     let agent = Agent::start(config, client).await?;
     let show = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_owned(), |a| a.to_string());
     println!(

@@ -7,6 +7,7 @@ mod devices;
 mod devices_opcua;
 mod faults;
 mod join;
+mod mesh;
 mod netfaults;
 mod pods;
 mod process;
