@@ -103,6 +103,35 @@ pub struct TunnelConfig {
     pub relay: bool,
 }
 
+impl TunnelConfig {
+    /// The settings of `node` with the certificates in edgecore's (upstream's) layout under
+    /// `dir`: `ca/rootCA.crt`, `certs/server.crt`, `certs/server.key`; no listener, no relays.
+    pub fn from_cert_dir(node: &str, dir: &std::path::Path) -> Result<TunnelConfig, crate::Error> {
+        use kubeedge_core::transport::tls;
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(&p)
+                .map_err(|e| crate::Error::Config(format!("reading {}: {e}", p.display())))
+        };
+        let pem = |e: tls::Error| crate::Error::Tls(e.to_string());
+        let ca = tls::certs_from_pem(&read(dir.join("ca").join("rootCA.crt"))?)
+            .map_err(pem)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| crate::Error::Tls("no CA certificate".into()))?;
+        Ok(TunnelConfig {
+            node: node.to_owned(),
+            ca,
+            chain: tls::certs_from_pem(&read(dir.join("certs").join("server.crt"))?)
+                .map_err(pem)?,
+            key: tls::key_from_pem(&read(dir.join("certs").join("server.key"))?).map_err(pem)?,
+            listen: None,
+            advertise: Vec::new(),
+            relays: Vec::new(),
+            relay: false,
+        })
+    }
+}
+
 /// Which backends a peer may reach through this node (the agent's service table decides).
 pub type Allow = Arc<dyn Fn(Protocol, IpAddr, u16) -> bool + Send + Sync>;
 

@@ -89,6 +89,50 @@ struct Cli {
     /// Default: the data directory.
     #[arg(long)]
     dmi_dir: Option<PathBuf>,
+    /// Run the mesh agent in this process (what `edgemesh` runs on its own): DNS on
+    /// 169.254.96.16:53, ClusterIP traffic redirected to the service proxy with iptables, the
+    /// tunnel to other edges on port 20006 with this node's certificate. Needs CAP_NET_ADMIN.
+    #[cfg(feature = "mesh")]
+    #[arg(long)]
+    mesh: bool,
+    /// A relay for the mesh tunnel, NAME@IP[:PORT] (repeatable).
+    #[cfg(feature = "mesh")]
+    #[arg(long = "mesh-relay")]
+    mesh_relays: Vec<kubeedge_mesh::tunnel::RelayAddr>,
+}
+
+/// The mesh agent's settings (`--mesh`).
+#[cfg(feature = "mesh")]
+struct Mesh {
+    relays: Vec<kubeedge_mesh::tunnel::RelayAddr>,
+}
+
+/// Starts the mesh agent against this edge's metaserver, with its node certificate.
+#[cfg(feature = "mesh")]
+async fn start_mesh(
+    edge: &EdgeCore,
+    node: &str,
+    data_dir: &std::path::Path,
+    mesh: Mesh,
+) -> Result<kubeedge_mesh::agent::Agent, Box<dyn std::error::Error>> {
+    use kubeedge_mesh::agent::{Agent, MeshConfig};
+    if !edge.metaserver_enabled() {
+        return Err("--mesh needs the metaserver (the mesh reads Services from it)".into());
+    }
+    let url = format!("http://{}", edge.metaserver_addr());
+    let client = kube::Client::try_from(kube::Config::new(url.parse()?))?;
+    let mut tunnel = kubeedge_mesh::tunnel::TunnelConfig::from_cert_dir(node, data_dir)?;
+    tunnel.listen = Some(SocketAddr::from((
+        [0, 0, 0, 0],
+        kubeedge_mesh::tunnel::DEFAULT_PORT,
+    )));
+    tunnel.relays = mesh.relays;
+    let mut config = MeshConfig::new(node);
+    config.dns = Some(kubeedge_mesh::dns::DEFAULT_ADDR.parse()?);
+    config.dns_dummy = true;
+    config.capture = true;
+    config.tunnel = Some(tunnel);
+    Ok(Agent::start(config, client).await?)
 }
 
 /// The device module's settings.
@@ -182,8 +226,14 @@ async fn start_devices(
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "mesh")]
+    let mesh = cli.mesh.then(|| Mesh {
+        relays: cli.mesh_relays.clone(),
+    });
     let (config, devices) = settings(cli)?;
     let node = config.node.clone();
+    #[cfg(feature = "mesh")]
+    let data_dir = config.data_dir.clone();
     let edge = EdgeCore::start(config).await?;
     let (broker, mqtt) = match (devices.enabled, devices.bus) {
         (false, _) => (None, String::new()),
@@ -208,9 +258,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let dmi = twin
         .as_ref()
         .map_or_else(|| "off".into(), |t| t.socket().display().to_string());
-    println!("edgecore ready node={node} metaserver={metaserver} dmi={dmi} mqtt={mqtt}");
+    #[cfg(feature = "mesh")]
+    let mesh = match mesh {
+        Some(m) => Some(start_mesh(&edge, &node, &data_dir, m).await?),
+        None => None,
+    };
+    #[cfg(feature = "mesh")]
+    let mesh_dns = mesh
+        .as_ref()
+        .and_then(|m| m.dns_addr())
+        .map_or_else(|| "off".into(), |a| a.to_string());
+    #[cfg(not(feature = "mesh"))]
+    let mesh_dns = "off";
+    println!(
+        "edgecore ready node={node} metaserver={metaserver} dmi={dmi} mqtt={mqtt} mesh={mesh_dns}"
+    );
     daemon::shutdown_signal().await;
     tracing::info!("stopping");
+    #[cfg(feature = "mesh")]
+    drop(mesh);
     drop(twin);
     drop(broker);
     edge.stop().await;

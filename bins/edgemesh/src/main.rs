@@ -99,10 +99,6 @@ fn main() -> ExitCode {
     daemon::run("edgemesh", "info", run(cli))
 }
 
-fn read(path: &std::path::Path) -> Result<String, Box<dyn std::error::Error>> {
-    std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()).into())
-}
-
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = match &cli.kubeconfig {
         _ if cli.relay_only => None,
@@ -120,21 +116,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let tunnel = if cli.no_tunnel {
         None
     } else {
-        use kubeedge_core::transport::tls;
-        let ca = tls::certs_from_pem(&read(&cli.certs.join("ca").join("rootCA.crt"))?)?
-            .into_iter()
-            .next()
-            .ok_or("no CA certificate")?;
-        Some(TunnelConfig {
-            node: cli.node_name.clone(),
-            ca,
-            chain: tls::certs_from_pem(&read(&cli.certs.join("certs").join("server.crt"))?)?,
-            key: tls::key_from_pem(&read(&cli.certs.join("certs").join("server.key"))?)?,
-            listen: (!cli.no_listen).then_some(cli.tunnel_listen),
-            advertise: cli.advertise,
-            relays: cli.relay_nodes,
-            relay: cli.relay,
-        })
+        let mut t = TunnelConfig::from_cert_dir(&cli.node_name, &cli.certs)?;
+        t.listen = (!cli.no_listen).then_some(cli.tunnel_listen);
+        t.advertise = cli.advertise;
+        t.relays = cli.relay_nodes;
+        t.relay = cli.relay;
+        Some(t)
     };
     if cli.relay_only {
         let Some(mut tunnel) = tunnel else {

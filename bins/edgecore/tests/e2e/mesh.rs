@@ -206,6 +206,8 @@ fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// edgecore in `ns` as node `node` on subnet `n`, with `extra` flags; its ready line's
+/// metaserver address.
 fn edgecore(
     h: &Hosts,
     ns: &str,
@@ -213,6 +215,7 @@ fn edgecore(
     n: u8,
     dir: &Path,
     cloud: &kubeedge_cloud::CloudCore,
+    extra: &[&str],
 ) -> (Proc, String) {
     let token = cloud
         .ca()
@@ -233,7 +236,8 @@ fn edgecore(
         ))
         .arg("--token")
         .arg(token)
-        .env("RUST_LOG", "warn");
+        .args(extra)
+        .env("RUST_LOG", "warn,kubeedge_mesh=info");
     let (p, line) = started(cmd, "edgecore", dir.with_extension("log"));
     let meta = field(&line, "metaserver").to_owned();
     (p, meta)
@@ -248,6 +252,8 @@ fn edgemesh(ns: &str, node: &str, certs: &Path, metaserver: &str, relay: &str) -
         .arg(certs)
         .args(["--relay-node", relay])
         .args(["--resolv-conf", "/dev/null"])
+        .args(["--socks", "127.0.0.1:10800"])
+        .args(["--gateway", "0.0.0.0:18080=default/web:8080"])
         .env("RUST_LOG", "info");
     started(cmd, "edgemesh", certs.join("edgemesh.log")).0
 }
@@ -324,25 +330,23 @@ async fn services_reach_across_edges_through_the_relay_and_offline() {
     };
     let (mut relay, _) = started(relay_cmd(), "relay", relay_dir.join("relay.log"));
 
-    // Two edges and their agents.
-    let (edge_a, meta_a) = edgecore(&hosts, &hosts.a, "a", 1, &dir.0.join("a"), &cloud);
-    let (edge_b, meta_b) = edgecore(&hosts, &hosts.b, "b", 2, &dir.0.join("b"), &cloud);
+    // Two edges: a with the edgemesh binary beside edgecore, b with the agent inside edgecore
+    // (--mesh).
     let net = hosts.net.clone();
-    let mesh_a = edgemesh(
-        &hosts.a,
-        "a",
-        &dir.0.join("a"),
-        &meta_a,
-        &format!("relay@{net}.1.1:20006"),
-    );
-    let mesh_b = edgemesh(
+    let (edge_a, meta_a) = edgecore(&hosts, &hosts.a, "a", 1, &dir.0.join("a"), &cloud, &[]);
+    let relay_b = format!("relay@{net}.2.1:20006");
+    let mesh_b = edgecore(
+        &hosts,
         &hosts.b,
         "b",
+        2,
         &dir.0.join("b"),
-        &meta_b,
-        &format!("relay@{net}.2.1:20006"),
-    );
-    let _keep = (&edge_a, &edge_b);
+        &cloud,
+        &["--mesh", "--mesh-relay", &relay_b],
+    )
+    .0;
+    let relay_a = format!("relay@{net}.1.1:20006");
+    let mesh_a = edgemesh(&hosts.a, "a", &dir.0.join("a"), &meta_a, &relay_a);
 
     // A and B really cannot reach each other.
     assert!(
@@ -425,6 +429,74 @@ async fn services_reach_across_edges_through_the_relay_and_offline() {
     })
     .await;
 
+    // A consistent hash on a header (the policy annotation): one user, one replica.
+    let patch = json!({"metadata": {"annotations": {
+        "mesh.kubeedge.io/lb-policy": "CONSISTENT_HASH_HEADER:X-User"}}});
+    services
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let as_user = |user: &str| -> Vec<String> {
+        (0..6)
+            .map(|_| {
+                sh(inside(&hosts.b, "curl")
+                    .args(["-sS", "--max-time", "5", "-H"])
+                    .arg(format!("X-User: {user}"))
+                    .arg(url))
+                .map_or_else(|_| "ERR".to_owned(), |b| b.trim().to_owned())
+            })
+            .collect()
+    };
+    eventually(30, "each user sticks to one replica", async || {
+        ["alice", "bob", "carol", "dave"].iter().all(|u| {
+            let got = as_user(u);
+            got[0] != "ERR" && got.iter().all(|p| *p == got[0])
+        })
+    })
+    .await;
+    services
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"metadata": {"annotations": {
+                "mesh.kubeedge.io/lb-policy": null}}})),
+        )
+        .await
+        .unwrap();
+
+    // SOCKS5 on a: Services by name, anything else refused. The gateway on a: the Service for a
+    // client outside the mesh (on r).
+    let socks = |target: &str| {
+        sh(inside(&hosts.a, "curl").args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--socks5-hostname",
+            "127.0.0.1:10800",
+            target,
+        ]))
+    };
+    assert_eq!(socks("http://web.default:8080/").unwrap().trim().len(), 5);
+    let refused = socks("http://10.1.2.3:80/").unwrap_err();
+    assert!(refused.contains("SOCKS5"), "{refused}");
+    assert!(
+        mesh_a.log().contains("is not a Service"),
+        "{}",
+        mesh_a.log()
+    );
+    let outside = sh(inside(&hosts.r, "curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{net}.1.2:18080/"),
+    ]))
+    .unwrap();
+    assert!(outside.trim().starts_with("web-"), "{outside}");
+
     // UDP through the relay.
     let script = dir.0.join("udp_echo.py");
     std::fs::write(&script, UDP_ECHO).unwrap();
@@ -503,5 +575,5 @@ async fn services_reach_across_edges_through_the_relay_and_offline() {
     .await;
     eprintln!("web-a skipped {:?} after its server died", killed.elapsed());
 
-    drop((mesh_a, mesh_b, relay2));
+    drop((mesh_a, mesh_b, relay2, edge_a));
 }
