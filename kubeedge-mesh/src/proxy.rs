@@ -28,6 +28,65 @@ const HEAD_MAX: usize = 16 * 1024;
 /// A UDP flow with no datagram either way for this long is dropped.
 const UDP_IDLE: Duration = Duration::from_secs(60);
 
+/// Bytes copied per read in each direction of a proxied connection: large reads cut the number
+/// of system calls per byte (tokio's default, 8 KiB, gave a fifth of loopback's throughput).
+const PIPE_BUFFER: usize = 256 * 1024;
+
+/// Copies both ways between two connections until both ends have closed (each end's close is
+/// passed on as a half-close).
+pub(crate) async fn pipe<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, PIPE_BUFFER, PIPE_BUFFER).await
+}
+
+/// Bytes a spliced direction moves per system call (the pipe between the sockets is sized to it).
+const SPLICE_CHUNK: usize = 1 << 20;
+
+/// Moves one direction of a TCP-to-TCP connection in the kernel with splice(2), through a pipe,
+/// without copying into user space; at the end of `from`, half-closes `to`.
+async fn splice_one(from: &TcpStream, to: &TcpStream) -> std::io::Result<u64> {
+    use rustix::pipe::{PipeFlags, SpliceFlags, pipe_with, splice};
+    use tokio::io::Interest;
+    let (pr, pw) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+    let chunk = rustix::pipe::fcntl_setpipe_size(&pw, SPLICE_CHUNK).unwrap_or(64 * 1024);
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        from.readable().await?;
+        let n = match from.try_io(Interest::READABLE, || {
+            splice(from, None, &pw, None, chunk, flags).map_err(std::io::Error::from)
+        }) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut left = n;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(&pr, None, to, None, left, flags).map_err(std::io::Error::from)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+    }
+    socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write)?;
+    Ok(total)
+}
+
+/// Both directions between two TCP connections spliced in the kernel (see [`splice_one`]);
+/// ends when both have ended, or at the first error.
+async fn splice_both(a: &TcpStream, b: &TcpStream) -> std::io::Result<(u64, u64)> {
+    tokio::try_join!(splice_one(a, b), splice_one(b, a))
+}
+
 /// Where the proxy sends a connection: this node's name (to tell local backends from remote) and
 /// the tunnel for remote ones (none: every backend is dialled directly).
 #[derive(Clone)]
@@ -190,12 +249,12 @@ pub async fn serve_tcp(
     match upstream {
         Upstream::Direct(mut s) => {
             if s.write_all(&head).await.is_ok() {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut s).await;
+                let _ = splice_both(&client, &s).await;
             }
         }
         Upstream::Tunnel(mut s) => {
             if s.write_all(&head).await.is_ok() {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut s).await;
+                let _ = pipe(&mut client, &mut s).await;
             }
         }
     }

@@ -158,8 +158,8 @@ async fn session(
     };
     reply(&mut s, Reply::Succeeded).await;
     let _ = match upstream {
-        Upstream::Direct(mut u) => tokio::io::copy_bidirectional(&mut s, &mut u).await,
-        Upstream::Tunnel(mut u) => tokio::io::copy_bidirectional(&mut s, &mut u).await,
+        Upstream::Direct(mut u) => crate::proxy::pipe(&mut s, &mut u).await,
+        Upstream::Tunnel(mut u) => crate::proxy::pipe(&mut s, &mut u).await,
     };
     Ok(())
 }

@@ -687,7 +687,7 @@ impl Inner {
                 let _ = backend.set_nodelay(true);
                 answer_proxy(&mut s, &req, Type::Success).await?;
                 let mut backend = backend;
-                let _ = tokio::io::copy_bidirectional(&mut s, &mut backend).await;
+                let _ = crate::proxy::pipe(&mut s, &mut backend).await;
                 Ok(())
             }
             Protocol::Udp => {
@@ -782,7 +782,7 @@ impl Inner {
         };
         wire::write_msg(&mut s, None, &ok).await?;
         tracing::debug!(from, to = %target, "mesh relay: circuit open");
-        let _ = tokio::io::copy_bidirectional(&mut s, &mut t).await;
+        let _ = crate::proxy::pipe(&mut s, &mut t).await;
         Ok(())
     }
 }
