@@ -6,7 +6,7 @@
 //!
 //! `cargo build --release -p edgemesh && cargo bench -p kubeedge-mesh --bench mesh`
 //!
-//! Paths: `direct` (client → backend), `proxy, local endpoint` (→ b → backend), `tunnel, direct`
+//! Throughput is the best of three runs per path (the machine is shared). Paths: `direct` (client → backend), `proxy, local endpoint` (→ b → backend), `tunnel, direct`
 //! (→ b → a over TLS+yamux → backend), `tunnel, relayed` (→ b → relay → a, with a's own TLS
 //! inside the relay's). Throughput: one connection sending `MIB` MiB (env `MESH_BENCH_MIB`,
 //! default 512). Latency: `ROUNDS` 64-byte round trips on one connection (env
@@ -72,7 +72,12 @@ fn backend() -> SocketAddr {
     addr
 }
 
+/// The best of three runs (this machine is shared: the best run is the least disturbed).
 fn throughput(to: SocketAddr, mib: usize) -> f64 {
+    (0..3).map(|_| throughput_once(to, mib)).fold(0.0, f64::max)
+}
+
+fn throughput_once(to: SocketAddr, mib: usize) -> f64 {
     let mut s = TcpStream::connect(to).unwrap();
     s.set_nodelay(true).unwrap();
     let chunk = vec![0x5au8; 256 * 1024];
@@ -364,7 +369,9 @@ fn main() {
         "\nagent b idle RSS: {idle} KiB; relay RSS after the runs: {} KiB",
         rss_kib(relay.0.id())
     );
-    println!("({mib} MiB per throughput run, {rounds} round trips of 64 bytes per latency run)");
+    println!(
+        "(best of 3 runs of {mib} MiB per throughput figure, {rounds} round trips of 64 bytes per latency run)"
+    );
     drop((a, b, relay));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,12 @@
 //!   must be the node that was asked for. A certificate of another cluster fails the handshake.
 //! - **Direct.** An agent with a listener announces its addresses to its relays; a peer asks a
 //!   relay for them ([`Kind::Whois`]) and dials them first.
+//! - **Hole punching.** Failing that, both ends dial each other at once through their NATs
+//!   ([`Kind::Punch`]): a listening node makes its outbound connections from its listening port
+//!   (SO_REUSEPORT), so the relay sees the address its NAT maps that port to; the relay gives
+//!   each side the other's, and both connect from their listening port at the same time, which a
+//!   NAT with endpoint-independent mapping lets through (TCP simultaneous open). The dialling
+//!   side runs TLS as the client.
 //! - **Relayed.** Otherwise it asks a relay for a circuit ([`Kind::Circuit`]): the relay opens a
 //!   stream on the target's own connection to it (the target dialled out, so NAT in front of it
 //!   does not matter) and splices the two. The two nodes then run their own TLS session through
@@ -43,6 +49,14 @@ const DIAL_TIMEOUT: Duration = Duration::from_millis(1500);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a backend connect may take at the far end.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the two ends of a hole punch keep dialling each other.
+const PUNCH_TIME: Duration = Duration::from_secs(3);
+/// How long one dial of a hole punch waits (a NAT that drops unsolicited packets leaves the
+/// first SYN unanswered until the far side's SYN opens the way).
+const PUNCH_ATTEMPT: Duration = Duration::from_millis(1500);
+/// After a direct connection and a hole punch to a node both failed, how long it goes straight
+/// to the relay.
+const DIRECT_RETRY: Duration = Duration::from_secs(60);
 /// A relayed UDP flow with no datagram either way for this long ends.
 const UDP_IDLE: Duration = Duration::from_secs(60);
 /// Longest wait between attempts to reach a relay.
@@ -139,7 +153,8 @@ pub type Allow = Arc<dyn Fn(Protocol, IpAddr, u16) -> bool + Send + Sync>;
 struct Peer {
     mux: Mux,
     announced: Vec<SocketAddr>,
-    observed: Option<IpAddr>,
+    /// The address the node's connection to us came from (its NAT's mapping, for a relay).
+    observed: Option<SocketAddr>,
 }
 
 struct Inner {
@@ -153,6 +168,12 @@ struct Inner {
     dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     announce: Vec<SocketAddr>,
     allow: Allow,
+    /// The listening address, which outbound connections also use (port reuse for punching).
+    listen: Option<SocketAddr>,
+    /// Hole punches under way: the far end's address, and who waits for its connection.
+    punches: Mutex<HashMap<SocketAddr, tokio::sync::oneshot::Sender<TcpStream>>>,
+    /// When a direct connection and a punch to a node last both failed.
+    direct_failed: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// A node's end of the tunnel. Stops (listener, relay connections, peers) when dropped.
@@ -290,11 +311,7 @@ impl Tunnel {
     pub async fn start(config: TunnelConfig, allow: Allow) -> Result<Tunnel, crate::Error> {
         let (connector, acceptor) = tls(&config)?;
         let listener = match config.listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| crate::Error::Bind(addr, e))?,
-            ),
+            Some(addr) => Some(listen_reusable(addr).map_err(|e| crate::Error::Bind(addr, e))?),
             None => None,
         };
         let addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -321,6 +338,9 @@ impl Tunnel {
             dialing: Mutex::new(HashMap::new()),
             announce,
             allow,
+            listen: addr,
+            punches: Mutex::new(HashMap::new()),
+            direct_failed: Mutex::new(HashMap::new()),
         });
         let mut tasks = Vec::new();
         if let Some(l) = listener {
@@ -467,11 +487,35 @@ impl Inner {
             }
         }
         addrs.dedup();
-        for addr in addrs {
-            match self.dial(addr, node).await {
-                Ok(m) => return Ok(m),
-                Err(e) => tried.push(format!("direct {addr}: {e}")),
+        let recently_failed = self
+            .direct_failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .is_some_and(|t| t.elapsed() < DIRECT_RETRY);
+        if recently_failed {
+            tried.push("direct and hole punching failed within the last minute".into());
+        } else {
+            for addr in addrs {
+                match self.dial(addr, node).await {
+                    Ok(m) => return Ok(m),
+                    Err(e) => tried.push(format!("direct {addr}: {e}")),
+                }
             }
+            // Hole punching, through each relay that has both of us.
+            if self.listen.is_some() {
+                for (relay, mux) in &relays {
+                    let Some(mux) = mux else { continue };
+                    match self.punch(mux, node).await {
+                        Ok(m) => return Ok(m),
+                        Err(e) => tried.push(format!("hole punch via {}: {e}", relay.node)),
+                    }
+                }
+            }
+            self.direct_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.to_owned(), std::time::Instant::now());
         }
         // Through a relay.
         for (relay, mux) in relays {
@@ -487,7 +531,12 @@ impl Inner {
                 continue;
             };
             match self.circuit(&mux, node).await {
-                Ok(m) => return Ok(m),
+                Ok(m) => {
+                    if !tried.is_empty() {
+                        tracing::info!(peer = %node, relay = %relay.node, before = %tried.join("; "), "mesh tunnel: relayed");
+                    }
+                    return Ok(m);
+                }
                 Err(e) => tried.push(format!("relay {}: {e}", relay.node)),
             }
         }
@@ -502,9 +551,43 @@ impl Inner {
 
     /// A direct connection to `node` at `addr`.
     async fn dial(self: &Arc<Self>, addr: SocketAddr, node: &str) -> Result<Mux, crate::Error> {
+        // From any port: an unanswered attempt from the listening port would leave our NAT a
+        // mapping that a later hole punch to the same peer then trips over.
         let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+        self.client_handshake(tcp, node).await
+    }
+
+    /// A TCP connection to `addr`, made from the listening port when there is one (so that the
+    /// far side sees the address our NAT maps that port to), else from any port: for relays and
+    /// hole punches.
+    async fn tcp_connect(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+        let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+        if let Some(local) = self.listen.filter(|l| l.is_ipv4() == addr.is_ipv4()) {
+            let socket = reusable_socket(local)?;
+            match socket.bind(local) {
+                Ok(()) => {
+                    return tokio::time::timeout(timeout, socket.connect(addr))
+                        .await
+                        .map_err(|_| timed_out())?;
+                }
+                Err(e) => {
+                    tracing::debug!(%local, error = %e, "mesh tunnel: dialling from any port");
+                }
+            }
+        }
+        tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timed_out())?
+    }
+
+    /// TLS as the client over `tcp` to `node`, then the multiplexer; registers the connection.
+    async fn client_handshake(
+        self: &Arc<Self>,
+        tcp: TcpStream,
+        node: &str,
+    ) -> Result<Mux, crate::Error> {
         mux::keepalive(&tcp)?;
         let name = ServerName::try_from(node.to_owned())
             .map_err(|e| crate::Error::Config(format!("node name {node:?}: {e}")))?;
@@ -543,13 +626,177 @@ impl Inner {
         Ok(mux)
     }
 
+    /// Hole punching to `node`, coordinated by the relay connection `relay`: this side dials and
+    /// runs TLS as the client.
+    async fn punch(self: &Arc<Self>, relay: &Mux, node: &str) -> Result<Mux, crate::Error> {
+        let mut s = relay.open().await?;
+        let hop = Hop {
+            r#type: Type::Connect as i32,
+            node_name: node.to_owned(),
+            ..Hop::default()
+        };
+        wire::write_msg(&mut s, Some(Kind::Punch), &hop).await?;
+        let reply: Hop = read(&mut s).await?;
+        if reply.r#type != Type::Success as i32 {
+            return Err(crate::Error::Circuit(reply.reason));
+        }
+        let Some(addr) = reply
+            .addrs
+            .first()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        else {
+            return Err(crate::Error::Circuit("the relay gave no address".into()));
+        };
+        let tcp = self.rendezvous(addr).await?;
+        tracing::info!(peer = %node, %addr, "mesh tunnel: hole punched");
+        self.client_handshake(tcp, node).await
+    }
+
+    /// Dials `addr` from the listening port again and again for [`PUNCH_TIME`], while also taking
+    /// a connection from `addr` that arrives on the listener: the first TCP connection with it.
+    async fn rendezvous(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        self.punches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, tx);
+        let deadline = tokio::time::Instant::now() + PUNCH_TIME;
+        let mut last = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let got = loop {
+            if tokio::time::Instant::now() >= deadline {
+                break Err(last);
+            }
+            tokio::select! {
+                accepted = &mut rx => {
+                    if let Ok(tcp) = accepted {
+                        break Ok(tcp);
+                    }
+                }
+                dialled = self.tcp_connect(addr, PUNCH_ATTEMPT) => match dialled {
+                    Ok(tcp) => break Ok(tcp),
+                    Err(e) => {
+                        last = e;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        };
+        self.punches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr);
+        got
+    }
+
+    /// A punch request: from our relay (a node dials us: dial it back, as the TLS server), or to
+    /// us as the relay (pass it on and give each side the other's address).
+    async fn serve_punch(
+        self: &Arc<Self>,
+        from: &str,
+        mut s: MuxStream,
+    ) -> Result<(), crate::Error> {
+        let hop: Hop = read(&mut s).await?;
+        let refuse = |reason: String| Hop {
+            r#type: Type::Failed as i32,
+            node_name: hop.node_name.clone(),
+            addrs: Vec::new(),
+            reason,
+        };
+        if self.relays.iter().any(|r| r.node == from) {
+            let source = hop.node_name.clone();
+            let addr = hop.addrs.first().and_then(|a| a.parse::<SocketAddr>().ok());
+            let (Some(addr), Some(_)) = (addr, self.listen) else {
+                wire::write_msg(
+                    &mut s,
+                    None,
+                    &refuse(format!("{} does not listen", self.node)),
+                )
+                .await?;
+                return Ok(());
+            };
+            let ok = Hop {
+                r#type: Type::Success as i32,
+                ..Hop::default()
+            };
+            wire::write_msg(&mut s, None, &ok).await?;
+            let tcp = self.rendezvous(addr).await.map_err(|e| {
+                crate::Error::Circuit(format!("hole punch with {source} at {addr}: {e}"))
+            })?;
+            tracing::info!(peer = %source, %addr, "mesh tunnel: hole punched");
+            mux::keepalive(&tcp)?;
+            let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.acceptor.accept(tcp))
+                .await
+                .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))?
+                .map_err(|e| crate::Error::Tls(e.to_string()))?;
+            let name = peer_name(tls.get_ref().1.peer_certificates())?;
+            if name != source {
+                return Err(crate::Error::Tls(format!(
+                    "hole punch for {source} reached {name}"
+                )));
+            }
+            let (mux, inbound, _) = mux::start(tls, false);
+            self.register(name, mux, inbound, Some(addr));
+            return Ok(());
+        }
+        if !self.is_relay {
+            wire::write_msg(
+                &mut s,
+                None,
+                &refuse(format!("{} is not a relay", self.node)),
+            )
+            .await?;
+            return Err(crate::Error::Circuit(format!(
+                "{from} asked a non-relay to punch"
+            )));
+        }
+        let target = hop.node_name.clone();
+        let (to, target_addr, source_addr) = {
+            let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                peers
+                    .get(&target)
+                    .filter(|p| !p.mux.is_closed())
+                    .map(|p| p.mux.clone()),
+                peers.get(&target).and_then(|p| p.observed),
+                peers.get(from).and_then(|p| p.observed),
+            )
+        };
+        let (Some(to), Some(target_addr), Some(source_addr)) = (to, target_addr, source_addr)
+        else {
+            let why = format!("node {target} is not connected to relay {}", self.node);
+            wire::write_msg(&mut s, None, &refuse(why.clone())).await?;
+            return Err(crate::Error::Circuit(why));
+        };
+        let mut t = to.open().await?;
+        let intro = Hop {
+            r#type: Type::Connect as i32,
+            node_name: from.to_owned(),
+            addrs: vec![source_addr.to_string()],
+            reason: String::new(),
+        };
+        wire::write_msg(&mut t, Some(Kind::Punch), &intro).await?;
+        let answer: Hop = read(&mut t).await?;
+        let reply = if answer.r#type == Type::Success as i32 {
+            Hop {
+                r#type: Type::Success as i32,
+                node_name: target,
+                addrs: vec![target_addr.to_string()],
+                reason: String::new(),
+            }
+        } else {
+            refuse(answer.reason)
+        };
+        wire::write_msg(&mut s, None, &reply).await?;
+        Ok(())
+    }
+
     /// Keeps `mux` as the connection to `node` and serves the streams it opens until it ends.
     fn register(
         self: &Arc<Self>,
         node: String,
         mux: Mux,
         mut inbound: tokio::sync::mpsc::UnboundedReceiver<MuxStream>,
-        observed: Option<IpAddr>,
+        observed: Option<SocketAddr>,
     ) {
         let id = mux.id();
         {
@@ -592,6 +839,7 @@ impl Inner {
         match kind {
             Kind::Proxy => self.serve_proxy(from, s).await,
             Kind::Circuit => self.serve_circuit(from, s).await,
+            Kind::Punch => self.serve_punch(from, s).await,
             Kind::Whois => {
                 let hop: Hop = read(&mut s).await?;
                 let addrs = self.addresses_of(&hop.node_name);
@@ -631,13 +879,14 @@ impl Inner {
         let mut out = Vec::new();
         for a in &p.announced {
             if a.ip().is_unspecified() {
-                if let Some(ip) = p.observed {
-                    out.push(SocketAddr::new(ip, a.port()));
+                if let Some(o) = p.observed {
+                    out.push(SocketAddr::new(o.ip(), a.port()));
                 }
             } else {
                 out.push(*a);
             }
         }
+        out.dedup();
         out
     }
 
@@ -866,6 +1115,9 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         };
         let inner = inner.clone();
         tokio::spawn(async move {
+            let Some(tcp) = claim(&inner, tcp, from).await else {
+                return;
+            };
             if let Err(e) = mux::keepalive(&tcp) {
                 tracing::debug!(%from, error = %e, "mesh tunnel: keepalive not set");
             }
@@ -888,16 +1140,50 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 }
             };
             let (mux, inbound, _) = mux::start(tls, false);
-            inner.register(name, mux, inbound, Some(from.ip()));
+            inner.register(name, mux, inbound, Some(from));
         });
+    }
+}
+
+/// An accepted connection is either a peer's TLS handshake (its ClientHello comes at once) or the
+/// far end of a hole punch, which waits silently for this side's ClientHello: handed to the punch
+/// that waits for its address (which may register a moment after the connection arrived).
+/// `None` when a punch took it.
+async fn claim(inner: &Inner, tcp: TcpStream, from: SocketAddr) -> Option<TcpStream> {
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let waiting = inner
+            .punches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&from);
+        if let Some(tx) = waiting {
+            return tx.send(tcp).err();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(100), tcp.readable())
+            .await
+            .is_err();
+        if !quiet || tokio::time::Instant::now() >= deadline {
+            return Some(tcp);
+        }
     }
 }
 
 async fn relay_loop(inner: Arc<Inner>, relay: RelayAddr) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        match inner.dial(relay.addr, &relay.node).await {
-            Ok(mux) => {
+        let dialled = match inner.tcp_connect(relay.addr, DIAL_TIMEOUT).await {
+            Ok(tcp) => {
+                let local = tcp.local_addr().ok();
+                inner
+                    .client_handshake(tcp, &relay.node)
+                    .await
+                    .map(|m| (m, local))
+            }
+            Err(e) => Err(crate::Error::Io(e)),
+        };
+        match dialled {
+            Ok((mux, local)) => {
                 backoff = Duration::from_secs(1);
                 inner
                     .relay_errors
@@ -905,10 +1191,18 @@ async fn relay_loop(inner: Arc<Inner>, relay: RelayAddr) {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&relay.node);
                 if !inner.announce.is_empty() {
+                    // A wildcard listener also announces the address this host reached the
+                    // relay from (a peer on the same network dials that).
+                    let mut addrs = inner.announce.clone();
+                    if let Some(local) = local {
+                        for a in inner.announce.iter().filter(|a| a.ip().is_unspecified()) {
+                            addrs.push(SocketAddr::new(local.ip(), a.port()));
+                        }
+                    }
                     let hop = Hop {
                         r#type: Type::Connect as i32,
                         node_name: inner.node.clone(),
-                        addrs: inner.announce.iter().map(ToString::to_string).collect(),
+                        addrs: addrs.iter().map(ToString::to_string).collect(),
                         reason: String::new(),
                     };
                     if let Ok(mut s) = mux.open().await {
@@ -930,4 +1224,24 @@ async fn relay_loop(inner: Arc<Inner>, relay: RelayAddr) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(RELAY_BACKOFF_MAX);
     }
+}
+
+/// A TCP socket for `local`'s family with SO_REUSEADDR and SO_REUSEPORT: the listener and the
+/// outbound connections made from its port share it.
+fn reusable_socket(local: SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if local.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    Ok(socket)
+}
+
+/// A listener on `addr` whose port outbound connections may share.
+fn listen_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = reusable_socket(addr)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }

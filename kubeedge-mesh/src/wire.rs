@@ -25,6 +25,10 @@ pub enum Kind {
     Whois = 3,
     /// To a relay: the addresses this node listens on ([`Hop::addrs`]).
     Announce = 4,
+    /// Hole punching. To a relay: have the node in the [`Hop`] dial me while I dial it, and tell
+    /// me its address. From a relay: the node in the [`Hop`] (at the address given) is dialling
+    /// you; dial it back.
+    Punch = 5,
 }
 
 impl Kind {
@@ -35,6 +39,7 @@ impl Kind {
             2 => Kind::Circuit,
             3 => Kind::Whois,
             4 => Kind::Announce,
+            5 => Kind::Punch,
             _ => return None,
         })
     }

@@ -577,3 +577,302 @@ async fn services_reach_across_edges_through_the_relay_and_offline() {
 
     drop((mesh_a, mesh_b, relay2, edge_a));
 }
+
+/// Two edges behind their own NAT routers (iptables masquerade, unsolicited packets dropped), a
+/// relay on the "internet"
+/// between them: the agents punch a hole and talk directly, so the connection outlives the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_behind_nats_punch_a_hole_and_outlive_the_relay() {
+    let seed = kubeedge_core::transport::driver::random_seed();
+    let tag = seed % 100_000;
+    let net = format!("10.{}", 180 + seed % 10);
+    let names: Vec<String> = ["r", "na", "nb", "a", "b"]
+        .iter()
+        .map(|n| format!("kep{n}{tag}"))
+        .collect();
+    let host_if = format!("keph{tag}");
+    struct Cleanup(Vec<String>, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.1])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(names.clone(), host_if.clone());
+    let (r, na, nb, a, b) = (&names[0], &names[1], &names[2], &names[3], &names[4]);
+    let run = |ns: &str, args: &[&str]| sh(inside(ns, args[0]).args(&args[1..])).unwrap();
+    for ns in &names {
+        ip(&["netns", "add", ns]);
+        run(ns, &["ip", "link", "set", "lo", "up"]);
+    }
+    // host <-> r (the API the agents read), r <-> the NAT routers (the "internet"), each NAT
+    // router <-> its edge (a private network).
+    ip(&[
+        "link", "add", &host_if, "type", "veth", "peer", "name", "rh", "netns", r,
+    ]);
+    ip(&["addr", "add", &format!("{net}.0.1/24"), "dev", &host_if]);
+    ip(&["link", "set", &host_if, "up"]);
+    run(
+        r,
+        &["ip", "addr", "add", &format!("{net}.0.2/24"), "dev", "rh"],
+    );
+    run(r, &["ip", "link", "set", "rh", "up"]);
+    run(r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    run(
+        r,
+        &[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "rh",
+            "-j",
+            "MASQUERADE",
+        ],
+    );
+    for (nat, edge, n) in [(na, a, 1), (nb, b, 2)] {
+        ip(&[
+            "link", "add", "pub", "netns", r, "type", "veth", "peer", "name", "wan", "netns", nat,
+        ]);
+        run(r, &["ip", "link", "set", "pub", "name", &format!("r{n}")]);
+        run(
+            r,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.{n}.1/24"),
+                "dev",
+                &format!("r{n}"),
+            ],
+        );
+        run(r, &["ip", "link", "set", &format!("r{n}"), "up"]);
+        run(
+            nat,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.{n}.2/24"),
+                "dev",
+                "wan",
+            ],
+        );
+        run(nat, &["ip", "link", "set", "wan", "up"]);
+        run(
+            nat,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{net}.{n}.1"),
+            ],
+        );
+        ip(&[
+            "link", "add", "lan", "netns", nat, "type", "veth", "peer", "name", "up0", "netns",
+            edge,
+        ]);
+        run(
+            nat,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.1{n}.1/24"),
+                "dev",
+                "lan",
+            ],
+        );
+        run(nat, &["ip", "link", "set", "lan", "up"]);
+        run(nat, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(
+            nat,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan",
+                "-j",
+                "MASQUERADE",
+            ],
+        );
+        // As home routers: nothing unsolicited from outside reaches the router itself.
+        run(
+            nat,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-i",
+                "wan",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW,INVALID",
+                "-j",
+                "DROP",
+            ],
+        );
+        run(
+            edge,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{net}.1{n}.2/24"),
+                "dev",
+                "up0",
+            ],
+        );
+        run(edge, &["ip", "link", "set", "up0", "up"]);
+        run(
+            edge,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{net}.1{n}.1"),
+            ],
+        );
+    }
+
+    // The API on the host's end: Service web, its endpoint a's busybox httpd.
+    let dir = TempDir::new("mesh-nat");
+    let store =
+        kubeedge_core::store::Store::open(&dir.0.join("api.redb"), Default::default()).unwrap();
+    let api = kubeedge_core::kubeapi::Api::new(store).unwrap();
+    let listener = tokio::net::TcpListener::bind(format!("{net}.0.1:0"))
+        .await
+        .unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    let serving = api.clone();
+    tokio::spawn(async move {
+        let _ = serving.serve(listener, std::future::pending()).await;
+    });
+    let local = api.local("test");
+    local
+        .create(
+            ("", "services"),
+            Some("default"),
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "default"},
+                   "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+        )
+        .unwrap();
+    local
+        .create(
+            ("discovery.k8s.io", "endpointslices"),
+            Some("default"),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": "web-1", "namespace": "default",
+                                "labels": {"kubernetes.io/service-name": "web"}},
+                   "addressType": "IPv4",
+                   "endpoints": [{"addresses": [format!("{net}.11.2")], "nodeName": "a",
+                                  "conditions": {"ready": true}}],
+                   "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}),
+        )
+        .unwrap();
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "behind-nat-a\n").unwrap();
+    let mut httpd = inside(a, "busybox");
+    httpd.args(["httpd", "-f", "-p", "8080", "-h"]).arg(&www);
+    let _httpd = Proc(
+        httpd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        dir.0.join("httpd.log"),
+    );
+
+    // Certificates, the relay on r, the agents on a and b.
+    let ca = kubeedge_core::pki::Ca::generate(SystemTime::now()).unwrap();
+    let certs = |node: &str| {
+        let d = dir.0.join(node);
+        std::fs::create_dir_all(d.join("ca")).unwrap();
+        std::fs::create_dir_all(d.join("certs")).unwrap();
+        let id = ca
+            .issue_node(node, Duration::from_secs(3600), SystemTime::now())
+            .unwrap();
+        std::fs::write(d.join("ca/rootCA.crt"), ca.cert_pem()).unwrap();
+        std::fs::write(d.join("certs/server.crt"), id.cert_pem()).unwrap();
+        std::fs::write(d.join("certs/server.key"), id.key_pem().unwrap()).unwrap();
+        d
+    };
+    let mut relay = inside(r, bin("edgemesh").to_str().unwrap());
+    relay
+        .args(["--node-name", "relay", "--relay-only", "--certs"])
+        .arg(certs("relay"))
+        .env("RUST_LOG", "info");
+    let (mut relay, _) = started(relay, "relay", dir.0.join("relay.log"));
+    let agent = |ns: &str, node: &str, n: u8, extra: &[&str]| {
+        let d = certs(node);
+        let mut c = inside(ns, bin("edgemesh").to_str().unwrap());
+        c.args([
+            "--node-name",
+            node,
+            "--api",
+            &api_url,
+            "--no-dns",
+            "--no-capture",
+        ])
+        .arg("--certs")
+        .arg(&d)
+        .args(["--relay-node", &format!("relay@{net}.{n}.1:20006")])
+        .args(extra)
+        .env("RUST_LOG", "info");
+        started(c, "edgemesh", d.join("edgemesh.log")).0
+    };
+    let mesh_a = agent(a, "a", 1, &[]);
+    let mesh_b = agent(
+        b,
+        "b",
+        2,
+        &["--gateway", "127.0.0.1:18080=default/web:8080"],
+    );
+
+    // b reaches a's server: not directly (a is behind its NAT), by a punched hole.
+    assert!(
+        curl(b, &format!("http://{net}.11.2:8080/")).is_err(),
+        "b reaches a directly"
+    );
+    assert!(
+        curl(b, &format!("http://{net}.1.2:8080/")).is_err(),
+        "a's NAT forwards"
+    );
+    let url = "http://127.0.0.1:18080/";
+    eventually(60, "b reaches web behind a's NAT", async || {
+        curl(b, url).is_ok_and(|p| p.trim() == "behind-nat-a")
+    })
+    .await;
+    assert!(
+        mesh_b.log().contains("mesh tunnel: hole punched"),
+        "no hole punched:\n--- b ---\n{}\n--- a ---\n{}",
+        mesh_b.log(),
+        mesh_a.log()
+    );
+    for line in mesh_b.log().lines().filter(|l| l.contains("hole punched")) {
+        eprintln!("{line}");
+    }
+    // The relay gone, the punched connection carries on.
+    relay.kill();
+    for _ in 0..5 {
+        assert_eq!(curl(b, url).unwrap().trim(), "behind-nat-a");
+    }
+    drop((mesh_a, mesh_b));
+}
