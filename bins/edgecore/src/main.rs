@@ -95,7 +95,7 @@ struct Cli {
     #[cfg(feature = "mesh")]
     #[arg(long)]
     mesh: bool,
-    /// A relay for the mesh tunnel, NAME@IP[:PORT] (repeatable).
+    /// A relay for the mesh tunnel, `NAME@IP[:PORT]` (repeatable).
     #[cfg(feature = "mesh")]
     #[arg(long = "mesh-relay")]
     mesh_relays: Vec<kubeedge_mesh::tunnel::RelayAddr>,

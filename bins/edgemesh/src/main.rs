@@ -71,7 +71,7 @@ struct Cli {
     /// relay sees).
     #[arg(long)]
     advertise: Vec<SocketAddr>,
-    /// A relay to keep connected to, NAME@IP[:PORT] (repeatable).
+    /// A relay to keep connected to, `NAME@IP[:PORT]` (repeatable).
     #[arg(long = "relay-node")]
     relay_nodes: Vec<RelayAddr>,
     /// Relay circuits for other nodes (a node every edge reaches, e.g. with a public address).
