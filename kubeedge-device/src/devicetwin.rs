@@ -26,13 +26,13 @@ use std::time::{Duration, Instant};
 use kubeedge_core::api::devices::{Device, DeviceModel};
 use kubeedge_core::api::twin::{
     DeviceStateUpdate, DeviceTwinDocument, DeviceTwinUpdate, ErrorResult, MemberDevice,
-    MembershipDetail, MembershipUpdate, STATES, SUBSCRIPTIONS, Topic, TwinDoc, device_topic,
-    node_topic,
+    MembershipDetail, MembershipUpdate, MsgTwin, STATES, SUBSCRIPTIONS, Topic, TwinDoc, TwinValue,
+    Twins, device_topic, node_topic,
 };
 use kubeedge_core::message::{Message, Operation, Route, names};
 use kubeedge_core::store::{BatchOp, FieldSelector, LabelSelector, Store};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::transport::Channel;
 
 use crate::dmi::{self, v1beta1};
@@ -86,9 +86,133 @@ impl Config {
 pub struct DeviceTwinModule {
     socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    access: TwinAccess,
 }
 
+/// Typed access to a running module's twins from code in the same process: read them, set
+/// desired values, report actual ones, follow changes; no MQTT client needed. Clones share the
+/// module; calls fail with [`Error::Stopped`] once it has stopped.
+#[derive(Debug, Clone)]
+pub struct TwinAccess {
+    tx: mpsc::Sender<Input>,
+    changes: broadcast::Sender<TwinChange>,
+}
+
+/// A change of one device's twins, as `…/twin/update/document` announces it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TwinChange {
+    /// The device's namespace.
+    pub namespace: String,
+    /// The device's name.
+    pub name: String,
+    /// Each changed property: before and after.
+    pub document: BTreeMap<String, TwinDoc>,
+}
+
+impl TwinAccess {
+    async fn call(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<Twins, Error>>) -> ApiCall,
+    ) -> Result<Twins, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Input::Api(make(reply)))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// The twins of device `namespace/name`, by property: desired (`expected`) and reported
+    /// (`actual`) values with their times and types.
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Twins, Error> {
+        let id = format!("{namespace}/{name}");
+        self.call(|reply| ApiCall::Get { id, reply }).await
+    }
+
+    /// Sets desired values of device `namespace/name` (property → value), as an MQTT
+    /// `twin/update` with `expected` values does: persisted, the document and the delta
+    /// published for mappers, the change reported to the cloud. Returns the changed twins.
+    pub async fn set_desired<K: Into<String>, V: Into<String>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        values: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Twins, Error> {
+        self.update(namespace, name, values, true).await
+    }
+
+    /// Reports actual values of device `namespace/name` (property → value), as a mapper does.
+    /// Returns the changed twins.
+    pub async fn report<K: Into<String>, V: Into<String>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        values: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Twins, Error> {
+        self.update(namespace, name, values, false).await
+    }
+
+    async fn update<K: Into<String>, V: Into<String>>(
+        &self,
+        namespace: &str,
+        name: &str,
+        values: impl IntoIterator<Item = (K, V)>,
+        desired: bool,
+    ) -> Result<Twins, Error> {
+        let now = now_ms();
+        let twin = values
+            .into_iter()
+            .map(|(k, v)| {
+                let value = Some(TwinValue::at(v, now));
+                let t = if desired {
+                    MsgTwin {
+                        expected: value,
+                        ..MsgTwin::default()
+                    }
+                } else {
+                    MsgTwin {
+                        actual: value,
+                        ..MsgTwin::default()
+                    }
+                };
+                (k.into(), t)
+            })
+            .collect();
+        let update = DeviceTwinUpdate {
+            event_id: event_id(),
+            timestamp: now,
+            twin,
+        };
+        let id = format!("{namespace}/{name}");
+        self.call(|reply| ApiCall::Update { id, update, reply })
+            .await
+    }
+
+    /// Every twin change from now on (a receiver that falls more than 256 changes behind misses
+    /// the oldest and is told so).
+    pub fn subscribe(&self) -> broadcast::Receiver<TwinChange> {
+        self.changes.subscribe()
+    }
+}
+
+/// A call of [`TwinAccess`] for the actor.
+#[derive(Debug)]
+enum ApiCall {
+    Get {
+        id: String,
+        reply: oneshot::Sender<Result<Twins, Error>>,
+    },
+    Update {
+        id: String,
+        update: DeviceTwinUpdate,
+        reply: oneshot::Sender<Result<Twins, Error>>,
+    },
+}
+
+#[derive(Debug)]
 enum Input {
+    Api(ApiCall),
     Changed,
     Mqtt(String, Vec<u8>),
     Register(
@@ -165,7 +289,13 @@ impl DeviceTwinModule {
             }
         }));
         let twins = load_twins(&store)?;
+        let (changes, _) = broadcast::channel(256);
+        let access = TwinAccess {
+            tx: tx.clone(),
+            changes: changes.clone(),
+        };
         let actor = Actor {
+            changes,
             node: config.node.clone(),
             grace: config.mapper_grace,
             store,
@@ -184,12 +314,34 @@ impl DeviceTwinModule {
         tasks.push(tokio::spawn(actor.run(rx)));
         let _ = tx.send(Input::Changed).await;
         tracing::info!(socket = %socket.display(), mqtt = ?config.mqtt_url, "device twin started");
-        Ok(DeviceTwinModule { socket, tasks })
+        Ok(DeviceTwinModule {
+            socket,
+            tasks,
+            access,
+        })
     }
 
     /// The DMI socket mappers register on.
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
+    }
+
+    /// Typed access to the twins.
+    pub fn twins(&self) -> TwinAccess {
+        self.access.clone()
+    }
+
+    /// Stops the module and waits until its tasks have ended: the DMI socket is closed and
+    /// removed, the broker connection dropped, the store no longer used by it.
+    pub async fn stop(mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
@@ -254,6 +406,7 @@ struct Mapper {
 }
 
 struct Actor {
+    changes: broadcast::Sender<TwinChange>,
     node: String,
     grace: Duration,
     store: Store,
@@ -291,6 +444,22 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         while let Some(input) = rx.recv().await {
             match input {
+                Input::Api(ApiCall::Get { id, reply }) => {
+                    let got = if self.devices.contains_key(&id) {
+                        Ok(self
+                            .twins
+                            .get(&id)
+                            .map(DeviceTwin::plain)
+                            .unwrap_or_default())
+                    } else {
+                        Err(self.not_here(&id))
+                    };
+                    let _ = reply.send(got);
+                }
+                Input::Api(ApiCall::Update { id, update, reply }) => {
+                    let done = self.update_twin(&id, &update).await;
+                    let _ = reply.send(done.map_err(|(code, reason)| Error::Twin { code, reason }));
+                }
                 Input::Changed => self.reconcile().await,
                 Input::Mqtt(topic, payload) => self.mqtt(&topic, &payload).await,
                 Input::Register(info, with_data, reply) => {
@@ -404,6 +573,11 @@ impl Actor {
         };
         let now = now_ms();
         if !doc.is_empty() {
+            let _ = self.changes.send(TwinChange {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                document: doc.clone(),
+            });
             self.publish(
                 &device_topic(ns, name, "twin/update/document"),
                 &DeviceTwinDocument {
@@ -806,6 +980,39 @@ impl Actor {
         }
     }
 
+    /// The error for a device this node does not have.
+    fn not_here(&self, id: &str) -> Error {
+        Error::Twin {
+            code: 404,
+            reason: format!("device {id} is not on node {}", self.node),
+        }
+    }
+
+    /// Applies a twin update (MQTT `twin/update` or [`TwinAccess`]): persisted, announced,
+    /// reported to the cloud. The changed twins, or upstream's error code and reason.
+    async fn update_twin(
+        &mut self,
+        id: &str,
+        update: &DeviceTwinUpdate,
+    ) -> Result<Twins, (u16, String)> {
+        if !self.devices.contains_key(id) {
+            return Err((404, format!("device {id} is not on node {}", self.node)));
+        }
+        let twin = self.twins.entry(id.to_owned()).or_default();
+        let doc = twin
+            .apply(update, now_ms())
+            .map_err(|e| (e.code, e.reason))?;
+        let changed: Twins = update
+            .twin
+            .keys()
+            .filter_map(|k| Some((k.clone(), twin.twins.get(k)?.without_versions())))
+            .collect();
+        self.persist(id);
+        self.announce(id, doc);
+        self.report_twin(id).await;
+        Ok(changed)
+    }
+
     async fn mqtt(&mut self, topic: &str, payload: &[u8]) {
         let Some(parsed) = Topic::parse(topic) else {
             tracing::debug!(topic, "MQTT message outside the twin's topics");
@@ -855,34 +1062,17 @@ impl Actor {
                                 return;
                             }
                         };
-                        if !known {
-                            self.publish(
-                                &reply("twin/update/result"),
-                                &error(404, format!("device {id} is not on node {}", self.node)),
-                            );
-                            return;
-                        }
-                        let twin = self.twins.entry(id.clone()).or_default();
-                        match twin.apply(&update, now_ms()) {
-                            Ok(doc) => {
+                        match self.update_twin(&id, &update).await {
+                            Ok(twin) => {
                                 let result = DeviceTwinUpdate {
                                     event_id: update.event_id.clone(),
                                     timestamp: now_ms(),
-                                    twin: update
-                                        .twin
-                                        .keys()
-                                        .filter_map(|k| {
-                                            Some((k.clone(), twin.twins.get(k)?.without_versions()))
-                                        })
-                                        .collect(),
+                                    twin,
                                 };
                                 self.publish(&reply("twin/update/result"), &result);
-                                self.persist(&id);
-                                self.announce(&id, doc);
-                                self.report_twin(&id).await;
                             }
-                            Err(e) => {
-                                self.publish(&reply("twin/update/result"), &error(e.code, e.reason))
+                            Err((code, reason)) => {
+                                self.publish(&reply("twin/update/result"), &error(code, reason))
                             }
                         }
                     }

@@ -54,6 +54,17 @@ pub enum Error {
     /// Settings or input are unusable.
     #[error("{0}")]
     Config(String),
+    /// A twin request was refused, with upstream's code (400 malformed, 404 unknown device).
+    #[error("twin: {reason} ({code})")]
+    Twin {
+        /// The code of upstream's error result.
+        code: u16,
+        /// Why.
+        reason: String,
+    },
+    /// The device module has stopped.
+    #[error("the device module has stopped")]
+    Stopped,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -400,3 +400,75 @@ async fn modbus_device_reports_follows_and_takes_desired_values() {
     edge.stop().await;
     cloud_core.stop().await;
 }
+
+/// A vendor's code reads and sets twins through Rust calls only: no MQTT client, no mapper.
+#[tokio::test(flavor = "multi_thread")]
+async fn twins_are_read_and_set_through_rust_calls() {
+    let dir = TempDir::new("twin-api");
+    let cloud_core = cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let edge = EdgeCore::start(edge_config(&dir, &cloud_core))
+        .await
+        .unwrap();
+    let (module, _forwarder) = start_twin(&dir, &edge, None).await;
+    let twins = module.twins();
+    let mut changes = twins.subscribe();
+    let file = dir.0.join("devices.yaml");
+    std::fs::write(&file, manifests(free_port(), free_port())).unwrap();
+    kubectl(&dir, &["apply", "-f", file.to_str().unwrap()]);
+    eventually(30, "thermo at the edge", async || {
+        twins.get("default", "thermo").await.is_ok()
+    })
+    .await;
+
+    // A reported value, as a mapper would send it: in the twin, then in the cloud's status.
+    let changed = twins
+        .report("default", "thermo", [("temperature", "21")])
+        .await
+        .unwrap();
+    assert_eq!(changed["temperature"].actual_value(), Some("21"));
+    let got = twins.get("default", "thermo").await.unwrap();
+    assert_eq!(got["temperature"].actual_value(), Some("21"));
+    eventually(30, "the reported value in the cloud", async || {
+        reported(&device_json(&dir, "thermo"), "temperature").as_deref() == Some("21")
+    })
+    .await;
+
+    // A desired value: in the twin, announced to subscribers with before and after.
+    twins
+        .set_desired("default", "thermo", [("temperature", "25")])
+        .await
+        .unwrap();
+    let got = twins.get("default", "thermo").await.unwrap();
+    assert_eq!(got["temperature"].expected_value(), Some("25"));
+    assert_eq!(got["temperature"].actual_value(), Some("21"));
+    let change = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let c = changes.recv().await.unwrap();
+            if c.name == "thermo"
+                && c.document.get("temperature").is_some_and(|d| {
+                    d.current.as_ref().and_then(|t| t.expected_value()) == Some("25")
+                })
+            {
+                return c;
+            }
+        }
+    })
+    .await
+    .expect("the desired value announced");
+    assert_eq!(change.namespace, "default");
+
+    // A device this node does not have: upstream's 404, as an error value.
+    let err = twins.get("default", "nope").await.unwrap_err();
+    assert!(
+        matches!(err, kubeedge_device::Error::Twin { code: 404, .. }),
+        "{err}"
+    );
+    let socket = module.socket().to_owned();
+    module.stop().await;
+    assert!(!socket.exists(), "the DMI socket is removed");
+    assert!(matches!(
+        twins.get("default", "thermo").await,
+        Err(kubeedge_device::Error::Stopped)
+    ));
+    edge.stop().await;
+}
