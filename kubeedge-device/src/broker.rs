@@ -162,6 +162,13 @@ impl Drop for Broker {
 }
 
 impl Broker {
+    /// Stops accepting and waits until the listener is closed: its port is free when this
+    /// returns (connected clients' sessions end with their connections).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// Listens on `bind` (port 0 picks one) and serves until dropped.
     pub async fn start(bind: SocketAddr) -> Result<Broker, Error> {
         let listener = TcpListener::bind(bind).await.map_err(|source| Error::Io {

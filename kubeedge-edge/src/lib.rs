@@ -206,7 +206,11 @@ pub struct EdgeCore {
         tokio::task::JoinHandle<()>,
     )>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    reports: tokio::sync::mpsc::Sender<kubeedge_core::message::Message>,
 }
+
+/// How many reports of in-process modules may wait for the durable queue.
+const REPORTS_BACKLOG: usize = 256;
 
 impl EdgeCore {
     /// Bootstraps the node's identity if needed, opens the metastore, and starts edgehub, the
@@ -325,6 +329,15 @@ impl EdgeCore {
             config.node_address.clone(),
             runtime_version,
         )));
+        let (reports, mut queued) = tokio::sync::mpsc::channel(REPORTS_BACKLOG);
+        let reporter = hub.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(message) = queued.recv().await {
+                if let Err(e) = reporter.report(message).await {
+                    tracing::warn!(error = %chain(&e), "cannot queue a module's report");
+                }
+            }
+        }));
         tracing::info!(node = %config.node, metaserver = %metaserver_addr, "edgecore started");
         Ok(EdgeCore {
             hub,
@@ -332,7 +345,37 @@ impl EdgeCore {
             metaserver_addr,
             metaserver,
             tasks,
+            reports,
         })
+    }
+
+    /// The metastore: what the edge holds, for modules in the same process (the device twin
+    /// module keeps its twins there).
+    pub fn store(&self) -> &kubeedge_core::store::Store {
+        self.hub.store().store()
+    }
+
+    /// Where modules in the same process send their cloud-bound messages (the device twin's twin
+    /// and state reports): each is queued durably and delivered as [`EdgeHub::report`] does, also
+    /// after hours offline. The forwarding stops with the edge.
+    pub fn reports(&self) -> tokio::sync::mpsc::Sender<kubeedge_core::message::Message> {
+        self.reports.clone()
+    }
+
+    /// Waits until edgehub is connected to the cloud, at most `timeout`; whether it is.
+    pub async fn wait_connected(&self, timeout: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut connections = self.hub.connections();
+        while !self.hub.is_connected() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::select! {
+                _ = connections.changed() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        true
     }
 
     /// edgehub.

@@ -213,16 +213,7 @@ async fn start_devices(
     let mut config = devicetwin::Config::new(node, dir);
     config.dmi_socket = Some(dmi_socket);
     config.mqtt_url = Some(mqtt);
-    let (uplink, mut reports) = tokio::sync::mpsc::channel(256);
-    let hub = edge.hub().clone();
-    tokio::spawn(async move {
-        while let Some(message) = reports.recv().await {
-            if let Err(e) = hub.report(message).await {
-                tracing::warn!(error = %kubeedge_edge::chain(&e), "cannot queue a device report");
-            }
-        }
-    });
-    Ok(DeviceTwinModule::start(config, edge.hub().store().store().clone(), uplink).await?)
+    Ok(DeviceTwinModule::start(config, edge.store().clone(), edge.reports()).await?)
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -277,8 +268,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     tracing::info!("stopping");
     #[cfg(feature = "mesh")]
     drop(mesh);
-    drop(twin);
-    drop(broker);
+    if let Some(twin) = twin {
+        twin.stop().await;
+    }
+    if let Some(broker) = broker {
+        broker.stop().await;
+    }
     edge.stop().await;
     Ok(())
 }

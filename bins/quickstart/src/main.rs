@@ -82,17 +82,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let broker = Broker::start(([127, 0, 0, 1], cli.mqtt_port).into()).await?;
     let mut devices = devicetwin::Config::new(&cli.node_name, dir.join("edge"));
     devices.mqtt_url = Some(broker.url());
-    let (uplink, mut reports) = tokio::sync::mpsc::channel(256);
-    let hub = edge.hub().clone();
-    let forwarder = tokio::spawn(async move {
-        while let Some(message) = reports.recv().await {
-            if let Err(e) = hub.report(message).await {
-                tracing::warn!(error = %kubeedge_edge::chain(&e), "cannot queue a device report");
-            }
-        }
-    });
-    let devices =
-        DeviceTwinModule::start(devices, edge.hub().store().store().clone(), uplink).await?;
+    let devices = DeviceTwinModule::start(devices, edge.store().clone(), edge.reports()).await?;
 
     let nodes: Api<Node> = Api::all(cloud.client().clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -136,13 +126,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         "  join token:  cargo run -p keadm -- gettoken --data-dir {}",
         dir.join("cloud").display()
     );
-    let stop_devices = move || {
-        drop(devices);
-        drop(broker);
-        forwarder.abort();
+    let stop_devices = async move {
+        devices.stop().await;
+        broker.stop().await;
     };
     if cli.check {
-        stop_devices();
+        stop_devices.await;
         edge.stop().await;
         cloud.stop().await;
         if fresh {
@@ -152,7 +141,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("Ctrl-C stops both.");
     tokio::signal::ctrl_c().await?;
-    stop_devices();
+    stop_devices.await;
     edge.stop().await;
     cloud.stop().await;
     Ok(())

@@ -195,26 +195,18 @@ pub(crate) fn ready_message(device: &Value) -> String {
 }
 
 /// edge `e1`'s device module (DMI under `dir/dmi`, mappers given 2 s to register), its reports
-/// carried by edgehub; the task forwarding them is returned beside it.
+/// carried by edgehub.
 pub(crate) async fn start_twin(
     dir: &TempDir,
     edge: &EdgeCore,
     mqtt_url: Option<String>,
-) -> (DeviceTwinModule, tokio::task::JoinHandle<()>) {
+) -> DeviceTwinModule {
     let mut twin_config = devicetwin::Config::new("e1", dir.0.join("dmi"));
     twin_config.mqtt_url = mqtt_url;
     twin_config.mapper_grace = Duration::from_secs(2);
-    let (uplink, mut reports) = tokio::sync::mpsc::channel(64);
-    let hub = edge.hub().clone();
-    let forwarder = tokio::spawn(async move {
-        while let Some(m) = reports.recv().await {
-            hub.report(m).await.unwrap();
-        }
-    });
-    let twin = DeviceTwinModule::start(twin_config, edge.hub().store().store().clone(), uplink)
+    DeviceTwinModule::start(twin_config, edge.store().clone(), edge.reports())
         .await
-        .unwrap();
-    (twin, forwarder)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,8 +223,7 @@ async fn modbus_device_reports_follows_and_takes_desired_values() {
     let edge = EdgeCore::start(edge_config(&dir, &cloud_core))
         .await
         .unwrap();
-    let (twin, forwarder) =
-        start_twin(&dir, &edge, Some(format!("tcp://127.0.0.1:{mqtt_port}"))).await;
+    let twin = start_twin(&dir, &edge, Some(format!("tcp://127.0.0.1:{mqtt_port}"))).await;
     let mapper = Mapper::start(
         Modbus,
         MapperConfig::new(
@@ -395,8 +386,7 @@ async fn modbus_device_reports_follows_and_takes_desired_values() {
     .await;
 
     drop(mapper);
-    drop(twin);
-    forwarder.abort();
+    twin.stop().await;
     edge.stop().await;
     cloud_core.stop().await;
 }
@@ -409,7 +399,7 @@ async fn twins_are_read_and_set_through_rust_calls() {
     let edge = EdgeCore::start(edge_config(&dir, &cloud_core))
         .await
         .unwrap();
-    let (module, _forwarder) = start_twin(&dir, &edge, None).await;
+    let module = start_twin(&dir, &edge, None).await;
     let twins = module.twins();
     let mut changes = twins.subscribe();
     let file = dir.0.join("devices.yaml");

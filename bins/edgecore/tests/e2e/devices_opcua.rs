@@ -155,7 +155,7 @@ async fn opcua_device_reports_follows_and_takes_desired_values() {
     let edge = EdgeCore::start(edge_config(&dir, &cloud_core))
         .await
         .unwrap();
-    let (twin, forwarder) = start_twin(&dir, &edge, None).await;
+    let twin = start_twin(&dir, &edge, None).await;
     let mapper = Mapper::start(
         OpcUa::new(dir.0.join("opcua-pki")),
         MapperConfig::new("opcua-mapper", dir.0.join("dmi/opcua.sock"), twin.socket()),
@@ -233,8 +233,7 @@ async fn opcua_device_reports_follows_and_takes_desired_values() {
     .await;
 
     drop(mapper);
-    drop(twin);
-    forwarder.abort();
+    twin.stop().await;
     edge.stop().await;
     cloud_core.stop().await;
 }
