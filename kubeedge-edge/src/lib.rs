@@ -22,9 +22,12 @@
 //! dependency on the cloud, device or mesh crates.
 
 pub mod bootstrap;
+#[cfg(feature = "yaml")]
 pub mod config_file;
+#[cfg(feature = "cri")]
 pub mod cri;
 pub mod edgehub;
+#[cfg(feature = "yaml")]
 pub mod join;
 pub mod logs;
 pub mod metaserver;
@@ -279,6 +282,13 @@ impl EdgeCore {
             streams::StreamServer::new(&config.node, api.clone(), hub.clone(), dir.clone());
         let (runtime_version, streams) = match &config.runtime {
             PodRuntime::None => (String::new(), streams),
+            #[cfg(not(feature = "cri"))]
+            PodRuntime::Cri(endpoint) => {
+                return Err(Error::Config(format!(
+                    "runtime cri ({endpoint}): this edge was built without the `cri` feature"
+                )));
+            }
+            #[cfg(feature = "cri")]
             PodRuntime::Cri(endpoint) => {
                 let rt = cri::CriRuntime::connect(endpoint).await?;
                 let streams = streams.with_runtime(rt.clone());
