@@ -12,7 +12,8 @@
 //!   random, consistent hash by source IP or HTTP header, ClientIP affinity); a refusing backend
 //!   is skipped.
 //! - [`tunnel`]: backends on other nodes reached over mutually authenticated TLS (the nodes'
-//!   certificates) with yamux streams, direct when possible, through a relay otherwise.
+//!   certificates) with yamux streams: direct when possible, through a hole punched in both NATs
+//!   where they allow it, through a relay otherwise.
 //! - [`socks`]: a SOCKS5 entry and the gateway for clients outside the mesh.
 //! - [`agent`]: all of it composed, as `bins/edgemesh` and `edgecore --mesh` run it.
 //!
