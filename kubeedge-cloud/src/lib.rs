@@ -20,6 +20,23 @@
 //!
 //! The crate picks no Kubernetes version feature of `k8s-openapi` (libraries must not); the final
 //! binary does, e.g. `k8s-openapi = { version = "0.29", features = ["v1_37"] }`.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::{Duration, SystemTime};
+//! // The embedded control plane, cloudhub and its certificate server, on free ports.
+//! let mut config = kubeedge_cloud::Config::new("/var/lib/kubeedge-cloud");
+//! config.api_addr = "127.0.0.1:0".parse()?;
+//! let cloud = kubeedge_cloud::CloudCore::start(config).await?;
+//! println!("edges dial wss://{}", cloud.hub_addr());
+//! // A token an edge joins with (as `keadm gettoken` prints it).
+//! let token = cloud.ca().token(Duration::from_secs(3600), SystemTime::now());
+//! // kube-rs against the cloud's API, as any Kubernetes client.
+//! let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(cloud.client().clone());
+//! # let _ = (token, nodes);
+//! cloud.stop().await;
+//! # Ok(()) }
+//! ```
 
 pub mod certserver;
 pub mod controller;

@@ -19,6 +19,22 @@
 //!
 //! What it is not: no cloud or edge logic of its own; it depends on [`kubeedge_core`] only, and
 //! reaches the cloud through a channel of messages that edgecore carries.
+//!
+//! ```no_run
+//! # async fn run(store: kubeedge_core::store::Store,
+//! #     uplink: tokio::sync::mpsc::Sender<kubeedge_core::message::Message>)
+//! #     -> Result<(), kubeedge_device::Error> {
+//! use kubeedge_device::devicetwin::{Config, DeviceTwinModule};
+//! // Beside an edge: its store, and its report path (`EdgeCore::store()`, `EdgeCore::reports()`).
+//! let module = DeviceTwinModule::start(Config::new("edge-1", "/var/lib/kubeedge"), store, uplink)
+//!     .await?;
+//! let twins = module.twins();
+//! twins.set_desired("default", "thermo", [("temperature", "25")]).await?;
+//! let now = twins.get("default", "thermo").await?;
+//! println!("reported: {:?}", now["temperature"].actual_value());
+//! module.stop().await;
+//! # Ok(()) }
+//! ```
 
 pub mod broker;
 pub mod devicetwin;

@@ -20,6 +20,20 @@
 //!
 //! What it is not: no wire format or protocol logic of its own (see [`kubeedge_core`]), and no
 //! dependency on the cloud, device or mesh crates.
+//!
+//! ```no_run
+//! # async fn run(token: String) -> Result<(), Box<dyn std::error::Error>> {
+//! use kubeedge_edge::{Config, EdgeCore, PodRuntime};
+//! let mut config = Config::new("/var/lib/kubeedge", "edge-1", "wss://cloud.example:10000");
+//! config.https_url = Some("https://cloud.example:10002".into()); // the first start only
+//! config.token = Some(token);
+//! config.runtime = PodRuntime::Process; // pods as host processes, no container runtime
+//! let edge = EdgeCore::start(config).await?;
+//! edge.wait_connected(std::time::Duration::from_secs(30)).await;
+//! println!("kubectl --server http://{} get pods -A", edge.metaserver_addr());
+//! edge.stop().await; // the store is closed and the ports free when this returns
+//! # Ok(()) }
+//! ```
 
 pub mod bootstrap;
 #[cfg(feature = "yaml")]
