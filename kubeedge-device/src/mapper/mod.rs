@@ -89,6 +89,53 @@ pub struct PropertyInfo {
 }
 
 /// A protocol driver. One connection per device; the framework serializes calls on it.
+///
+/// A driver for devices that keep their values in memory (a stand-in for a real protocol),
+/// served as a mapper to edgecore's DMI socket:
+///
+/// ```no_run
+/// use std::collections::HashMap;
+/// use kubeedge_device::mapper::{
+///     DeviceInfo, Driver, DriverError, Mapper, MapperConfig, PropertyInfo,
+/// };
+///
+/// struct Memory;
+///
+/// impl Driver for Memory {
+///     type Conn = HashMap<String, String>;
+///     fn protocol(&self) -> &str {
+///         "memory"
+///     }
+///     async fn connect(&self, _device: &DeviceInfo) -> Result<Self::Conn, DriverError> {
+///         Ok(HashMap::new())
+///     }
+///     async fn read(&self, conn: &mut Self::Conn, p: &PropertyInfo) -> Result<String, DriverError> {
+///         conn.get(&p.name).cloned().ok_or_else(|| DriverError::Property("never written".into()))
+///     }
+///     async fn write(
+///         &self,
+///         conn: &mut Self::Conn,
+///         p: &PropertyInfo,
+///         value: &str,
+///     ) -> Result<(), DriverError> {
+///         conn.insert(p.name.clone(), value.to_owned());
+///         Ok(())
+///     }
+///     async fn health(&self, _conn: &mut Self::Conn) -> Result<(), DriverError> {
+///         Ok(())
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), kubeedge_device::Error> {
+/// let config = MapperConfig::new(
+///     "memory-mapper",
+///     "/var/lib/kubeedge/memory.sock",       // this mapper's own DMI socket
+///     "/var/lib/kubeedge/dmi.sock",          // edgecore's
+/// );
+/// let mapper = Mapper::start(Memory, config).await?;
+/// # drop(mapper);
+/// # Ok(()) }
+/// ```
 pub trait Driver: Send + Sync + 'static {
     /// An open connection to one device.
     type Conn: Send + 'static;
