@@ -555,7 +555,7 @@ impl Inner {
         // mapping that a later hole punch to the same peer then trips over.
         let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| timed_out())??;
         self.client_handshake(tcp, node).await
     }
 
@@ -589,15 +589,51 @@ impl Inner {
         node: &str,
     ) -> Result<Mux, crate::Error> {
         mux::keepalive(&tcp)?;
+        self.tls_client(tcp, node).await
+    }
+
+    /// TLS as the client over `io` (a TCP connection or a relay's circuit) to `node`, then the
+    /// multiplexer; registers the connection.
+    async fn tls_client<IO>(self: &Arc<Self>, io: IO, node: &str) -> Result<Mux, crate::Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let name = ServerName::try_from(node.to_owned())
             .map_err(|e| crate::Error::Config(format!("node name {node:?}: {e}")))?;
-        let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.connector.connect(name, tcp))
+        let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.connector.connect(name, io))
             .await
-            .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(|_| timed_out())?
             .map_err(|e| crate::Error::Tls(e.to_string()))?;
         let (mux, inbound, _) = mux::start(tls, true);
         self.register(node.to_owned(), mux.clone(), inbound, None);
         Ok(mux)
+    }
+
+    /// TLS as the server over `io` with a peer that must be `expected` (`what` says who vouched
+    /// for it, in the error), then the multiplexer; registers the connection.
+    async fn tls_server<IO>(
+        self: &Arc<Self>,
+        io: IO,
+        expected: &str,
+        what: &str,
+        observed: Option<SocketAddr>,
+    ) -> Result<(), crate::Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.acceptor.accept(io))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|e| crate::Error::Tls(e.to_string()))?;
+        let name = peer_name(tls.get_ref().1.peer_certificates())?;
+        if name != expected {
+            return Err(crate::Error::Tls(format!(
+                "{what} announced {expected} but the peer is {name}"
+            )));
+        }
+        let (mux, inbound, _) = mux::start(tls, false);
+        self.register(name, mux, inbound, observed);
+        Ok(())
     }
 
     /// A connection to `node` through the relay connection `relay`, with its own TLS inside.
@@ -611,19 +647,11 @@ impl Inner {
         wire::write_msg(&mut s, Some(Kind::Circuit), &hop).await?;
         let reply: Hop = tokio::time::timeout(ANSWER_TIMEOUT, wire::read_msg(&mut s))
             .await
-            .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| timed_out())??;
         if reply.r#type != Type::Success as i32 {
             return Err(crate::Error::Circuit(reply.reason));
         }
-        let name = ServerName::try_from(node.to_owned())
-            .map_err(|e| crate::Error::Config(format!("node name {node:?}: {e}")))?;
-        let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.connector.connect(name, s))
-            .await
-            .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(|e| crate::Error::Tls(e.to_string()))?;
-        let (mux, inbound, _) = mux::start(tls, true);
-        self.register(node.to_owned(), mux.clone(), inbound, None);
-        Ok(mux)
+        self.tls_client(s, node).await
     }
 
     /// Hole punching to `node`, coordinated by the relay connection `relay`: this side dials and
@@ -724,19 +752,9 @@ impl Inner {
             })?;
             tracing::info!(peer = %source, %addr, "mesh tunnel: hole punched");
             mux::keepalive(&tcp)?;
-            let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.acceptor.accept(tcp))
-                .await
-                .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))?
-                .map_err(|e| crate::Error::Tls(e.to_string()))?;
-            let name = peer_name(tls.get_ref().1.peer_certificates())?;
-            if name != source {
-                return Err(crate::Error::Tls(format!(
-                    "hole punch for {source} reached {name}"
-                )));
-            }
-            let (mux, inbound, _) = mux::start(tls, false);
-            self.register(name, mux, inbound, Some(addr));
-            return Ok(());
+            return self
+                .tls_server(tcp, &source, "the hole punch", Some(addr))
+                .await;
         }
         if !self.is_relay {
             wire::write_msg(
@@ -835,7 +853,7 @@ impl Inner {
     async fn serve(self: &Arc<Self>, from: &str, mut s: MuxStream) -> Result<(), crate::Error> {
         let kind = tokio::time::timeout(ANSWER_TIMEOUT, wire::read_kind(&mut s))
             .await
-            .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+            .map_err(|_| timed_out())??;
         match kind {
             Kind::Proxy => self.serve_proxy(from, s).await,
             Kind::Circuit => self.serve_circuit(from, s).await,
@@ -968,19 +986,9 @@ impl Inner {
                 ..Hop::default()
             };
             wire::write_msg(&mut s, None, &ok).await?;
-            let tls = tokio::time::timeout(ANSWER_TIMEOUT, self.acceptor.accept(s))
-                .await
-                .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))?
-                .map_err(|e| crate::Error::Tls(e.to_string()))?;
-            let name = peer_name(tls.get_ref().1.peer_certificates())?;
-            if name != source {
-                return Err(crate::Error::Tls(format!(
-                    "relay {from} announced {source} but the peer is {name}"
-                )));
-            }
-            let (mux, inbound, _) = mux::start(tls, false);
-            self.register(name, mux, inbound, None);
-            return Ok(());
+            return self
+                .tls_server(s, &source, &format!("relay {from}"), None)
+                .await;
         }
         let refuse = |reason: String| Hop {
             r#type: Type::Failed as i32,
@@ -1036,6 +1044,11 @@ impl Inner {
     }
 }
 
+/// The error of a step that did not finish in time.
+fn timed_out() -> crate::Error {
+    crate::Error::Io(std::io::ErrorKind::TimedOut.into())
+}
+
 fn peer_name(certs: Option<&[CertificateDer<'static>]>) -> Result<String, crate::Error> {
     let cert = certs
         .and_then(|c| c.first())
@@ -1047,7 +1060,7 @@ fn peer_name(certs: Option<&[CertificateDer<'static>]>) -> Result<String, crate:
 async fn read<M: prost::Message + Default>(s: &mut MuxStream) -> Result<M, crate::Error> {
     Ok(tokio::time::timeout(ANSWER_TIMEOUT, wire::read_msg(s))
         .await
-        .map_err(|_| crate::Error::Io(std::io::ErrorKind::TimedOut.into()))??)
+        .map_err(|_| timed_out())??)
 }
 
 async fn answer_proxy(s: &mut MuxStream, req: &Proxy, t: Type) -> Result<(), crate::Error> {
