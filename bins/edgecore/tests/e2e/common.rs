@@ -29,6 +29,16 @@ impl Drop for TempDir {
     }
 }
 
+/// A port free on 127.0.0.1 now (the OS picks it; a test that must know a port before starting
+/// a server, e.g. to restart it where clients expect it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub async fn eventually(secs: u64, what: &str, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while tokio::time::Instant::now() < deadline {

@@ -23,14 +23,6 @@ impl Drop for Peer {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub(crate) async fn wait_port(port: u16, what: &str) {
     eventually(20, what, async || {
         tokio::net::TcpStream::connect(("127.0.0.1", port))

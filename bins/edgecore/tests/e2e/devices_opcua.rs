@@ -7,9 +7,7 @@ use kubeedge_device::mapper::{Mapper, MapperConfig, opcua::OpcUa};
 use kubeedge_edge::EdgeCore;
 
 use crate::common::*;
-use crate::devices::{
-    Peer, device_json, free_port, python, ready_message, reported, start_twin, wait_port,
-};
+use crate::devices::{Peer, device_json, python, ready_message, reported, start_twin, wait_port};
 
 /// asyncua 2.1: no security, anonymous; `ns=2;s=Temperature` (Double 21.5, writable),
 /// `ns=2;s=Counter` (Int32, +1 every second).

@@ -5,6 +5,7 @@ mod common;
 mod crash;
 mod devices;
 mod devices_opcua;
+mod edgesite;
 mod faults;
 mod join;
 mod mesh;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use kubeedge_cloud::CloudCore;
 use kubeedge_edge::{EdgeCore, PodRuntime};
 
-use crate::common::{self, TempDir, eventually, kubectl};
+use crate::common::{self, TempDir, eventually, free_port, kubectl};
 
 fn kubectl_cmd(dir: &TempDir, kubeconfig: &Path) -> Command {
     let mut c = Command::new("kubectl");
@@ -27,14 +27,6 @@ fn kubectl_cmd(dir: &TempDir, kubeconfig: &Path) -> Command {
 
 fn admin(dir: &TempDir) -> std::path::PathBuf {
     dir.0.join("cloud/admin.kubeconfig")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs kubectl, returns (exit code, stdout, stderr).
