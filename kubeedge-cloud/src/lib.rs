@@ -38,6 +38,9 @@
 //! # Ok(()) }
 //! ```
 
+// docs.rs (nightly, `--cfg docsrs`) marks what each feature-gated item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod certserver;
 pub mod controller;
 pub mod controlplane;

@@ -43,6 +43,9 @@
 //! assert_eq!(Message::from_json(&bytes, 1 << 20).unwrap(), msg);
 //! ```
 
+// docs.rs (nightly, `--cfg docsrs`) marks what each feature-gated item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 #[cfg(feature = "admission")]
 pub mod admission;
 pub mod api;

@@ -13,8 +13,8 @@
 //!   reports up to the cloud.
 //! * [`mapper`]: the mapper framework: implement [`mapper::Driver`] (connect, read, write,
 //!   health) and [`mapper::Mapper`] does the rest (DMI registration, collect and report cycles,
-//!   desired values, MQTT and HTTP push, per-device errors); [`mapper::modbus`] is the Modbus
-//!   TCP/RTU driver, `mapper::opcua` (feature `opcua`) the OPC-UA one, `mapper::ble` (feature
+//!   desired values, MQTT and HTTP push, per-device errors); `mapper::modbus` (feature `modbus`,
+//!   default) is the Modbus TCP/RTU driver, `mapper::opcua` (feature `opcua`) the OPC-UA one, `mapper::ble` (feature
 //!   `ble`) the Bluetooth Low Energy one.
 //!
 //! What it is not: no cloud or edge logic of its own; it depends on [`kubeedge_core`] only, and
@@ -35,6 +35,9 @@
 //! module.stop().await;
 //! # Ok(()) }
 //! ```
+
+// docs.rs (nightly, `--cfg docsrs`) marks what each feature-gated item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod broker;
 pub mod devicetwin;

@@ -13,8 +13,8 @@
 //!   be written there (stored, and queued for the cloud), nothing else.
 //! * [`node`]: node registration, lease renewal and status reports.
 //! * [`rotation`]: node certificate renewal before expiry.
-//! * [`process`]: pods as host processes, for appliances without a container runtime ([`cri`] runs
-//!   them on containerd).
+//! * [`process`] (feature `process`): pods as host processes, for appliances without a container
+//!   runtime ([`cri`], feature `cri`, runs them on containerd).
 //! * [`config_file`] and [`join`]: the `edgecore.yaml` file and `keadm join`.
 //! * [`EdgeCore`]: all of it wired together, as the `edgecore` binary runs it.
 //!
@@ -35,6 +35,9 @@
 //! # Ok(()) }
 //! ```
 
+// docs.rs (nightly, `--cfg docsrs`) marks what each feature-gated item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod bootstrap;
 #[cfg(feature = "yaml")]
 pub mod config_file;
@@ -48,7 +51,9 @@ pub mod metaserver;
 pub mod metastore;
 pub mod node;
 pub mod pods;
+#[cfg(feature = "process")]
 pub mod process;
+#[cfg(feature = "process")]
 mod process_exec;
 pub mod rotation;
 pub mod runtime;
@@ -124,7 +129,78 @@ pub enum PodRuntime {
     Cri(String),
     /// Host processes ([`process::ProcessRuntime`]), records under `<data dir>/process`.
     Process,
+    /// A runtime of the application's own ([`PodRuntime::custom`]).
+    Custom(CustomRuntime),
 }
+
+impl PodRuntime {
+    /// Pods on `runtime`, an implementation of [`runtime::Runtime`] of the application's own (see
+    /// the trait's example): the pod lifecycle, `kubectl logs/exec/attach/port-forward` and the
+    /// metrics run on it as on the built-in ones.
+    pub fn custom<R: runtime::Runtime + Clone>(runtime: R) -> PodRuntime {
+        let start: StartRuntime = std::sync::Arc::new(move |setup: RuntimeSetup| {
+            let rt = runtime.clone();
+            Box::pin(async move {
+                let streams = setup.streams.with_runtime(rt.clone());
+                let mut tasks = Vec::new();
+                let version = run_pods(rt, setup.store, &setup.hub, setup.pods, &mut tasks).await?;
+                Ok((version, streams, tasks))
+            })
+        });
+        PodRuntime::Custom(CustomRuntime {
+            name: std::any::type_name::<R>(),
+            start,
+        })
+    }
+}
+
+/// What a runtime is started with: the stream server to give it to, and the pod controller's
+/// parts.
+struct RuntimeSetup {
+    streams: streams::StreamServer,
+    store: kubeedge_core::store::Store,
+    hub: EdgeHub,
+    pods: pods::PodConfig,
+}
+
+/// A started runtime: its version, the stream server serving on it, the pod controller's task.
+type RuntimeStarted = (
+    String,
+    streams::StreamServer,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// Starts a custom runtime (its type erased).
+type StartRuntime = std::sync::Arc<
+    dyn Fn(
+            RuntimeSetup,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<RuntimeStarted, Error>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// A pod runtime of the application's own, made by [`PodRuntime::custom`]. Two are equal when
+/// they are clones of one.
+#[derive(Clone)]
+pub struct CustomRuntime {
+    name: &'static str,
+    start: StartRuntime,
+}
+
+impl std::fmt::Debug for CustomRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CustomRuntime({})", self.name)
+    }
+}
+
+impl PartialEq for CustomRuntime {
+    fn eq(&self, other: &CustomRuntime) -> bool {
+        std::sync::Arc::ptr_eq(&self.start, &other.start)
+    }
+}
+
+impl Eq for CustomRuntime {}
 
 /// edgecore's settings.
 #[derive(Debug, Clone)]
@@ -296,6 +372,17 @@ impl EdgeCore {
             streams::StreamServer::new(&config.node, api.clone(), hub.clone(), dir.clone());
         let (runtime_version, streams) = match &config.runtime {
             PodRuntime::None => (String::new(), streams),
+            PodRuntime::Custom(custom) => {
+                let setup = RuntimeSetup {
+                    streams,
+                    store,
+                    hub: hub.clone(),
+                    pods: pod_config,
+                };
+                let (version, streams, started) = (custom.start)(setup).await?;
+                tasks.extend(started);
+                (version, streams)
+            }
             #[cfg(not(feature = "cri"))]
             PodRuntime::Cri(endpoint) => {
                 return Err(Error::Config(format!(
@@ -311,6 +398,13 @@ impl EdgeCore {
                     streams,
                 )
             }
+            #[cfg(not(feature = "process"))]
+            PodRuntime::Process => {
+                return Err(Error::Config(
+                    "runtime process: this edge was built without the `process` feature".into(),
+                ));
+            }
+            #[cfg(feature = "process")]
             PodRuntime::Process => {
                 let rt = process::ProcessRuntime::new(dir.join("process"), &config.node_address)?;
                 let streams = streams.with_runtime(rt.clone());

@@ -32,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+// docs.rs (nightly, `--cfg docsrs`) marks what each feature-gated item needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod agent;
 pub mod capture;
 pub mod discovery;

@@ -26,6 +26,7 @@
 
 #[cfg(feature = "ble")]
 pub mod ble;
+#[cfg(feature = "modbus")]
 pub mod modbus;
 #[cfg(feature = "opcua")]
 pub mod opcua;
