@@ -199,7 +199,23 @@ fn hub_identity(
     Ok((id.chain(), id.private_key()))
 }
 
-/// Everything cloudcore runs, started. Dropping it stops the background tasks.
+/// Everything cloudcore runs, started. Dropping it stops the background tasks; [`CloudCore::stop`]
+/// stops them and waits.
+///
+/// Against an existing cluster instead of the embedded control plane: the controllers watch it,
+/// and the kubelet API for its edge nodes (logs, exec, metrics) is served on `stream_addr`:
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut config = kubeedge_cloud::Config::new("/var/lib/kubeedge-cloud");
+/// config.kubeconfig = Some("/etc/kubernetes/admin.conf".into());
+/// config.advertise = vec!["203.0.113.10".parse()?]; // what edges dial, in cloudhub's certificate
+/// let cloud = kubeedge_cloud::CloudCore::start(config).await?;
+/// assert!(cloud.control_plane().is_none());
+/// println!("kubelet API for edge nodes on {:?}", cloud.stream_addr());
+/// cloud.stop().await;
+/// # Ok(()) }
+/// ```
 pub struct CloudCore {
     control_plane: Option<ControlPlane>,
     client: kube::Client,

@@ -288,7 +288,26 @@ async fn run_pods<R: runtime::Runtime>(
 /// Longest [`EdgeCore::stop`] waits for the store's last users after stopping its tasks.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(6);
 
-/// Everything edgecore runs, started. Dropping it stops the background tasks.
+/// Everything edgecore runs, started. Dropping it stops the background tasks; [`EdgeCore::stop`]
+/// stops them, waits, and closes the store.
+///
+/// What an application beside it uses: readiness, the objects the node holds (also offline), and
+/// the durable path of its own reports to the cloud:
+///
+/// ```no_run
+/// # async fn run(config: kubeedge_edge::Config) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let edge = kubeedge_edge::EdgeCore::start(config).await?;
+/// if !edge.wait_connected(Duration::from_secs(30)).await {
+///     println!("offline: serving what the node holds");
+/// }
+/// // The local API, as kubectl and kube-rs see it (plain HTTP on loopback).
+/// println!("kubectl --server http://{} get configmaps -A", edge.metaserver_addr());
+/// // In-process modules read the store and queue reports that survive a restart.
+/// let (_store, _reports) = (edge.store().clone(), edge.reports());
+/// edge.stop().await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct EdgeCore {
     hub: EdgeHub,

@@ -138,7 +138,96 @@ pub struct ContainerInfo {
     pub state: ContainerState,
 }
 
-/// A container runtime. See the module docs.
+/// A container runtime: what the pod lifecycle, `kubectl logs/exec/attach/port-forward` and the
+/// metrics drive. [`crate::cri::CriRuntime`] (containerd, feature `cri`) and
+/// [`crate::process::ProcessRuntime`] (host processes, feature `process`) are built in; one of the
+/// application's own is handed to the edge with [`PodRuntime::custom`](crate::PodRuntime::custom).
+///
+/// A runtime that runs pods as the process runtime does, but only programs on its list (any other
+/// image is "not present", so the pod waits with `ErrImageNeverPull`); the whole of it runs in
+/// `examples/examples/custom_runtime.rs`:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use kubeedge_edge::process::ProcessRuntime;
+/// use kubeedge_edge::runtime::{Runtime, RuntimeError};
+/// # use kubeedge_edge::runtime::{ContainerInfo, ContainerSpec, ContainerState, SandboxInfo,
+/// #     SandboxSpec, Usage};
+/// # use kubeedge_core::streaming::{channel::Duplex, remote::StreamOptions};
+///
+/// #[derive(Clone)]
+/// struct Allowlisted {
+///     inner: ProcessRuntime,
+///     allowed: Vec<String>,
+/// }
+///
+/// impl Runtime for Allowlisted {
+///     async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+///         Ok(self.allowed.iter().any(|a| a == image) && self.inner.has_image(image).await?)
+///     }
+///     // Every other call as the process runtime does it:
+///     async fn version(&self) -> Result<String, RuntimeError> {
+///         self.inner.version().await
+///     }
+///     // ...
+/// #   async fn run_sandbox(&self, s: &SandboxSpec) -> Result<String, RuntimeError> {
+/// #       self.inner.run_sandbox(s).await
+/// #   }
+/// #   async fn sandbox_ip(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+/// #       self.inner.sandbox_ip(id).await
+/// #   }
+/// #   async fn start_container(&self, id: &str, s: &SandboxSpec, c: &ContainerSpec)
+/// #       -> Result<String, RuntimeError> {
+/// #       self.inner.start_container(id, s, c).await
+/// #   }
+/// #   async fn container_state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+/// #       self.inner.container_state(id).await
+/// #   }
+/// #   async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+/// #       self.inner.stop_container(id, grace).await
+/// #   }
+/// #   async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+/// #       self.inner.remove_container(id).await
+/// #   }
+/// #   async fn remove_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+/// #       self.inner.remove_sandbox(id).await
+/// #   }
+/// #   async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, RuntimeError> {
+/// #       self.inner.list_sandboxes().await
+/// #   }
+/// #   async fn list_containers(&self, id: &str) -> Result<Vec<ContainerInfo>, RuntimeError> {
+/// #       self.inner.list_containers(id).await
+/// #   }
+/// #   async fn exec_sync(&self, id: &str, cmd: &[String], t: Duration)
+/// #       -> Result<(i32, Vec<u8>, Vec<u8>), RuntimeError> {
+/// #       self.inner.exec_sync(id, cmd, t).await
+/// #   }
+/// #   async fn exec_stream(&self, id: &str, cmd: &[String], o: StreamOptions)
+/// #       -> Result<Duplex, RuntimeError> {
+/// #       self.inner.exec_stream(id, cmd, o).await
+/// #   }
+/// #   async fn attach_stream(&self, id: &str, o: StreamOptions) -> Result<Duplex, RuntimeError> {
+/// #       self.inner.attach_stream(id, o).await
+/// #   }
+/// #   async fn port_forward_url(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+/// #       self.inner.port_forward_url(id).await
+/// #   }
+/// #   async fn container_usage(&self, id: &str) -> Result<Usage, RuntimeError> {
+/// #       self.inner.container_usage(id).await
+/// #   }
+/// }
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut config =
+///     kubeedge_edge::Config::new("/var/lib/kubeedge", "edge-1", "wss://cloud.example:10000");
+/// config.runtime = kubeedge_edge::PodRuntime::custom(Allowlisted {
+///     inner: ProcessRuntime::new("/var/lib/kubeedge/process", "127.0.0.1")?,
+///     allowed: vec!["sleep".into()],
+/// });
+/// let edge = kubeedge_edge::EdgeCore::start(config).await?;
+/// # edge.stop().await;
+/// # Ok(()) }
+/// ```
 pub trait Runtime: Send + Sync + 'static {
     /// `<name>://<version>`, as nodeInfo.containerRuntimeVersion reports it.
     fn version(&self) -> impl Future<Output = Result<String, RuntimeError>> + Send;
