@@ -5,14 +5,17 @@
 //! The "host" protocol here reads the machine itself: property `uptime` from `/proc/uptime`
 //! (read-only), property `label` kept by the device (read-write: its desired value is written,
 //! then read back). The cloud, the edge, its device module and the mapper run in this process; a
-//! DeviceModel and a Device are written to the cloud's API with kube-rs.
+//! DeviceModel and a Device are written to the cloud's API with kube-rs, as typed resources
+//! (`kubeedge-core`'s feature `kube`).
 //!
 //! `cargo run -p kubeedge-examples --example custom_driver`
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{Api, PostParams};
+use kubeedge_core::api::devices::{DeviceModelSpec, DeviceSpec};
+use kubeedge_core::api::resource::{Device, DeviceModel};
 use kubeedge_device::devicetwin::{self, DeviceTwinModule};
 use kubeedge_device::mapper::{
     DeviceInfo, Driver, DriverError, Mapper, MapperConfig, PropertyInfo,
@@ -104,37 +107,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = MapperConfig::new("host-mapper", dir.join("host.sock"), devices.socket());
     let mapper = Mapper::start(Host, config).await?;
 
-    let cycles = serde_json::json!({"collectCycle": 500, "reportCycle": 500, "reportToCloud": true,
-        "visitors": {"protocolName": "host", "configData": {}}});
-    let mut uptime = serde_json::json!({"name": "uptime"});
-    let mut label = serde_json::json!({"name": "label", "desired": {"value": "kitchen"}});
-    for property in [&mut uptime, &mut label] {
-        property
-            .as_object_mut()
-            .ok_or("not an object")?
-            .extend(cycles.as_object().cloned().unwrap_or_default());
-    }
-    let model = serde_json::json!({"protocol": "host", "properties": [
-        {"name": "uptime", "type": "FLOAT", "accessMode": "ReadOnly"},
-        {"name": "label", "type": "STRING", "accessMode": "ReadWrite"}]});
-    let device = serde_json::json!({"deviceModelRef": {"name": "host"}, "nodeName": "gateway",
-        "protocol": {"protocolName": "host"}, "properties": [uptime, label]});
-    let gvk = |kind| GroupVersionKind::gvk("devices.kubeedge.io", "v1beta1", kind);
-    let api = |kind| {
-        Api::<DynamicObject>::namespaced_with(
-            cloud.client().clone(),
-            "default",
-            &ApiResource::from_gvk(&gvk(kind)),
-        )
+    // The DeviceModel and the Device, typed (`kubeedge-core`'s feature `kube`).
+    let property = |name: &str, desired: Option<&str>| {
+        serde_json::json!({"name": name, "collectCycle": 500, "reportCycle": 500,
+            "reportToCloud": true, "desired": desired.map(|v| serde_json::json!({"value": v})),
+            "visitors": {"protocolName": "host", "configData": {}}})
     };
-    for (kind, name, spec) in [
-        ("DeviceModel", "host", model),
-        ("Device", "this-host", device),
-    ] {
-        let obj = DynamicObject::new(name, &ApiResource::from_gvk(&gvk(kind)))
-            .data(serde_json::json!({ "spec": spec }));
-        api(kind).create(&PostParams::default(), &obj).await?;
-    }
+    let model: DeviceModelSpec = serde_json::from_value(serde_json::json!({"protocol": "host",
+        "properties": [{"name": "uptime", "type": "FLOAT", "accessMode": "ReadOnly"},
+                       {"name": "label", "type": "STRING", "accessMode": "ReadWrite"}]}))?;
+    let device: DeviceSpec = serde_json::from_value(serde_json::json!({
+        "deviceModelRef": {"name": "host"}, "nodeName": "gateway",
+        "protocol": {"protocolName": "host"},
+        "properties": [property("uptime", None), property("label", Some("kitchen"))]}))?;
+    let models: Api<DeviceModel> = Api::default_namespaced(cloud.client().clone());
+    let devices_api: Api<Device> = Api::default_namespaced(cloud.client().clone());
+    let post = PostParams::default();
+    models
+        .create(&post, &DeviceModel::new("host", model))
+        .await?;
+    devices_api
+        .create(&post, &Device::new("this-host", device))
+        .await?;
 
     // At the edge, through Rust calls: the mapper's readings in the twin.
     let twins = devices.twins();
@@ -149,13 +143,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(written, "kitchen");
 
     // In the cloud: the Device's reported twins.
-    let devices_api = api("Device");
     let reported = wait_for("the reading in the cloud", async || {
         let device = devices_api.get("this-host").await.ok()?;
-        let twins = device.data["status"]["twins"].as_array()?.clone();
-        twins.iter().find(|t| t["propertyName"] == "uptime")?["reported"]["value"]
-            .as_str()
-            .map(str::to_owned)
+        let twins = device.status?.twins;
+        let uptime = twins.into_iter().find(|t| t.property_name == "uptime")?;
+        uptime.reported.map(|r| r.value)
     })
     .await?;
     println!("in the cloud: uptime {reported} s");

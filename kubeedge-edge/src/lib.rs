@@ -344,6 +344,9 @@ impl EdgeCore {
         }
         let store = MetaStore::open(&dir.join("edge.redb"))?;
         let api = Api::new(store.store().clone())?;
+        // The metaserver serves the Devices and DeviceModels the node holds, so their
+        // definitions live in the node's store too (local objects: the cloud does not sync CRDs).
+        api.install_crds(&kubeedge_core::api::devices::crds())?;
         let mut hub_config = EdgeHubConfig::new(&config.node, &config.cloud_url, certs);
         hub_config.session = config.session.clone();
         hub_config.backoff_max = config.backoff_max.max(hub_config.backoff_min);

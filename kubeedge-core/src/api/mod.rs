@@ -6,4 +6,6 @@
 //! `anomalyDetection`) are kept as JSON values, so an object read and written back loses nothing.
 
 pub mod devices;
+#[cfg(feature = "kube")]
+pub mod resource;
 pub mod twin;

@@ -439,6 +439,26 @@ async fn twins_are_read_and_set_through_rust_calls() {
     .expect("the desired value announced");
     assert_eq!(change.namespace, "default");
 
+    // The edge's own API serves its Devices and DeviceModels (kubectl on the metaserver).
+    let server = format!("http://{}", edge.metaserver_addr());
+    let listed = kubectl_server(&dir, &server, &["get", "devices", "-A", "-o", "name"]);
+    assert!(
+        listed.contains("device.devices.kubeedge.io/thermo"),
+        "{listed}"
+    );
+    let model = kubectl_server(
+        &dir,
+        &server,
+        &[
+            "get",
+            "devicemodel",
+            "thermometer",
+            "-o",
+            "jsonpath={.spec.protocol}",
+        ],
+    );
+    assert_eq!(model, "modbus");
+
     // A device this node does not have: upstream's 404, as an error value.
     let err = twins.get("default", "nope").await.unwrap_err();
     assert!(
