@@ -43,6 +43,7 @@
 
 pub mod certserver;
 pub mod controller;
+#[cfg(feature = "control-plane")]
 pub mod controlplane;
 pub mod hub;
 pub mod index;
@@ -50,6 +51,7 @@ pub mod kubelet;
 pub mod lifecycle;
 pub mod streams;
 pub mod uplink;
+#[cfg(feature = "control-plane")]
 pub mod workloads;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -61,6 +63,7 @@ use kubeedge_core::kubeapi::tls::TlsListener;
 use kubeedge_core::pki::{self, Ca};
 use kubeedge_core::transport::{tls, ws};
 
+#[cfg(feature = "control-plane")]
 pub use controlplane::ControlPlane;
 pub use hub::{Hub, HubConfig};
 pub use index::Index;
@@ -217,6 +220,7 @@ fn hub_identity(
 /// # Ok(()) }
 /// ```
 pub struct CloudCore {
+    #[cfg(feature = "control-plane")]
     control_plane: Option<ControlPlane>,
     client: kube::Client,
     index: Arc<Index>,
@@ -231,11 +235,12 @@ pub struct CloudCore {
 
 impl std::fmt::Debug for CloudCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloudCore")
-            .field("hub_addr", &self.hub_addr)
-            .field("https_addr", &self.https_addr)
-            .field("control_plane", &self.control_plane)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("CloudCore");
+        d.field("hub_addr", &self.hub_addr)
+            .field("https_addr", &self.https_addr);
+        #[cfg(feature = "control-plane")]
+        d.field("control_plane", &self.control_plane);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -246,6 +251,7 @@ impl CloudCore {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let ca = Arc::new(Ca::load_or_create(&dir.join("ca"), SystemTime::now())?);
+        #[cfg(feature = "control-plane")]
         let (control_plane, kubeconfig) = match &config.kubeconfig {
             Some(path) => (None, path.clone()),
             None => {
@@ -254,6 +260,13 @@ impl CloudCore {
                 (Some(cp), path)
             }
         };
+        #[cfg(not(feature = "control-plane"))]
+        let kubeconfig = config.kubeconfig.clone().ok_or_else(|| {
+            Error::Config(
+                "no kubeconfig given, and this cloud was built without the `control-plane` feature (the embedded control plane)".into(),
+            )
+        })?;
+        let embedded = config.kubeconfig.is_none();
         let client = client_from(&kubeconfig).await?;
 
         let index = Index::new();
@@ -290,6 +303,7 @@ impl CloudCore {
             .map_err(io_err("reading the HTTPS server's address"))?;
         let https_addr = https.local_addr();
         let tunnels = streams::Tunnels::new();
+        #[cfg(feature = "control-plane")]
         if let Some(cp) = &control_plane {
             cp.api()
                 .serve_pod_streams(Arc::new(streams::CloudStreams::new(tunnels.clone())));
@@ -309,7 +323,7 @@ impl CloudCore {
         }));
         // Against an external cluster, its API server reaches edge pods through the kubelet API
         // served here (the embedded control plane goes to the tunnels directly).
-        let stream_addr = if control_plane.is_none() {
+        let stream_addr = if !embedded {
             let cluster_pem = cluster_ca(&kubeconfig)?;
             let cluster_ca = tls::certs_from_pem(&cluster_pem)?
                 .into_iter()
@@ -350,6 +364,7 @@ impl CloudCore {
         )));
         tracing::info!(%hub_addr, %https_addr, "cloudhub serving");
         Ok(CloudCore {
+            #[cfg(feature = "control-plane")]
             control_plane,
             client,
             index,
@@ -369,6 +384,7 @@ impl CloudCore {
     }
 
     /// The embedded control plane, when running one.
+    #[cfg(feature = "control-plane")]
     pub fn control_plane(&self) -> Option<&ControlPlane> {
         self.control_plane.as_ref()
     }
@@ -415,6 +431,7 @@ impl CloudCore {
             let _ = t.await;
         }
         self.hub.close().await;
+        #[cfg(feature = "control-plane")]
         if let Some(cp) = self.control_plane.take() {
             cp.stop().await;
         }
