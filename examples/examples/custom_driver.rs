@@ -90,9 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     (cloud.api_addr, cloud.hub_addr) = ("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?);
     (cloud.https_addr, cloud.stream_addr) = ("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?);
     let cloud = kubeedge_cloud::CloudCore::start(cloud).await?;
-    let hub = format!("wss://{}", cloud.hub_addr());
-    let mut edge = kubeedge_edge::Config::new(dir.join("edge"), "gateway", hub);
-    edge.https_url = Some(format!("https://{}", cloud.https_addr()));
+    let mut edge = kubeedge_edge::Config::join(dir.join("edge"), "gateway", &cloud.address());
     edge.token = Some(
         cloud
             .ca()

@@ -378,6 +378,13 @@ impl CloudCore {
         })
     }
 
+    /// Where edges on this machine reach this cloud: cloudhub and its certificate server (a
+    /// wildcard listening address given as loopback). Edges elsewhere dial an advertised address
+    /// at the same ports.
+    pub fn address(&self) -> kubeedge_core::address::CloudAddress {
+        kubeedge_core::address::CloudAddress::new(self.hub_addr.into(), self.https_addr.into())
+    }
+
     /// The Kubernetes client the controllers use.
     pub fn client(&self) -> &kube::Client {
         &self.client

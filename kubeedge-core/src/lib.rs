@@ -11,6 +11,7 @@
 //! * [`message`]: the beehive message (`header` / `route` / `content`), serde-exact to upstream, with
 //!   typed [`message::Operation`] and [`message::ResourceType`] enums.
 //! * [`resource`]: the resource-string grammar (`<ns>/<type>/<name>`, `node/<id>/...`).
+//! * [`address`]: where edges reach a cloud (cloudhub and its certificate server), typed.
 //! * [`sync`]: the reliable sync protocol as **sans-IO** state machines (no sockets, no clock), and a
 //!   deterministic simulation harness behind the `test-util` feature.
 //! * [`transport`] (feature `transport`): the TLS WebSocket client and server with mutual
@@ -46,6 +47,7 @@
 // docs.rs (nightly, `--cfg docsrs`) marks what each feature-gated item needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod address;
 #[cfg(feature = "admission")]
 pub mod admission;
 pub mod api;

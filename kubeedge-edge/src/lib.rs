@@ -23,10 +23,12 @@
 //!
 //! ```no_run
 //! # async fn run(token: String) -> Result<(), Box<dyn std::error::Error>> {
+//! use kubeedge_core::address::CloudAddress;
 //! use kubeedge_edge::{Config, EdgeCore, PodRuntime};
-//! let mut config = Config::new("/var/lib/kubeedge", "edge-1", "wss://cloud.example:10000");
-//! config.https_url = Some("https://cloud.example:10002".into()); // the first start only
-//! config.token = Some(token);
+//! // cloudhub at wss://cloud.example:10000, its certificate server at https://cloud.example:10002
+//! let cloud = CloudAddress::with_default_ports("cloud.example")?;
+//! let mut config = Config::join("/var/lib/kubeedge", "edge-1", &cloud);
+//! config.token = Some(token); // the first start only
 //! config.runtime = PodRuntime::Process; // pods as host processes, no container runtime
 //! let edge = EdgeCore::start(config).await?;
 //! edge.wait_connected(std::time::Duration::from_secs(30)).await;
@@ -260,6 +262,18 @@ impl Config {
             rotate_certificates: true,
             metaserver_enabled: true,
         }
+    }
+
+    /// Defaults for `node` under `data_dir`, joining the cloud at `cloud` (cloudhub and the
+    /// certificate server; a [`Config::token`] is needed too on the first start).
+    pub fn join(
+        data_dir: impl Into<PathBuf>,
+        node: impl Into<String>,
+        cloud: &kubeedge_core::address::CloudAddress,
+    ) -> Config {
+        let mut config = Config::new(data_dir, node, cloud.hub_url());
+        config.https_url = Some(cloud.https_url());
+        config
     }
 
     /// The certificate files: [`Config::certs`], or upstream's layout under the data directory.

@@ -25,7 +25,7 @@
 //!
 //! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -104,15 +104,6 @@ fn hostname() -> String {
         .unwrap_or_else(|| "edgesite".to_owned())
 }
 
-/// Where the site's own edge reaches a server listening on `addr`: loopback for a wildcard.
-fn local(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-    } else {
-        addr
-    }
-}
-
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let node = cli.node_name.unwrap_or_else(hostname);
     let mut config = kubeedge_cloud::Config::new(cli.data_dir.join("cloud"));
@@ -128,12 +119,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     };
 
     let edge_dir = cli.data_dir.join("edge");
-    let mut config = kubeedge_edge::Config::new(
-        &edge_dir,
-        &node,
-        format!("wss://{}", local(cloud.hub_addr())),
-    );
-    config.https_url = Some(format!("https://{}", local(cloud.https_addr())));
+    // Dialled over loopback when cloudhub listens on every address.
+    let mut config = kubeedge_edge::Config::join(&edge_dir, &node, &cloud.address());
     if !config.cert_files().exist() {
         // The first start: the site's node joins like any edge, with a short-lived token.
         config.token = Some(

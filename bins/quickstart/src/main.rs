@@ -66,12 +66,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     cloud.https_addr = ([127, 0, 0, 1], 0).into();
     let cloud = kubeedge_cloud::CloudCore::start(cloud).await?;
 
-    let mut edge = kubeedge_edge::Config::new(
-        dir.join("edge"),
-        &cli.node_name,
-        format!("wss://{}", cloud.hub_addr()),
-    );
-    edge.https_url = Some(format!("https://{}", cloud.https_addr()));
+    let mut edge = kubeedge_edge::Config::join(dir.join("edge"), &cli.node_name, &cloud.address());
     edge.token = Some(
         cloud
             .ca()
