@@ -67,6 +67,9 @@ use kubeedge_core::transport::{tls, ws};
 pub use controlplane::ControlPlane;
 pub use hub::{Hub, HubConfig};
 pub use index::Index;
+/// The crates this one's public API is written in (the Kubernetes client and types, and the shared
+/// core), re-exported so that an application names the very versions it was built with.
+pub use {k8s_openapi, kube, kubeedge_core};
 
 /// The label that makes a Node an edge node (upstream: the only mark the cloud looks for).
 pub const EDGE_NODE_LABEL: &str = "node-role.kubernetes.io/edge";

@@ -29,6 +29,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TunnelError {
     /// The node has no tunnel open.
     #[error(

@@ -32,6 +32,7 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 
 /// Why an uplink request was not carried out.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UplinkError {
     /// Node authorization refused it (403).
     #[error("forbidden: {0}")]

@@ -68,6 +68,22 @@ pub mod test_util;
 #[cfg(feature = "transport")]
 pub mod transport;
 
+/// Crates whose types appear in this crate's public API, re-exported so that an application names
+/// the very versions this crate was built with.
+pub mod reexports {
+    #[cfg(feature = "kubeapi")]
+    pub use axum;
+    #[cfg(feature = "streaming")]
+    pub use h2;
+    #[cfg(feature = "pki")]
+    pub use rcgen;
+    #[cfg(feature = "store")]
+    pub use redb;
+    #[cfg(feature = "transport")]
+    pub use rustls;
+    pub use serde_json;
+}
+
 /// An error and its causes (`source()` chain) on one line, `: `-separated, as the binaries and
 /// logs print them.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

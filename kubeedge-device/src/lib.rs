@@ -46,6 +46,10 @@ pub mod eventbus;
 pub mod mapper;
 pub mod twin;
 
+/// The shared core (the store, messages, Device types), re-exported so that an application names
+/// the very version this crate was built with.
+pub use kubeedge_core;
+
 /// Why a device component could not do something.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

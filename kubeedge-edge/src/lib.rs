@@ -70,6 +70,9 @@ use kubeedge_core::kubeapi::Api;
 
 pub use bootstrap::CertFiles;
 pub use edgehub::{EdgeHub, EdgeHubConfig};
+/// The shared core (messages, store, API types), re-exported so that an application names the very
+/// version this crate was built with; its `reexports` has redb, rustls and the rest.
+pub use kubeedge_core;
 pub use metastore::MetaStore;
 
 /// Why the edge could not do something.

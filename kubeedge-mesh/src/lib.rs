@@ -47,6 +47,10 @@ pub mod table;
 pub mod tunnel;
 pub mod wire;
 
+/// The crates this one's public API is written in, re-exported so that an application names the
+/// very versions it was built with.
+pub use {kube, kubeedge_core};
+
 use std::net::{IpAddr, SocketAddr};
 
 /// What can go wrong in the mesh.

@@ -96,6 +96,7 @@ pub struct Hop {
 
 /// A malformed or refused stream.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The stream ended or failed.
     #[error("tunnel stream: {0}")]

@@ -33,6 +33,7 @@ const DESCRIPTORS: &[u8] = include_bytes!("kubernetes.fds");
 
 /// Why a body could not be transcoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The body does not start with `k8s\0`.
     #[error("not a Kubernetes protobuf body (it must start with the bytes \"k8s\\0\")")]

@@ -36,6 +36,7 @@ use super::spdy::{self, Role};
 
 /// Why a pod stream could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StreamError {
     /// The HTTP upgrade did not complete.
     #[error("upgrading the connection: {0}")]

@@ -37,6 +37,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What went wrong on a SPDY connection.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpdyError {
     /// The connection is gone.
     #[error("the SPDY connection is closed")]

@@ -54,6 +54,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What went wrong talking to a device.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DriverError {
     /// The device cannot be reached (connection refused, timed out, closed): the mapper
     /// reconnects.
