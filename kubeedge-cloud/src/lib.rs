@@ -48,6 +48,7 @@ pub mod controlplane;
 pub mod hub;
 pub mod index;
 pub mod kubelet;
+pub mod leader;
 pub mod lifecycle;
 pub mod streams;
 pub mod uplink;
@@ -138,6 +139,10 @@ pub struct Config {
     /// The Kubernetes minor version the embedded control plane reports on `/version` (kubectl's
     /// version dispatcher picks its client by it). Default [`kubeapi::KUBE_MINOR`](kubeedge_core::kubeapi::KUBE_MINOR).
     pub kube_minor: String,
+    /// Run as one of several replicas sharing the Kubernetes API: elect a leader for the work done
+    /// once ([`leader`]), and share one CA through Secret `kubeedge/casecret` (the first replica
+    /// stores its own; the others take it). Default `None`: the only cloudcore.
+    pub replica: Option<leader::LeaderConfig>,
 }
 
 impl Config {
@@ -156,6 +161,7 @@ impl Config {
             node_grace: Duration::from_secs(40),
             edge_cert_validity: Duration::from_secs(365 * 86_400),
             kube_minor: kubeedge_core::kubeapi::KUBE_MINOR.to_owned(),
+            replica: None,
         }
     }
 }
@@ -163,6 +169,102 @@ impl Config {
 fn io_err(step: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let step = step.into();
     move |source| Error::Io { step, source }
+}
+
+/// Secret `kubeedge/casecret` (upstream's name and keys: `cadata` certificate DER, `cakeydata`
+/// SEC1 key DER), where replicas share the CA.
+const CA_SECRET: (&str, &str) = ("kubeedge", "casecret");
+
+/// The CA replicas share: the one in [`CA_SECRET`] if there is one (then also written to
+/// `dir/ca`, and a serving certificate issued by another CA is dropped to be issued again), else
+/// `local`, stored there for the others. `None`: `local` is the shared one.
+///
+/// A replica whose own CA predates this start (`had_local`: it may have signed edges'
+/// certificates) and differs from the shared one is refused rather than switched: switching would
+/// leave the edges it signed unable to connect (upstream's replicas diverged that way, silently).
+async fn share_ca(
+    client: &kube::Client,
+    local: &Ca,
+    had_local: bool,
+    dir: &Path,
+) -> Result<Option<Ca>, Error> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use kube::api::{Api, PostParams};
+    let (ns, name) = CA_SECRET;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut stored = secrets.get_opt(name).await?;
+    if stored.is_none() {
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(ns.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            data: Some(
+                [
+                    ("cadata".to_owned(), ByteString(local.cert_der().to_vec())),
+                    (
+                        "cakeydata".to_owned(),
+                        ByteString(local.key_sec1().to_vec()),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!("replicas: this CA is now the shared one ({ns}/{name})");
+                return Ok(None);
+            }
+            // Another replica stored its CA first: take that one.
+            Err(kube::Error::Api(s)) if s.code == 409 => stored = secrets.get_opt(name).await?,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let data = stored.and_then(|s| s.data).unwrap_or_default();
+    let (Some(cert), Some(key)) = (data.get("cadata"), data.get("cakeydata")) else {
+        return Err(Error::Config(format!(
+            "Secret {ns}/{name} has no cadata and cakeydata: the replicas' CA cannot be read"
+        )));
+    };
+    if cert.0 == local.cert_der() {
+        return Ok(None);
+    }
+    if had_local {
+        return Err(Error::Config(format!(
+            "this replica's CA ({}) is not the replicas' shared CA (Secret {ns}/{name}): edges it signed would be refused by the others and the others' by it; move {} away to take the shared CA, or store this one in the Secret if it is the one edges trust",
+            dir.join("ca").display(),
+            dir.join("ca").display()
+        )));
+    }
+    let shared = Ca::from_der(&cert.0, &key.0)?;
+    let ca_dir = dir.join("ca");
+    pki::write(&ca_dir.join(pki::CA_CERT_FILE), &shared.cert_pem(), false)?;
+    pki::write(&ca_dir.join(pki::CA_KEY_FILE), &shared.key_pem(), true)?;
+    for file in ["server.crt", "server.key"] {
+        let path = dir.join("certs").join(file);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
+        }
+    }
+    tracing::info!("replicas: using the shared CA from {ns}/{name}");
+    Ok(Some(shared))
 }
 
 /// cloudhub's serving identity: `D/certs/server.{crt,key}` if present (e.g. from `keadm
@@ -233,6 +335,7 @@ pub struct CloudCore {
     https_addr: SocketAddr,
     stream_addr: Option<SocketAddr>,
     ca: Arc<Ca>,
+    leadership: leader::Leadership,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -253,6 +356,7 @@ impl CloudCore {
     pub async fn start(config: Config) -> Result<CloudCore, Error> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let had_ca = dir.join("ca").join(pki::CA_CERT_FILE).exists();
         let ca = Arc::new(Ca::load_or_create(&dir.join("ca"), SystemTime::now())?);
         #[cfg(feature = "control-plane")]
         let (control_plane, kubeconfig) = match &config.kubeconfig {
@@ -271,9 +375,25 @@ impl CloudCore {
         })?;
         let embedded = config.kubeconfig.is_none();
         let client = client_from(&kubeconfig).await?;
+        // Replicas trust one CA: the one stored in the shared API, else this one (stored there).
+        let ca = match &config.replica {
+            Some(_) => match share_ca(&client, &ca, had_ca, dir).await? {
+                Some(shared) => Arc::new(shared),
+                None => ca,
+            },
+            None => ca,
+        };
+        let (leadership, election) = match &config.replica {
+            Some(replica) => {
+                let (leadership, task) = leader::spawn(client.clone(), replica.clone());
+                (leadership, Some(task))
+            }
+            None => (leader::Leadership::always(), None),
+        };
 
         let index = Index::new();
         let mut tasks = controller::start(&client, &index);
+        tasks.extend(election);
         let uplink = uplink::Uplink::new(client.clone(), index.clone(), &cluster_ca(&kubeconfig)?);
 
         let (chain, key) = hub_identity(dir, &ca, &config)?;
@@ -364,6 +484,7 @@ impl CloudCore {
             index.clone(),
             hub.clone(),
             config.node_grace,
+            leadership.clone(),
         )));
         tracing::info!(%hub_addr, %https_addr, "cloudhub serving");
         Ok(CloudCore {
@@ -377,6 +498,7 @@ impl CloudCore {
             https_addr,
             stream_addr,
             ca,
+            leadership,
             tasks,
         })
     }
@@ -386,6 +508,11 @@ impl CloudCore {
     /// at the same ports.
     pub fn address(&self) -> kubeedge_core::address::CloudAddress {
         kubeedge_core::address::CloudAddress::new(self.hub_addr.into(), self.https_addr.into())
+    }
+
+    /// Whether this replica leads (always, without [`Config::replica`]).
+    pub fn leadership(&self) -> &leader::Leadership {
+        &self.leadership
     }
 
     /// The Kubernetes client the controllers use.

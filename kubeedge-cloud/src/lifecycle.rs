@@ -2,17 +2,25 @@
 //! `Ready=Unknown` (every condition it reported becomes Unknown, reason `NodeStatusUnknown`), as
 //! the Kubernetes node lifecycle controller does. Its pods are left alone: no taints, no eviction
 //! (edge pods keep running offline, and the edge reports their real state when it is back).
+//!
+//! With several cloudcore replicas, only the leader ([`crate::leader`]) marks nodes, and a node
+//! counts as heard from when this replica heard it or when its Lease (`kube-node-lease`, renewed
+//! through whichever replica holds its connection) was renewed within the grace period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 
 use crate::controller::api_in;
 use crate::hub::Hub;
 use crate::index::{Index, Kind, meta};
+use crate::leader::Leadership;
 
 /// Reason set on conditions of a node that stopped reporting.
 pub const REASON_UNKNOWN: &str = "NodeStatusUnknown";
@@ -49,15 +57,25 @@ pub fn unknown_conditions(node: &Value, now: &str) -> Option<Value> {
 /// or not its connection still looks up (a half-open link is noticed here, not only when the
 /// session's keepalive timeout ends it). It turns Ready again when the edge reports its status,
 /// which it does on every reconnect.
-pub async fn run(client: Client, index: Arc<Index>, hub: Hub, grace: Duration) {
+pub async fn run(
+    client: Client,
+    index: Arc<Index>,
+    hub: Hub,
+    grace: Duration,
+    leadership: Leadership,
+) {
     let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let leases = watch_leases(client.clone());
     loop {
         tick.tick().await;
+        if !leadership.is_leader() {
+            continue;
+        }
         for node in index.edge_nodes() {
             let name = meta(&node, "name");
-            if hub.silent_for(name) < grace {
+            if hub.silent_for(name) < grace || lease_age(&leases, name) < grace {
                 continue;
             }
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
@@ -65,7 +83,7 @@ pub async fn run(client: Client, index: Arc<Index>, hub: Hub, grace: Duration) {
                 continue;
             };
             // The edge may have spoken meanwhile: its own report wins.
-            if hub.silent_for(name) < grace {
+            if hub.silent_for(name) < grace || lease_age(&leases, name) < grace {
                 continue;
             }
             let patch = json!({"status": {"conditions": conditions}});
@@ -82,4 +100,35 @@ pub async fn run(client: Client, index: Arc<Index>, hub: Hub, grace: Duration) {
             }
         }
     }
+}
+
+/// The node Leases (`kube-node-lease`), kept current by a watch.
+fn watch_leases(client: Client) -> Store<Lease> {
+    let (reader, writer) = reflector::store();
+    let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "watching node leases");
+            }
+        }
+    });
+    reader
+}
+
+/// How long ago node `name`'s Lease was renewed (`Duration::MAX` without one).
+fn lease_age(leases: &Store<Lease>, name: &str) -> Duration {
+    let Some(lease) = leases.get(&ObjectRef::new(name).within("kube-node-lease")) else {
+        return Duration::MAX;
+    };
+    let Some(renewed) = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) else {
+        return Duration::MAX;
+    };
+    let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond() - renewed.0.as_millisecond();
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }

@@ -12,7 +12,7 @@
 //!     httpServer: https://10.0.0.1:10002 # the certificate server
 //!     token: ""                          # join token, needed until the node has a certificate
 //!     websocket:
-//!       server: 10.0.0.1:10000           # cloudhub (wss://… also accepted)
+//!       server: 10.0.0.1:10000           # cloudhub (wss://… also accepted; replicas: a:p,b:p)
 //!   edged:
 //!     hostnameOverride: edge-1           # the node's name
 //!     nodeIP: 10.0.0.2
@@ -393,7 +393,11 @@ impl EdgeCoreFile {
                 "true, but kubeedge-rs has no QUIC transport: enable websocket instead",
             ));
         }
-        let mut config = Config::new(data_dir.clone(), node, hub_url(&server));
+        // Several cloudcore replicas: `server: a:10000,b:10000` (kubeedge-rs; upstream takes one).
+        let mut servers = server.split(',').map(str::trim).filter(|s| !s.is_empty());
+        let first = servers.next().unwrap_or_default();
+        let mut config = Config::new(data_dir.clone(), node, hub_url(first));
+        config.cloud_replicas = servers.map(hub_url).collect();
         let defaults = crate::bootstrap::CertFiles::under(&data_dir);
         let pick = |p: &Option<PathBuf>, default: PathBuf| {
             p.clone()

@@ -53,6 +53,8 @@ pub struct EdgeHubConfig {
     pub node: String,
     /// cloudhub's URL, `wss://host:port`.
     pub cloud_url: String,
+    /// Further cloudhub URLs of the same cloud (cloudcore replicas): see [`replica_order`].
+    pub cloud_replicas: Vec<String>,
     /// The node's certificate files.
     pub certs: CertFiles,
     /// Sync session settings (keepalive, windows, ...).
@@ -71,6 +73,7 @@ impl EdgeHubConfig {
         EdgeHubConfig {
             node: node.into(),
             cloud_url: cloud_url.into(),
+            cloud_replicas: Vec::new(),
             certs,
             session: edge::Config::default(),
             backoff_min: Duration::from_secs(1),
@@ -106,6 +109,30 @@ pub struct EdgeHub {
     connections: Arc<tokio::sync::watch::Sender<u64>>,
     redial: Arc<tokio::sync::Notify>,
     lease: Arc<std::sync::Mutex<LeaseState>>,
+}
+
+/// The order in which `node` dials cloudhub `urls` (cloudcore replicas): by rendezvous hashing of
+/// the node's name with each URL, so each node has its own stable first choice, a fleet spreads
+/// evenly over the replicas, and when one replica goes only its nodes move (each to its own
+/// second choice). Duplicates are dropped.
+pub fn replica_order(node: &str, urls: &[String]) -> Vec<String> {
+    // FNV-1a, 64 bit: stable across Rust versions and platforms, unlike the std hasher.
+    let score = |url: &str| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in node.bytes().chain([0]).chain(url.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h
+    };
+    let mut order: Vec<String> = Vec::new();
+    for url in urls {
+        if !order.contains(url) {
+            order.push(url.clone());
+        }
+    }
+    order.sort_by_key(|u| std::cmp::Reverse(score(u)));
+    order
 }
 
 /// `d` ± 50 %.
@@ -261,22 +288,34 @@ impl EdgeHub {
         events: mpsc::Sender<edge::Event>,
     ) {
         let mut backoff = config.backoff_min;
+        let mut all = vec![config.cloud_url.clone()];
+        all.extend(config.cloud_replicas.iter().cloned());
+        let urls = replica_order(&config.node, &all);
+        // Which of `urls` to dial next: every round starts from the node's first choice.
+        let mut next = 0;
         loop {
+            let url = &urls[next % urls.len()];
             let attempt = async {
                 let tls = config.certs.client_config()?;
-                let mut ws_config =
-                    ws::ClientConfig::new(config.cloud_url.clone(), config.node.clone(), tls);
+                let mut ws_config = ws::ClientConfig::new(url.clone(), config.node.clone(), tls);
                 ws_config.offer_extensions = config.offer_extensions;
                 Ok::<_, Error>(ws::connect(&ws_config).await?)
             };
             match attempt.await {
                 Err(e) => {
-                    tracing::warn!(cloud = %config.cloud_url, error = %crate::chain(&e), retry_in = ?backoff, "edgehub: cannot reach the cloud");
+                    next += 1;
+                    if next < urls.len() {
+                        tracing::warn!(cloud = %url, error = %crate::chain(&e), next = %urls[next], "edgehub: cannot reach this replica, trying the next");
+                        continue;
+                    }
+                    next = 0;
+                    tracing::warn!(cloud = %url, error = %crate::chain(&e), retry_in = ?backoff, "edgehub: cannot reach the cloud");
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(config.backoff_max);
                 }
                 Ok(conn) => {
-                    tracing::info!(cloud = %config.cloud_url, negotiated = conn.peer().negotiated, "edgehub: connected");
+                    tracing::info!(cloud = %url, negotiated = conn.peer().negotiated, "edgehub: connected");
+                    next = 0;
                     backoff = config.backoff_min;
                     self.connected.store(true, Ordering::SeqCst);
                     self.connections.send_modify(|n| *n += 1);
@@ -446,5 +485,34 @@ impl EdgeHub {
                 }
             })
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::replica_order;
+
+    #[test]
+    fn replicas_are_spread_and_only_a_gone_ones_nodes_move() {
+        let urls: Vec<String> = (1..=3).map(|i| format!("wss://cc{i}:10000")).collect();
+        let firsts: Vec<String> = (0..3000)
+            .map(|n| replica_order(&format!("node-{n}"), &urls)[0].clone())
+            .collect();
+        for url in &urls {
+            let share = firsts.iter().filter(|f| *f == url).count();
+            assert!((850..=1150).contains(&share), "{url}: {share} of 3000");
+        }
+        // Without cc3, a node keeps its replica unless it was on cc3.
+        let two = &urls[..2];
+        for (n, first) in firsts.iter().enumerate() {
+            let now = replica_order(&format!("node-{n}"), two)[0].clone();
+            if first != &urls[2] {
+                assert_eq!(&now, first);
+            }
+        }
+        assert_eq!(
+            replica_order("n", &[urls[0].clone(), urls[0].clone()]),
+            vec![urls[0].clone()]
+        );
     }
 }

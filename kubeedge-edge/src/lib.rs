@@ -217,6 +217,10 @@ pub struct Config {
     pub node: String,
     /// cloudhub, `wss://host:port`.
     pub cloud_url: String,
+    /// Further cloudhub URLs of the same cloud (cloudcore replicas). The node dials them in an
+    /// order stable for its name ([`edgehub::replica_order`]), so a fleet spreads over the
+    /// replicas, and fails over to the next when one cannot be reached. Default none.
+    pub cloud_replicas: Vec<String>,
     /// cloudhub's certificate server, `https://host:port` (for the first start).
     pub https_url: Option<String>,
     /// A join token (needed once, when there is no certificate yet).
@@ -253,6 +257,7 @@ impl Config {
             data_dir: data_dir.into(),
             node: node.into(),
             cloud_url: cloud_url.into(),
+            cloud_replicas: Vec::new(),
             https_url: None,
             token: None,
             metaserver_addr: SocketAddr::from(([127, 0, 0, 1], 10550)),
@@ -366,6 +371,7 @@ impl EdgeCore {
         api.install_crds(&kubeedge_core::api::devices::crds())?;
         let mut hub_config = EdgeHubConfig::new(&config.node, &config.cloud_url, certs);
         hub_config.session = config.session.clone();
+        hub_config.cloud_replicas = config.cloud_replicas.clone();
         hub_config.backoff_max = config.backoff_max.max(hub_config.backoff_min);
         let (hub, mut tasks) = EdgeHub::start(hub_config, store)?;
         let (metaserver_addr, metaserver) = if config.metaserver_enabled {

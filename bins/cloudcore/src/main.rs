@@ -12,6 +12,10 @@
 //! `cloudcore ready api=<url|-> kubeconfig=<path> hub=<addr> https=<addr> stream=<addr|->` (port 0
 //! picks free ports; the line tells which). Logs go to stderr (`RUST_LOG`, default `info`).
 //!
+//! With `--replica` it is one of several cloudcores over one Kubernetes API: each edge may
+//! connect to any of them (edgecore lists them all), the leader of Lease `kubeedge/cloudcore`
+//! does the work done once, and they share one CA through Secret `kubeedge/casecret`.
+//!
 //! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
 
 use std::net::{IpAddr, SocketAddr};
@@ -74,6 +78,15 @@ struct Cli {
     /// dispatcher picks its client by it).
     #[arg(long, default_value = kubeedge_core::kubeapi::KUBE_MINOR)]
     kube_minor: String,
+    /// Run as one of several cloudcore replicas sharing one Kubernetes API (usually with
+    /// --kubeconfig): the work done once (marking silent nodes) runs on the leader of Lease
+    /// kubeedge/cloudcore, and the replicas share one CA through Secret kubeedge/casecret. Edges
+    /// list every replica (`edgecore --cloud wss://A:P,wss://B:P`).
+    #[arg(long)]
+    replica: bool,
+    /// This replica's identity in the leader election. Default: host name and process id.
+    #[arg(long, requires = "replica")]
+    replica_id: Option<String>,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -90,6 +103,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.hub.api_concurrency = usize::from(cli.api_concurrency);
     config.node_grace = Duration::from_secs(cli.node_grace_seconds);
     config.kube_minor = cli.kube_minor;
+    if cli.replica {
+        let id = cli.replica_id.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}_{}", host.trim(), std::process::id())
+        });
+        config.replica = Some(kubeedge_cloud::leader::LeaderConfig::new(id));
+    }
     let kubeconfig = config.kubeconfig.clone();
     let core = CloudCore::start(config).await?;
     let (api, kubeconfig) = match core.control_plane() {

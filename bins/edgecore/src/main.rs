@@ -51,7 +51,8 @@ struct Cli {
     /// This node's name.
     #[arg(long)]
     node_name: Option<String>,
-    /// cloudhub's WebSocket URL, wss://HOST:PORT.
+    /// cloudhub's WebSocket URL, wss://HOST:PORT; several cloudcore replicas comma-separated
+    /// (the node picks its own first choice and fails over to the others).
     #[arg(long)]
     cloud: Option<String>,
     /// cloudhub's certificate server, https://HOST:PORT (needed on the first start).

@@ -13,25 +13,24 @@ use crate::common::{TempDir, eventually, free_port, kill_all, kubectl, live_proc
 use crate::devices::Peer;
 
 /// A binary built beside this test's edgecore.
-fn sibling(name: &str) -> PathBuf {
+pub(crate) fn sibling(name: &str) -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_edgecore")).with_file_name(name);
     assert!(bin.exists(), "build {name} first: {}", bin.display());
     bin
 }
 
-/// Starts `cmd` with stderr appended to `log`; returns it once it printed its ready line.
-fn start(mut cmd: Command, log: &Path, ready: &str) -> Peer {
+/// Starts `cmd` with stderr appended to `log` (`RUST_LOG=warn` unless it sets one); returns it
+/// and its ready line once it printed one starting with `ready`.
+pub(crate) fn start(mut cmd: Command, log: &Path, ready: &str) -> (Peer, String) {
     let stderr = OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    let mut child = cmd
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "warn");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -42,7 +41,7 @@ fn start(mut cmd: Command, log: &Path, ready: &str) -> Peer {
         "{ready}: {line:?}\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
-    peer
+    (peer, line)
 }
 
 /// The site on `dir` (cloud under `cloud/`, where `kubectl()` finds the kubeconfig) with fixed
@@ -58,7 +57,7 @@ fn edgesite(dir: &TempDir, ports: [u16; 4]) -> Peer {
         .args(["--https-port", &ports[2].to_string()])
         .args(["--metaserver-port", &ports[3].to_string()])
         .args(["--mqtt-internal", "127.0.0.1:0"]);
-    start(cmd, &dir.0.join("edgesite.log"), "edgesite ready node=site")
+    start(cmd, &dir.0.join("edgesite.log"), "edgesite ready node=site").0
 }
 
 /// `phase nodeName containerID restartCount` of pod `name`, or "" while it has no status.
@@ -163,7 +162,7 @@ async fn edgesite_runs_pods_survives_kill_9_and_takes_further_edges() {
         .args(["--https", &format!("https://127.0.0.1:{}", ports[2])])
         .args(["--token", token.trim()])
         .args(["--metaserver-port", "0", "--mqtt-internal", "127.0.0.1:0"]);
-    let e2 = start(cmd, &dir.0.join("e2.log"), "edgecore ready node=e2");
+    let (e2, _) = start(cmd, &dir.0.join("e2.log"), "edgecore ready node=e2");
     sleeper(&dir, "on-e2", Some("e2"));
     wait_running(&dir, "on-e2", "e2").await;
 

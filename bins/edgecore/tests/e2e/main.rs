@@ -12,6 +12,7 @@ mod mesh;
 mod netfaults;
 mod pods;
 mod process;
+mod replicas;
 mod streams;
 mod sync;
 mod upstream;
