@@ -485,6 +485,7 @@ impl CloudCore {
             hub.clone(),
             config.node_grace,
             leadership.clone(),
+            config.replica.is_some(),
         )));
         tracing::info!(%hub_addr, %https_addr, "cloudhub serving");
         Ok(CloudCore {

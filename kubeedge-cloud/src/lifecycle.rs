@@ -5,7 +5,9 @@
 //!
 //! With several cloudcore replicas, only the leader ([`crate::leader`]) marks nodes, and a node
 //! counts as heard from when this replica heard it or when its Lease (`kube-node-lease`, renewed
-//! through whichever replica holds its connection) was renewed within the grace period.
+//! through whichever replica holds its connection) was renewed within the grace period. Every
+//! cloudcore that shares an API with replicas must be one (`Config::replica`): one that is not
+//! would mark the nodes it does not hear.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,11 +65,13 @@ pub async fn run(
     hub: Hub,
     grace: Duration,
     leadership: Leadership,
+    replicated: bool,
 ) {
     let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let leases = watch_leases(client.clone());
+    // Only replicas need the Leases (a single cloudcore hears every node itself).
+    let leases = replicated.then(|| watch_leases(client.clone()));
     loop {
         tick.tick().await;
         if !leadership.is_leader() {
@@ -75,7 +79,7 @@ pub async fn run(
         }
         for node in index.edge_nodes() {
             let name = meta(&node, "name");
-            if hub.silent_for(name) < grace || lease_age(&leases, name) < grace {
+            if hub.silent_for(name) < grace || lease_age(leases.as_ref(), name) < grace {
                 continue;
             }
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
@@ -83,7 +87,7 @@ pub async fn run(
                 continue;
             };
             // The edge may have spoken meanwhile: its own report wins.
-            if hub.silent_for(name) < grace || lease_age(&leases, name) < grace {
+            if hub.silent_for(name) < grace || lease_age(leases.as_ref(), name) < grace {
                 continue;
             }
             let patch = json!({"status": {"conditions": conditions}});
@@ -121,9 +125,11 @@ fn watch_leases(client: Client) -> Store<Lease> {
     reader
 }
 
-/// How long ago node `name`'s Lease was renewed (`Duration::MAX` without one).
-fn lease_age(leases: &Store<Lease>, name: &str) -> Duration {
-    let Some(lease) = leases.get(&ObjectRef::new(name).within("kube-node-lease")) else {
+/// How long ago node `name`'s Lease was renewed (`Duration::MAX` without one, or without
+/// `leases`).
+fn lease_age(leases: Option<&Store<Lease>>, name: &str) -> Duration {
+    let Some(lease) = leases.and_then(|l| l.get(&ObjectRef::new(name).within("kube-node-lease")))
+    else {
         return Duration::MAX;
     };
     let Some(renewed) = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) else {

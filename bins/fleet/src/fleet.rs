@@ -27,15 +27,21 @@ pub struct Settings {
     pub concurrency: usize,
     /// Limit for each scenario.
     pub limit: Duration,
+    /// Open-loop create rates (pods/s), one window each after registration; none: skipped.
+    pub open_loop_rates: Vec<u32>,
+    /// Length of each open-loop window.
+    pub open_loop: Duration,
 }
 
-/// p50 and p99.
+/// p50, p99 and the largest.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Spread {
     /// Median.
     pub p50: Duration,
     /// 99th percentile.
     pub p99: Duration,
+    /// The largest.
+    pub max: Duration,
 }
 
 impl Spread {
@@ -44,8 +50,25 @@ impl Spread {
         Spread {
             p50: percentile(&v, 0.5),
             p99: percentile(&v, 0.99),
+            max: v.last().copied().unwrap_or_default(),
         }
     }
+}
+
+/// One open-loop window: pods created at a fixed rate, each timed from the moment its create was
+/// due (so a create that waited counts its wait) until its edge held it.
+#[derive(Debug, Clone, Default)]
+pub struct OpenLoop {
+    /// Creates per second asked for.
+    pub rate: u32,
+    /// Pods created.
+    pub pods: usize,
+    /// Creates per second achieved (pods / time until the last create was answered).
+    pub achieved: f64,
+    /// Due → at the edge.
+    pub latency: Spread,
+    /// cloudcore CPU in the window, % of one core.
+    pub cpu_pct: f64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -73,6 +96,8 @@ pub struct Row {
     pub connect_cpu: f64,
     /// Pods created.
     pub pods: usize,
+    /// The open-loop windows.
+    pub open_loop: Vec<OpenLoop>,
     /// Time until every pod was at its edge.
     pub fanout_time: Duration,
     /// Per-pod latency, create request to edge.
@@ -163,11 +188,34 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
         row.connect_time.as_secs_f64()
     );
 
+    // At most half of what the API server admits from one address at once (64).
+    let api_slots = Arc::new(Semaphore::new(s.concurrency.min(32)));
+
+    // --- 1b. open loop: creates at fixed rates ---
+    for &rate in &s.open_loop_rates {
+        let window = open_loop(
+            &cloud,
+            &pods,
+            &edges,
+            &api_slots,
+            &mut reports,
+            &mut applied,
+            rate,
+            s,
+        )
+        .await?;
+        eprintln!(
+            "fleet {n}: open loop at {rate} pods/s: p50 {} ms, p99 {} ms, max {} ms",
+            ms(window.latency.p50),
+            ms(window.latency.p99),
+            ms(window.latency.max)
+        );
+        row.open_loop.push(window);
+    }
+
     // --- 2. fan-out ---
     let total = row.pods;
     let created: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    // At most half of what the API server admits from one address at once (64).
-    let api_slots = Arc::new(Semaphore::new(s.concurrency.min(32)));
     let cpu1 = cloud.cpu_secs();
     let start = Instant::now();
     let mut creates = tokio::task::JoinSet::new();
@@ -305,6 +353,90 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     Ok(row)
 }
 
+/// Creates pods at `rate` per second for `s.open_loop` (open loop: each create is due at its
+/// time whether or not earlier ones were answered), round robin over the nodes, and times each
+/// from when it was due until its edge applied it.
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    cloud: &CloudCore,
+    pods: &Api<Pod>,
+    edges: &[Arc<sim::Edge>],
+    slots: &Arc<Semaphore>,
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report>,
+    applied: &mut HashMap<String, Option<u64>>,
+    rate: u32,
+    s: &Settings,
+) -> Result<OpenLoop, Error> {
+    let total = (f64::from(rate) * s.open_loop.as_secs_f64()).round() as usize;
+    let every = Duration::from_secs(1) / rate.max(1);
+    let due: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let cpu0 = cloud.cpu_secs();
+    let start = Instant::now();
+    let mut creates = tokio::task::JoinSet::new();
+    let issuer = {
+        let (pods, due, slots) = (pods.clone(), due.clone(), slots.clone());
+        let nodes: Vec<String> = edges.iter().map(|e| e.name.clone()).collect();
+        tokio::spawn(async move {
+            for k in 0..total {
+                let at = start + every * u32::try_from(k).unwrap_or(u32::MAX);
+                tokio::time::sleep_until(at.into()).await;
+                let name = format!("o{rate}-{k:07}");
+                if let Ok(mut d) = due.lock() {
+                    d.insert(format!("default/pod/{name}"), at);
+                }
+                let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name},
+                    "spec": {"nodeName": nodes[k % nodes.len()],
+                             "containers": [{"name": "c", "image": "busybox"}]}}))?;
+                let (pods, slots) = (pods.clone(), slots.clone());
+                creates.spawn(async move {
+                    let _permit = slots.acquire().await;
+                    pods.create(&PostParams::default(), &pod).await.map(|_| ())
+                });
+            }
+            while let Some(done) = creates.join_next().await {
+                done??;
+            }
+            Ok::<Instant, Error>(Instant::now())
+        })
+    };
+    let mut latencies = Vec::with_capacity(total);
+    let deadline = start + s.open_loop + s.limit;
+    let prefix = format!("default/pod/o{rate}-");
+    while latencies.len() < total {
+        match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
+            Ok(Some(Report::Applied {
+                key, version, at, ..
+            })) => {
+                if key.starts_with(&prefix)
+                    && !applied.contains_key(&key)
+                    && let Some(t0) = due.lock().ok().and_then(|d| d.get(&key).copied())
+                {
+                    latencies.push(at.saturating_duration_since(t0));
+                }
+                applied.insert(key, version);
+            }
+            Ok(Some(_)) => {}
+            _ => {
+                issuer.abort();
+                return Err(format!(
+                    "open loop at {rate}/s: only {} of {total} pods reached their edges in time",
+                    latencies.len()
+                )
+                .into());
+            }
+        }
+    }
+    let answered = issuer.await??;
+    let secs = start.elapsed().as_secs_f64();
+    Ok(OpenLoop {
+        rate,
+        pods: total,
+        achieved: total as f64 / answered.duration_since(start).as_secs_f64(),
+        latency: Spread::of(latencies),
+        cpu_pct: 100.0 * (cloud.cpu_secs() - cpu0) / secs,
+    })
+}
+
 /// The four tables, one row per fleet size.
 pub fn print(rows: &[Row], pods_per_node: usize) {
     let Some(first) = rows.first() else {
@@ -335,6 +467,38 @@ pub fn print(rows: &[Row], pods_per_node: usize) {
             ]
         }),
     );
+    let windows: Vec<(usize, &OpenLoop)> = rows
+        .iter()
+        .flat_map(|r| r.open_loop.iter().map(move |w| (r.nodes, w)))
+        .collect();
+    if !windows.is_empty() {
+        table(
+            Some("1b. open loop: pods created at a fixed rate, due → at the edge"),
+            &[
+                "nodes",
+                "rate (pods/s)",
+                "pods",
+                "achieved (pods/s)",
+                "p50 (ms)",
+                "p99 (ms)",
+                "max (ms)",
+                "cloudcore CPU (% of one core)",
+            ],
+            0,
+            windows.iter().map(|(nodes, w)| {
+                vec![
+                    nodes.to_string(),
+                    w.rate.to_string(),
+                    w.pods.to_string(),
+                    format!("{:.0}", w.achieved),
+                    ms(w.latency.p50),
+                    ms(w.latency.p99),
+                    ms(w.latency.max),
+                    format!("{:.0}", w.cpu_pct),
+                ]
+            }),
+        );
+    }
     table(
         Some(&format!(
             "2. fan-out: {pods_per_node} pods per node through the API"

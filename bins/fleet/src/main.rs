@@ -7,6 +7,10 @@
 //! * `fleet`, once per size in `--nodes` (a fresh cloudcore each time):
 //!   1. **connect**: every node connects and registers its Node (an uplink the cloud answers);
 //!      per-node time to registered, and cloudcore's memory per connected node.
+//!      Then (table 1b, with `--open-loop-rates R1,R2,...`) the **open loop**: pods created at
+//!      each fixed rate for `--open-loop-secs`, round robin over the nodes, each create due at
+//!      its time whether or not earlier ones were answered; latency from when it was due until
+//!      its edge held it (p50, p99, max): queueing anywhere shows, the client's included.
 //!   2. **fan-out**: `--pods-per-node` pods per node created through the API; time until every
 //!      edge holds every pod; per-object latency from the create request to the edge.
 //!   3. **steady**: keepalives only for `--steady-secs`: cloudcore CPU and RSS.
@@ -63,6 +67,13 @@ struct Cli {
     /// Fleet sizes (simulated edge nodes), one fleet run each.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     nodes: Vec<usize>,
+    /// Open-loop create rates (pods/s) of the fleet scenario, one window each after registration
+    /// (none by default).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    open_loop_rates: Vec<u32>,
+    /// Length of each open-loop window, seconds.
+    #[arg(long, default_value_t = 60)]
+    open_loop_secs: u64,
     /// Pods per node in the fan-out scenario.
     #[arg(long, default_value_t = 10)]
     pods_per_node: usize,
@@ -170,6 +181,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 steady: Duration::from_secs(cli.steady_secs),
                 concurrency: usize::from(cli.concurrency),
                 limit,
+                open_loop_rates: cli.open_loop_rates.clone(),
+                open_loop: Duration::from_secs(cli.open_loop_secs),
             };
             match fleet::run(&cloudcore, &settings).await {
                 Ok(row) => rows.push(row),

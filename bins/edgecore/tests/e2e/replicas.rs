@@ -93,7 +93,12 @@ fn pod_on(dir: &TempDir, name: &str, node: &str) {
 async fn replicas_share_the_fleet_and_take_over_from_a_killed_leader() {
     let dir = TempDir::new("replicas");
     // The shared API: a cloudcore's embedded control plane under `cloud/` (where kubectl() looks).
-    let (_api, _) = cloudcore(&dir.0.join("cloud"), &dir.0.join("api.log"), &[]);
+    // (Not a replica itself, it would mark the nodes it never hears: a grace longer than the test.)
+    let (_api, _) = cloudcore(
+        &dir.0.join("cloud"),
+        &dir.0.join("api.log"),
+        &["--node-grace-seconds", "3600"],
+    );
     let kubeconfig = dir.0.join("cloud/admin.kubeconfig");
     let kubeconfig = kubeconfig.to_str().unwrap();
     let mut replicas = Vec::new();
