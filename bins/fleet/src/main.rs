@@ -207,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             plot::write(dir, &rows)?;
             println!();
             println!(
-                "Plots: {}/fleet-latency.svg, fleet-memory.svg",
+                "Plots: {}/fleet-latency.svg, fleet-memory.svg (and fleet-open-loop.svg with open-loop windows)",
                 dir.display()
             );
         }

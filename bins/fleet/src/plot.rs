@@ -9,7 +9,13 @@ use super::fleet::Row;
 
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
-fn chart(path: &Path, title: &str, y_desc: &str, series: &[Series<'_>]) -> Result<(), Error> {
+fn chart(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series<'_>],
+) -> Result<(), Error> {
     let x_max = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.0))
@@ -30,7 +36,7 @@ fn chart(path: &Path, title: &str, y_desc: &str, series: &[Series<'_>]) -> Resul
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("edge nodes (N)")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .draw()?;
     for (label, color, points) in series {
@@ -56,7 +62,8 @@ fn chart(path: &Path, title: &str, y_desc: &str, series: &[Series<'_>]) -> Resul
     Ok(())
 }
 
-/// Writes `fleet-latency.svg` and `fleet-memory.svg` into `dir`.
+/// Writes `fleet-latency.svg`, `fleet-memory.svg` and (with open-loop windows)
+/// `fleet-open-loop.svg` into `dir`.
 pub fn write(dir: &Path, rows: &[Row]) -> Result<(), Error> {
     std::fs::create_dir_all(dir)?;
     let points = |f: &dyn Fn(&Row) -> f64| -> Vec<(f64, f64)> {
@@ -66,6 +73,7 @@ pub fn write(dir: &Path, rows: &[Row]) -> Result<(), Error> {
     chart(
         &dir.join("fleet-latency.svg"),
         "cloudcore: latency against fleet size",
+        "edge nodes (N)",
         "seconds",
         &[
             (
@@ -82,6 +90,7 @@ pub fn write(dir: &Path, rows: &[Row]) -> Result<(), Error> {
     chart(
         &dir.join("fleet-memory.svg"),
         "cloudcore: resident memory per edge node against fleet size",
+        "edge nodes (N)",
         "KiB per node (RSS − idle RSS) / N",
         &[
             (
@@ -97,5 +106,34 @@ pub fn write(dir: &Path, rows: &[Row]) -> Result<(), Error> {
             ("target: 40 KiB per idle node", BLACK, target),
         ],
     )?;
+    // The open-loop windows of the largest fleet that ran them.
+    if let Some(row) = rows.iter().rev().find(|r| !r.open_loop.is_empty()) {
+        let ms = |f: &dyn Fn(&super::fleet::OpenLoop) -> std::time::Duration| -> Vec<(f64, f64)> {
+            row.open_loop
+                .iter()
+                .map(|w| (f64::from(w.rate), f(w).as_secs_f64() * 1000.0))
+                .collect()
+        };
+        let goal = row
+            .open_loop
+            .iter()
+            .map(|w| (f64::from(w.rate), 100.0))
+            .collect();
+        chart(
+            &dir.join("fleet-open-loop.svg"),
+            &format!(
+                "open loop at {} nodes: pod create due → at its edge",
+                row.nodes
+            ),
+            "creates per second",
+            "milliseconds",
+            &[
+                ("p50", BLUE, ms(&|w| w.latency.p50)),
+                ("p99", RED, ms(&|w| w.latency.p99)),
+                ("max", MAGENTA, ms(&|w| w.latency.max)),
+                ("goal: p99 < 100 ms", BLACK, goal),
+            ],
+        )?;
+    }
     Ok(())
 }

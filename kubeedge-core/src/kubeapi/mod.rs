@@ -2339,7 +2339,7 @@ async fn watch(
     };
     let watch = api
         .store
-        .watch(from)
+        .watch_resource(from, &store_name)
         .map_err(|e| store_error(&t.resource, e))?;
     let timeout = query
         .get("timeoutSeconds")

@@ -8,7 +8,10 @@
 //!   [`Error::Conflict`].
 //! * Watch from a resourceVersion: the last [`Config::event_window`] events are kept, so a watcher
 //!   resumes exactly where it left off; an older version is [`Error::Gone`] (HTTP 410), as
-//!   etcd's compaction makes it upstream. A watcher that falls behind the live broadcast refills
+//!   etcd's compaction makes it upstream. The window counts every resource's events, but a watch
+//!   of one resource ([`Store::watch_resource`]) resumes from any version after which none of that
+//!   resource's events were dropped: a quiet kind is not re-listed because a busy one churned.
+//!   A watcher that falls behind the live broadcast refills
 //!   from the event log instead of losing events.
 //! * Crash-safe: each write is one durable redb transaction; what a call returned is on disk.
 //!
@@ -48,6 +51,20 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const AUX: TableDefinition<&str, &[u8]> = TableDefinition::new("aux");
 const META_RV: &str = "resource_version";
 const META_COMPACTED: &str = "compacted";
+/// The compaction point when per-resource compaction marks began (a store written by an older
+/// version has none before it).
+const META_MARKS_SINCE: &str = "compacted/since";
+
+/// The key of a resource's compaction mark: the version of its newest dropped event.
+fn resource_mark(resource: &str) -> String {
+    format!("compacted/r/{resource}")
+}
+
+/// An event's resource, read without its object.
+#[derive(Deserialize)]
+struct EventResource {
+    resource: String,
+}
 
 /// Store settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -782,11 +799,24 @@ impl Store {
 
     /// Every event after `rv`, oldest first; [`Error::Gone`] if some were already dropped.
     pub fn events_since(&self, rv: u64) -> Result<Vec<Arc<Event>>, Error> {
+        self.events_after(rv, None)
+    }
+
+    /// Every event kept after `rv`, oldest first; [`Error::Gone`] if some were already dropped
+    /// (with `resource`: some of that resource).
+    fn events_after(&self, rv: u64, resource: Option<&str>) -> Result<Vec<Arc<Event>>, Error> {
         self.guarded(|db| {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
             let compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
-            if rv < compacted {
+            let resumable = |resource: &str| -> Result<bool, Error> {
+                let since = meta.get(META_MARKS_SINCE)?.map_or(u64::MAX, |v| v.value());
+                let mark = meta
+                    .get(resource_mark(resource).as_str())?
+                    .map_or(0, |v| v.value());
+                Ok(rv >= since && mark <= rv)
+            };
+            if rv < compacted && !resource.map(resumable).transpose()?.unwrap_or(false) {
                 return Err(Error::Gone {
                     requested: rv,
                     oldest: compacted,
@@ -806,14 +836,26 @@ impl Store {
 
     /// Watches every change after `rv` (all resources; filter on the events).
     pub fn watch(&self, rv: u64) -> Result<Watch, Error> {
+        self.watch_from(rv, None)
+    }
+
+    /// Watches every change after `rv` for a watcher of `resource` only (the events of every
+    /// resource still come; filter on them): it may resume from a version older than the
+    /// window's when none of `resource`'s events after it were dropped.
+    pub fn watch_resource(&self, rv: u64, resource: &str) -> Result<Watch, Error> {
+        self.watch_from(rv, Some(resource))
+    }
+
+    fn watch_from(&self, rv: u64, resource: Option<&str>) -> Result<Watch, Error> {
         // Subscribe before reading the log, so nothing falls between the two.
         let live = self.inner.live.subscribe();
-        let backlog = self.events_since(rv)?.into();
+        let backlog = self.events_after(rv, resource)?.into();
         Ok(Watch {
             store: self.clone(),
             live,
             backlog,
             last: rv,
+            resource: resource.map(str::to_owned),
         })
     }
 
@@ -972,11 +1014,17 @@ impl Store {
     ) -> Result<(), Error> {
         let window = self.inner.config.event_window.max(1);
         let mut compacted = meta.get(META_COMPACTED)?.map(|v| v.value()).unwrap_or(0);
+        if meta.get(META_MARKS_SINCE)?.is_none() {
+            meta.insert(META_MARKS_SINCE, compacted)?;
+        }
         while rv.saturating_sub(compacted) > window {
-            let Some((first, _)) = events.pop_first()? else {
+            let Some((first, value)) = events.pop_first()? else {
                 break;
             };
             compacted = compacted.max(first.value());
+            if let Ok(ev) = serde_json::from_slice::<EventResource>(value.value()) {
+                meta.insert(resource_mark(&ev.resource).as_str(), first.value())?;
+            }
         }
         meta.insert(META_COMPACTED, compacted)?;
         meta.insert(META_RV, rv)?;
@@ -1130,6 +1178,8 @@ pub struct Watch {
     live: broadcast::Receiver<Arc<Event>>,
     backlog: VecDeque<Arc<Event>>,
     last: u64,
+    /// The one resource the watcher wants, if it said so ([`Store::watch_resource`]).
+    resource: Option<String>,
 }
 
 impl Watch {
@@ -1149,7 +1199,10 @@ impl Watch {
                     if ev.rv > self.last + 1 {
                         // Something was committed before we subscribed and after we read the log:
                         // fill the gap from the log first.
-                        self.backlog = self.store.events_since(self.last)?.into();
+                        self.backlog = self
+                            .store
+                            .events_after(self.last, self.resource.as_deref())?
+                            .into();
                         continue;
                     }
                     self.last = ev.rv;
@@ -1157,7 +1210,10 @@ impl Watch {
                 }
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.backlog = self.store.events_since(self.last)?.into();
+                    self.backlog = self
+                        .store
+                        .events_after(self.last, self.resource.as_deref())?
+                        .into();
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     return Err(Error::Invalid("the store was dropped".into()));

@@ -369,6 +369,62 @@ async fn watch_resumes_from_a_version_and_old_versions_are_gone() {
 }
 
 #[tokio::test]
+async fn a_quiet_resource_resumes_after_a_busy_one_filled_the_window() {
+    let dir = tempdir::Dir::new();
+    let mut cfg = Config::default();
+    cfg.event_window = 5;
+    let store = open(&dir, cfg);
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    store
+        .create("configmaps", Some("default"), cm("quiet"))
+        .unwrap(); // rv 1
+    store
+        .create("configmaps", Some("default"), cm("second"))
+        .unwrap(); // rv 2
+    for i in 0..10 {
+        store
+            .create("pods", Some("default"), pod(&format!("p{i}"), "e1", "web"))
+            .unwrap(); // rv 3..=12
+    }
+    assert_eq!(store.oldest_watchable().unwrap(), 7);
+    // A ConfigMap watcher at 2 missed no ConfigMap: it resumes, and sees the next one.
+    let mut w = store.watch_resource(2, "configmaps").unwrap();
+    store
+        .create("configmaps", Some("default"), cm("third"))
+        .unwrap(); // rv 13
+    let seen = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if ev.resource == "configmaps" {
+            break ev;
+        }
+    };
+    assert_eq!((seen.rv, seen.name.as_str()), (13, "third"));
+    // At 1 it missed ConfigMap "second" (rv 2, dropped): gone, as from any watcher of all.
+    assert!(matches!(
+        store.watch_resource(1, "configmaps"),
+        Err(Error::Gone { .. })
+    ));
+    assert!(matches!(store.watch(2), Err(Error::Gone { .. })));
+    // Pods at 2 were dropped after it: gone.
+    assert!(matches!(
+        store.watch_resource(2, "pods"),
+        Err(Error::Gone { .. })
+    ));
+    // The marks survive a reopen.
+    drop(w);
+    drop(store);
+    let mut cfg = Config::default();
+    cfg.event_window = 5;
+    let store = open(&dir, cfg);
+    assert!(store.watch_resource(2, "configmaps").is_ok());
+    assert!(store.watch_resource(2, "secrets").is_ok());
+}
+
+#[tokio::test]
 async fn a_watcher_that_falls_behind_loses_nothing() {
     let dir = tempdir::Dir::new();
     let mut cfg = Config::default();
