@@ -150,7 +150,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("in the cloud: uptime {reported} s");
 
-    drop(mapper);
+    mapper.stop().await;
+    assert!(
+        !dir.join("host.sock").exists(),
+        "the mapper's socket is removed"
+    );
     devices.stop().await;
     edge.stop().await;
     cloud.stop().await;

@@ -57,7 +57,7 @@ async fn serve<D: Driver>(
     );
     daemon::shutdown_signal().await;
     tracing::info!("stopping");
-    drop(mapper);
+    mapper.stop().await;
     Ok(())
 }
 

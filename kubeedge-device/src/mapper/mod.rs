@@ -228,7 +228,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A running mapper; dropping it stops it (its devices' tasks too).
+/// A running mapper; [`Mapper::stop`] stops it and waits, dropping it stops it without waiting
+/// (its devices' tasks too).
 pub struct Mapper<D: Driver> {
     shared: Arc<Shared<D>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -288,6 +289,20 @@ impl<D: Driver> Mapper<D> {
             shared,
             tasks: vec![server, registrar],
         })
+    }
+
+    /// Stops the mapper and waits until it has: its DMI server and every device's task ended
+    /// (connections to devices closed with them), its socket removed.
+    pub async fn stop(mut self) {
+        let mut tasks = std::mem::take(&mut self.tasks);
+        tasks.extend(lock(&self.shared.devices).drain().map(|(_, run)| run.task));
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_file(&self.shared.config.socket);
     }
 
     /// Whether the mapper is registered with edgecore right now.
