@@ -17,6 +17,13 @@ pub fn parse<C: clap::Parser>() -> Result<C, ExitCode> {
     })
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`, trimmed), the default of names that
+/// some binaries take (an edge node's, a replica's).
+#[allow(dead_code)] // not every binary names anything after the host
+pub fn hostname() -> std::io::Result<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned())
+}
+
 /// The exit code of an outcome: 0, or 1 with `<name>: <error chain>` on stderr.
 pub fn outcome(name: &str, result: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
     match result {

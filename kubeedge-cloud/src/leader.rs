@@ -123,6 +123,25 @@ async fn run(client: Client, config: LeaderConfig, tx: watch::Sender<bool>) {
     }
 }
 
+/// Creates namespace `name` unless it exists.
+pub(crate) async fn ensure_namespace(
+    namespaces: &Api<Namespace>,
+    name: &str,
+) -> Result<(), kube::Error> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// One round: takes or renews the lease if it may. Returns whether this replica holds it.
 async fn attempt(
     leases: &Api<Lease>,
@@ -132,18 +151,7 @@ async fn attempt(
     let now = Timestamp::now();
     let duration_secs = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = leases.get_opt(&config.name).await? else {
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(config.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        match namespaces.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e),
-        }
+        ensure_namespace(namespaces, &config.namespace).await?;
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(config.name.clone()),

@@ -189,27 +189,13 @@ async fn share_ca(
     dir: &Path,
 ) -> Result<Option<Ca>, Error> {
     use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use k8s_openapi::api::core::v1::Secret;
     use kube::api::{Api, PostParams};
     let (ns, name) = CA_SECRET;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let mut stored = secrets.get_opt(name).await?;
     if stored.is_none() {
-        let namespace = Namespace {
-            metadata: kube::api::ObjectMeta {
-                name: Some(ns.to_owned()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        match Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        leader::ensure_namespace(&Api::all(client.clone()), ns).await?;
         let secret = Secret {
             metadata: kube::api::ObjectMeta {
                 name: Some(name.to_owned()),

@@ -72,6 +72,9 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Only replicas need the Leases (a single cloudcore hears every node itself).
     let leases = replicated.then(|| watch_leases(client.clone()));
+    // Heard from within the grace: by this replica, or (replicas) through its Lease.
+    let heard =
+        |name: &str| hub.silent_for(name) < grace || lease_age(leases.as_ref(), name) < grace;
     loop {
         tick.tick().await;
         if !leadership.is_leader() {
@@ -79,7 +82,7 @@ pub async fn run(
         }
         for node in index.edge_nodes() {
             let name = meta(&node, "name");
-            if hub.silent_for(name) < grace || lease_age(leases.as_ref(), name) < grace {
+            if heard(name) {
                 continue;
             }
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
@@ -87,7 +90,7 @@ pub async fn run(
                 continue;
             };
             // The edge may have spoken meanwhile: its own report wins.
-            if hub.silent_for(name) < grace || lease_age(leases.as_ref(), name) < grace {
+            if heard(name) {
                 continue;
             }
             let patch = json!({"status": {"conditions": conditions}});

@@ -334,23 +334,25 @@ impl DeviceTwinModule {
     /// Stops the module and waits until its tasks have ended: the DMI socket is closed and
     /// removed, the broker connection dropped, the store no longer used by it.
     pub async fn stop(mut self) {
+        for t in self.halt() {
+            let _ = t.await;
+        }
+    }
+
+    /// Aborts the module's tasks and removes the DMI socket; returns the tasks, to wait for.
+    fn halt(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
         let tasks = std::mem::take(&mut self.tasks);
         for t in &tasks {
             t.abort();
         }
-        for t in tasks {
-            let _ = t.await;
-        }
         let _ = std::fs::remove_file(&self.socket);
+        tasks
     }
 }
 
 impl Drop for DeviceTwinModule {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        let _ = std::fs::remove_file(&self.socket);
+        self.halt();
     }
 }
 

@@ -144,13 +144,7 @@ impl PodRuntime {
     /// metrics run on it as on the built-in ones.
     pub fn custom<R: runtime::Runtime + Clone>(runtime: R) -> PodRuntime {
         let start: StartRuntime = std::sync::Arc::new(move |setup: RuntimeSetup| {
-            let rt = runtime.clone();
-            Box::pin(async move {
-                let streams = setup.streams.with_runtime(rt.clone());
-                let mut tasks = Vec::new();
-                let version = run_pods(rt, setup.store, &setup.hub, setup.pods, &mut tasks).await?;
-                Ok((version, streams, tasks))
-            })
+            Box::pin(start_pods(runtime.clone(), setup))
         });
         PodRuntime::Custom(CustomRuntime {
             name: std::any::type_name::<R>(),
@@ -168,11 +162,12 @@ struct RuntimeSetup {
     pods: pods::PodConfig,
 }
 
-/// A started runtime: its version, the stream server serving on it, the pod controller's task.
+/// A started runtime: its version, the stream server serving on it, the pod controller's task
+/// (none without a runtime).
 type RuntimeStarted = (
     String,
     streams::StreamServer,
-    Vec<tokio::task::JoinHandle<()>>,
+    Option<tokio::task::JoinHandle<()>>,
 );
 
 /// Starts a custom runtime (its type erased).
@@ -292,19 +287,16 @@ impl Config {
     }
 }
 
-/// Starts the pod controller on `rt`; returns the runtime's version (for the node's status).
-async fn run_pods<R: runtime::Runtime>(
+/// Gives `rt` to the stream server and starts the pod controller on it; returns the runtime's
+/// version (for the node's status) with both.
+async fn start_pods<R: runtime::Runtime + Clone>(
     rt: R,
-    store: kubeedge_core::store::Store,
-    hub: &EdgeHub,
-    config: pods::PodConfig,
-    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> Result<String, Error> {
+    setup: RuntimeSetup,
+) -> Result<RuntimeStarted, Error> {
+    let streams = setup.streams.with_runtime(rt.clone());
     let version = rt.version().await?;
-    tasks.push(tokio::spawn(
-        pods::PodManager::new(rt, store, hub.clone(), config).run(),
-    ));
-    Ok(version)
+    let pods = pods::PodManager::new(rt, setup.store, setup.hub, setup.pods);
+    Ok((version, streams, Some(tokio::spawn(pods.run()))))
 }
 
 /// Longest [`EdgeCore::stop`] waits for the store's last users after stopping its tasks.
@@ -406,28 +398,25 @@ impl EdgeCore {
             tracing::info!("metaserver disabled (metaServer.enable: false)");
             (config.metaserver_addr, None)
         };
-        let pod_config = pods::PodConfig {
-            node: config.node.clone(),
-            node_ip: config.node_address.clone(),
-            data_dir: dir.clone(),
-            backoff_start: config.restart_backoff,
+        let setup = RuntimeSetup {
+            streams: streams::StreamServer::new(
+                &config.node,
+                api.clone(),
+                hub.clone(),
+                dir.clone(),
+            ),
+            store: hub.store().store().clone(),
+            hub: hub.clone(),
+            pods: pods::PodConfig {
+                node: config.node.clone(),
+                node_ip: config.node_address.clone(),
+                data_dir: dir.clone(),
+                backoff_start: config.restart_backoff,
+            },
         };
-        let store = hub.store().store().clone();
-        let streams =
-            streams::StreamServer::new(&config.node, api.clone(), hub.clone(), dir.clone());
-        let (runtime_version, streams) = match &config.runtime {
-            PodRuntime::None => (String::new(), streams),
-            PodRuntime::Custom(custom) => {
-                let setup = RuntimeSetup {
-                    streams,
-                    store,
-                    hub: hub.clone(),
-                    pods: pod_config,
-                };
-                let (version, streams, started) = (custom.start)(setup).await?;
-                tasks.extend(started);
-                (version, streams)
-            }
+        let (runtime_version, streams, pod_task) = match &config.runtime {
+            PodRuntime::None => (String::new(), setup.streams, None),
+            PodRuntime::Custom(custom) => (custom.start)(setup).await?,
             #[cfg(not(feature = "cri"))]
             PodRuntime::Cri(endpoint) => {
                 return Err(Error::Config(format!(
@@ -436,12 +425,7 @@ impl EdgeCore {
             }
             #[cfg(feature = "cri")]
             PodRuntime::Cri(endpoint) => {
-                let rt = cri::CriRuntime::connect(endpoint).await?;
-                let streams = streams.with_runtime(rt.clone());
-                (
-                    run_pods(rt, store, &hub, pod_config, &mut tasks).await?,
-                    streams,
-                )
+                start_pods(cri::CriRuntime::connect(endpoint).await?, setup).await?
             }
             #[cfg(not(feature = "process"))]
             PodRuntime::Process => {
@@ -452,13 +436,10 @@ impl EdgeCore {
             #[cfg(feature = "process")]
             PodRuntime::Process => {
                 let rt = process::ProcessRuntime::new(dir.join("process"), &config.node_address)?;
-                let streams = streams.with_runtime(rt.clone());
-                (
-                    run_pods(rt, store, &hub, pod_config, &mut tasks).await?,
-                    streams,
-                )
+                start_pods(rt, setup).await?
             }
         };
+        tasks.extend(pod_task);
         // The stream tunnel (logs, exec, attach, port-forward from the cloud) goes to the
         // certificate server's address.
         if let Some(https) = &config.https_url {

@@ -105,8 +105,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.kube_minor = cli.kube_minor;
     if cli.replica {
         let id = cli.replica_id.unwrap_or_else(|| {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-            format!("{}_{}", host.trim(), std::process::id())
+            let host = daemon::cli::hostname().unwrap_or_default();
+            format!("{host}_{}", std::process::id())
         });
         config.replica = Some(kubeedge_cloud::leader::LeaderConfig::new(id));
     }

@@ -97,8 +97,8 @@ struct Cli {
 
 /// The host name, for the node's default name.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_lowercase())
+    daemon::cli::hostname()
+        .map(|h| h.to_lowercase())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "edgesite".to_owned())

@@ -15,6 +15,26 @@ use super::cloud::CloudCore;
 use super::sim::{self, Behaviour, Report};
 use super::{Error, mib, ms, table};
 
+/// A pod bound to `node` (the simulated edges run nothing: the image is never pulled).
+pub fn pod_on(name: &str, node: &str) -> Result<Pod, serde_json::Error> {
+    serde_json::from_value(json!({"metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}}))
+}
+
+/// Creates `pod` in a task of `creates` once one of the API `slots` is free.
+pub fn spawn_create(
+    creates: &mut tokio::task::JoinSet<Result<(), kube::Error>>,
+    pods: &Api<Pod>,
+    slots: &Arc<Semaphore>,
+    pod: Pod,
+) {
+    let (pods, slots) = (pods.clone(), slots.clone());
+    creates.spawn(async move {
+        let _permit = slots.acquire().await;
+        pods.create(&PostParams::default(), &pod).await.map(|_| ())
+    });
+}
+
 /// Settings of one run.
 pub struct Settings {
     /// Simulated nodes.
@@ -222,8 +242,7 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     for (i, e) in edges.iter().enumerate() {
         for j in 0..s.pods_per_node {
             let name = format!("p-{i:06}-{j:03}");
-            let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name},
-                "spec": {"nodeName": e.name, "containers": [{"name": "c", "image": "busybox"}]}}))?;
+            let pod = pod_on(&name, &e.name)?;
             let (pods, created, slots) = (pods.clone(), created.clone(), api_slots.clone());
             creates.spawn(async move {
                 let _permit = slots.acquire().await;
@@ -384,14 +403,12 @@ async fn open_loop(
                 if let Ok(mut d) = due.lock() {
                     d.insert(format!("default/pod/{name}"), at);
                 }
-                let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name},
-                    "spec": {"nodeName": nodes[k % nodes.len()],
-                             "containers": [{"name": "c", "image": "busybox"}]}}))?;
-                let (pods, slots) = (pods.clone(), slots.clone());
-                creates.spawn(async move {
-                    let _permit = slots.acquire().await;
-                    pods.create(&PostParams::default(), &pod).await.map(|_| ())
-                });
+                spawn_create(
+                    &mut creates,
+                    &pods,
+                    &slots,
+                    pod_on(&name, &nodes[k % nodes.len()])?,
+                );
             }
             while let Some(done) = creates.join_next().await {
                 done??;

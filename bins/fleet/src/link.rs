@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
-use serde_json::json;
+use kube::api::Api;
 use tokio::sync::Semaphore;
 
 use super::cloud::CloudCore;
+use super::fleet::{pod_on, spawn_create};
 use super::sim::{self, Behaviour, Report};
 use super::{Error, table};
 
@@ -45,13 +45,12 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(32));
     let mut creates = tokio::task::JoinSet::new();
     for j in 0..objects {
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": format!("l-{j:06}")},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]}}))?;
-        let (pods, slots) = (pods.clone(), slots.clone());
-        creates.spawn(async move {
-            let _permit = slots.acquire().await;
-            pods.create(&PostParams::default(), &pod).await.map(|_| ())
-        });
+        spawn_create(
+            &mut creates,
+            &pods,
+            &slots,
+            pod_on(&format!("l-{j:06}"), &node)?,
+        );
     }
     while let Some(done) = creates.join_next().await {
         done??;

@@ -171,8 +171,8 @@ fn join(args: JoinArgs) -> Result<(), Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("--cloudcore-ipport {cloudcore:?} is not HOST:PORT"))?;
     let node = match node {
         Some(n) => n,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_lowercase())
+        None => cli::hostname()
+            .map(|h| h.to_lowercase())
             .map_err(|e| format!("no --edgenode-name, and the host name is unreadable: {e}"))?,
     };
     let mut file = EdgeCoreFile::default();

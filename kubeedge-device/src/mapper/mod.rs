@@ -245,13 +245,7 @@ impl<D: Driver> std::fmt::Debug for Mapper<D> {
 
 impl<D: Driver> Drop for Mapper<D> {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-        for (_, run) in lock(&self.shared.devices).drain() {
-            run.task.abort();
-        }
-        let _ = std::fs::remove_file(&self.shared.config.socket);
+        self.halt();
     }
 }
 
@@ -294,15 +288,21 @@ impl<D: Driver> Mapper<D> {
     /// Stops the mapper and waits until it has: its DMI server and every device's task ended
     /// (connections to devices closed with them), its socket removed.
     pub async fn stop(mut self) {
+        for t in self.halt() {
+            let _ = t.await;
+        }
+    }
+
+    /// Aborts the DMI server and every device's task and removes the socket; returns the tasks,
+    /// to wait for.
+    fn halt(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = std::mem::take(&mut self.tasks);
         tasks.extend(lock(&self.shared.devices).drain().map(|(_, run)| run.task));
         for t in &tasks {
             t.abort();
         }
-        for t in tasks {
-            let _ = t.await;
-        }
         let _ = std::fs::remove_file(&self.shared.config.socket);
+        tasks
     }
 
     /// Whether the mapper is registered with edgecore right now.

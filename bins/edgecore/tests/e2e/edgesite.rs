@@ -76,7 +76,7 @@ fn pod_state(dir: &TempDir, name: &str) -> String {
 
 /// A pod running `sleep` (a program in PATH: the process runtime runs the image as the program),
 /// on `node` when given, else where the scheduler puts it.
-fn sleeper(dir: &TempDir, name: &str, node: Option<&str>) {
+pub(crate) fn sleeper(dir: &TempDir, name: &str, node: Option<&str>) {
     let node = node.map_or_else(String::new, |n| format!("  nodeName: {n}\n"));
     let file = dir.0.join(format!("{name}.yaml"));
     std::fs::write(

@@ -14,7 +14,7 @@ use kubeedge_edge::edgehub::replica_order;
 
 use crate::common::{TempDir, eventually, kubectl, kubectl_server};
 use crate::devices::Peer;
-use crate::edgesite::{sibling, start};
+use crate::edgesite::{sibling, sleeper, start};
 
 /// `field=value` of a ready line.
 fn field<'a>(line: &'a str, name: &str) -> &'a str {
@@ -75,18 +75,6 @@ fn lease_holder(dir: &TempDir) -> String {
             "--ignore-not-found",
         ],
     )
-}
-
-fn pod_on(dir: &TempDir, name: &str, node: &str) {
-    let file = dir.0.join(format!("{name}.yaml"));
-    std::fs::write(
-        &file,
-        format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  containers:\n  - name: main\n    image: sleep\n"
-        ),
-    )
-    .unwrap();
-    kubectl(dir, &["apply", "-f", file.to_str().unwrap()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +170,7 @@ async fn replicas_share_the_fleet_and_take_over_from_a_killed_leader() {
 
     // A pod created through the API reaches each edge, whichever replica it is on.
     for (node, _, server, _) in &edges {
-        pod_on(&dir, &format!("p-{node}"), node);
+        sleeper(&dir, &format!("p-{node}"), Some(node));
         eventually(30, &format!("the pod at {node}"), async || {
             kubectl_server(&dir, server, &["get", "pods", "-o", "name"])
                 .contains(&format!("pod/p-{node}"))
@@ -209,7 +197,7 @@ async fn replicas_share_the_fleet_and_take_over_from_a_killed_leader() {
     let t0 = Instant::now();
     for &i in &moved {
         let (node, _, server, log) = &edges[i];
-        pod_on(&dir, &format!("meanwhile-{node}"), node);
+        sleeper(&dir, &format!("meanwhile-{node}"), Some(node));
         eventually(
             30,
             &format!("{node} on the surviving replica"),
