@@ -12,6 +12,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kubeedge_core::kubeapi::Api;
@@ -129,8 +130,122 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    work: Work,
+    /// The etcd client, when the objects are in etcd.
+    #[cfg(feature = "etcd")]
+    feed: Option<crate::etcd::EtcdFeed>,
+}
+
+/// The control plane's own controllers: namespaces being deleted go once their content is gone;
+/// every namespace keeps its default ServiceAccount and CA bundle; approved client certificate
+/// requests are signed by the CA; and the workloads (scheduler, workload controllers, garbage
+/// collection, endpoints).
+#[derive(Debug)]
+struct Controllers {
     housekeeping: tokio::task::JoinHandle<()>,
-    controllers: Option<crate::workloads::Manager>,
+    workloads: crate::workloads::Manager,
+}
+
+impl Controllers {
+    fn start(api: &Api, signer: Arc<Ca>) -> Result<Controllers, Error> {
+        let housekeeping = {
+            let api = api.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let (api, signer) = (api.clone(), signer.clone());
+                    // Store writes block: off the async workers.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Err(e) = api.finalize_namespaces() {
+                            tracing::warn!(error = %e, "finalizing deleted namespaces");
+                        }
+                        if let Err(e) = api.publish_namespace_defaults() {
+                            tracing::warn!(error = %e, "publishing namespace defaults");
+                        }
+                        if let Err(e) = sign_approved(&api, &signer) {
+                            tracing::warn!(error = %e, "signing certificate requests");
+                        }
+                    })
+                    .await;
+                }
+            })
+        };
+        let workloads = crate::workloads::Manager::start(api, crate::workloads::standard())?;
+        Ok(Controllers {
+            housekeeping,
+            workloads,
+        })
+    }
+
+    async fn stop(self) {
+        self.housekeeping.abort();
+        let _ = self.housekeeping.await;
+        self.workloads.stop().await;
+    }
+}
+
+/// Where the controllers run.
+#[derive(Debug)]
+enum Work {
+    /// Here, always (the only control plane over its store).
+    Running(Controllers),
+    /// Here while this replica leads (control planes sharing one datastore).
+    Supervised(Supervisor),
+    /// Stopped.
+    Stopped,
+}
+
+/// Runs the controllers while this replica leads, and stops them when it no longer does.
+#[derive(Debug)]
+struct Supervisor {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Supervisor {
+    fn spawn(api: Api, signer: Arc<Ca>, mut leadership: crate::leader::Leadership) -> Supervisor {
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                while !leadership.is_leader() {
+                    tokio::select! {
+                        _ = leadership.changed() => {}
+                        _ = &mut stopped => return,
+                    }
+                }
+                let controllers = match Controllers::start(&api, signer.clone()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "starting the controllers; trying again");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            _ = &mut stopped => return,
+                        }
+                    }
+                };
+                tracing::info!("leading: the control plane's controllers run here");
+                let stopping = loop {
+                    tokio::select! {
+                        _ = leadership.changed() => {
+                            if !leadership.is_leader() {
+                                break false;
+                            }
+                        }
+                        _ = &mut stopped => break true,
+                    }
+                };
+                controllers.stop().await;
+                if stopping {
+                    return;
+                }
+                tracing::info!("no longer leading: the control plane's controllers stopped here");
+            }
+        });
+        Supervisor {
+            stop: Some(stop),
+            task,
+        }
+    }
 }
 
 impl ControlPlane {
@@ -143,11 +258,42 @@ impl ControlPlane {
         ca: &Ca,
         kube_minor: &str,
     ) -> Result<ControlPlane, Error> {
-        let now = SystemTime::now();
         let store = Store::open(
             &data_dir.join("controlplane.redb"),
             store::Config::default(),
         )?;
+        ControlPlane::serve(store, data_dir, bind, ca, kube_minor, None).await
+    }
+
+    /// Like [`start`](Self::start), over a store mirroring etcd (opened with
+    /// [`Etcd::open`](crate::etcd::Etcd::open)) that other control planes share: the
+    /// controllers run only while `leadership` says this replica leads. Stopping the control
+    /// plane stops `feed` too.
+    #[cfg(feature = "etcd")]
+    pub async fn start_shared(
+        store: Store,
+        feed: crate::etcd::EtcdFeed,
+        data_dir: &Path,
+        bind: SocketAddr,
+        ca: &Ca,
+        kube_minor: &str,
+        leadership: crate::leader::Leadership,
+    ) -> Result<ControlPlane, Error> {
+        let mut cp =
+            ControlPlane::serve(store, data_dir, bind, ca, kube_minor, Some(leadership)).await?;
+        cp.feed = Some(feed);
+        Ok(cp)
+    }
+
+    async fn serve(
+        store: Store,
+        data_dir: &Path,
+        bind: SocketAddr,
+        ca: &Ca,
+        kube_minor: &str,
+        leadership: Option<crate::leader::Leadership>,
+    ) -> Result<ControlPlane, Error> {
+        let now = SystemTime::now();
         let api = Api::new(store)?
             .with_reported_minor(kube_minor)
             .control_plane(&ca.cert_pem())?;
@@ -196,34 +342,13 @@ impl ControlPlane {
             &kubeconfig(&url, &ca.cert_pem(), &admin.cert_pem(), &admin.key_pem()?),
             true,
         )?;
-        // The control plane's own controllers: namespaces being deleted go once their content is
-        // gone; every namespace keeps its default ServiceAccount and CA bundle; approved client
-        // certificate requests are signed by the CA.
-        let housekeeping = {
-            let api = api.clone();
-            let signer = std::sync::Arc::new(Ca::from_der(ca.cert_der(), ca.key_sec1())?);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let (api, signer) = (api.clone(), signer.clone());
-                    // Store writes block: off the async workers.
-                    let _ = tokio::task::spawn_blocking(move || {
-                        if let Err(e) = api.finalize_namespaces() {
-                            tracing::warn!(error = %e, "finalizing deleted namespaces");
-                        }
-                        if let Err(e) = api.publish_namespace_defaults() {
-                            tracing::warn!(error = %e, "publishing namespace defaults");
-                        }
-                        if let Err(e) = sign_approved(&api, &signer) {
-                            tracing::warn!(error = %e, "signing certificate requests");
-                        }
-                    })
-                    .await;
-                }
-            })
+        let signer = Arc::new(Ca::from_der(ca.cert_der(), ca.key_sec1())?);
+        let work = match leadership {
+            None => Work::Running(Controllers::start(&api, signer)?),
+            Some(leadership) => {
+                Work::Supervised(Supervisor::spawn(api.clone(), signer, leadership))
+            }
         };
-        // Workloads: the scheduler, the workload controllers, garbage collection, endpoints.
-        let controllers = crate::workloads::Manager::start(&api, crate::workloads::standard())?;
         let (stop, stopped) = oneshot::channel::<()>();
         let served = api.clone();
         let task = tokio::spawn(async move {
@@ -240,8 +365,9 @@ impl ControlPlane {
             kubeconfig: kubeconfig_path,
             stop: Some(stop),
             task,
-            housekeeping,
-            controllers: Some(controllers),
+            work,
+            #[cfg(feature = "etcd")]
+            feed: None,
         })
     }
 
@@ -266,10 +392,15 @@ impl ControlPlane {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.housekeeping.abort();
-        let _ = (&mut self.housekeeping).await;
-        if let Some(c) = self.controllers.take() {
-            c.stop().await;
+        match std::mem::replace(&mut self.work, Work::Stopped) {
+            Work::Running(c) => c.stop().await,
+            Work::Supervised(mut s) => {
+                if let Some(stop) = s.stop.take() {
+                    let _ = stop.send(());
+                }
+                let _ = (&mut s.task).await;
+            }
+            Work::Stopped => {}
         }
         if tokio::time::timeout(Duration::from_secs(5), &mut self.task)
             .await
@@ -281,7 +412,13 @@ impl ControlPlane {
         // The server's connection tasks may still be dropping their handles on the store: wait
         // for the file to be closed, so a new control plane over the same directory can open it.
         let store = self.api.store().clone();
+        #[cfg(feature = "etcd")]
+        let feed = self.feed.take();
         drop(self);
+        #[cfg(feature = "etcd")]
+        if let Some(feed) = feed {
+            feed.stop().await;
+        }
         if !store.close(Duration::from_secs(5)).await {
             tracing::warn!("the control plane's store is still in use after stopping");
         }
@@ -291,6 +428,10 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.task.abort();
-        self.housekeeping.abort();
+        match &self.work {
+            Work::Running(c) => c.housekeeping.abort(),
+            Work::Supervised(s) => s.task.abort(),
+            Work::Stopped => {}
+        }
     }
 }

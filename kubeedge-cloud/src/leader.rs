@@ -79,9 +79,25 @@ impl Leadership {
 /// Starts taking part in the election; returns the leadership it gives and the task (abort it to
 /// leave: the lease then expires and another replica takes it).
 pub fn spawn(client: Client, config: LeaderConfig) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, leadership) = pending();
+    (leadership, spawn_with(client, config, tx))
+}
+
+/// Not leading until the election started with [`spawn_with`] on the sender says so: for what
+/// must know its leadership before the election can start (the embedded control plane's
+/// controllers, before its API serves the election's lease).
+pub(crate) fn pending() -> (watch::Sender<bool>, Leadership) {
     let (tx, leading) = watch::channel(false);
-    let task = tokio::spawn(run(client, config, tx));
-    (Leadership { leading }, task)
+    (tx, Leadership { leading })
+}
+
+/// [`spawn`], telling `tx`.
+pub(crate) fn spawn_with(
+    client: Client,
+    config: LeaderConfig,
+    tx: watch::Sender<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(client, config, tx))
 }
 
 /// Milliseconds from `then` to `now`.

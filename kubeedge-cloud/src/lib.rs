@@ -45,6 +45,8 @@ pub mod certserver;
 pub mod controller;
 #[cfg(feature = "control-plane")]
 pub mod controlplane;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod hub;
 pub mod index;
 pub mod kubelet;
@@ -143,6 +145,12 @@ pub struct Config {
     /// once ([`leader`]), and share one CA through Secret `kubeedge/casecret` (the first replica
     /// stores its own; the others take it). Default `None`: the only cloudcore.
     pub replica: Option<leader::LeaderConfig>,
+    /// The embedded control plane's objects in etcd instead of `data_dir`'s redb file, shared by
+    /// every cloudcore given the same etcd (see [`etcd`]): they share one CA through it and elect
+    /// a leader (with [`replica`](Self::replica)'s settings, or defaults and a random identity).
+    /// Default `None`.
+    #[cfg(feature = "etcd")]
+    pub etcd: Option<etcd::EtcdConfig>,
 }
 
 impl Config {
@@ -162,6 +170,8 @@ impl Config {
             edge_cert_validity: Duration::from_secs(365 * 86_400),
             kube_minor: kubeedge_core::kubeapi::KUBE_MINOR.to_owned(),
             replica: None,
+            #[cfg(feature = "etcd")]
+            etcd: None,
         }
     }
 }
@@ -229,17 +239,37 @@ async fn share_ca(
             "Secret {ns}/{name} has no cadata and cakeydata: the replicas' CA cannot be read"
         )));
     };
-    if cert.0 == local.cert_der() {
+    adopt_ca(
+        local,
+        had_local,
+        dir,
+        &cert.0,
+        &key.0,
+        &format!("Secret {ns}/{name}"),
+    )
+}
+
+/// Takes the replicas' shared CA (`cert`, `key`, kept in `place`) unless it is `local`: see
+/// [`share_ca`].
+fn adopt_ca(
+    local: &Ca,
+    had_local: bool,
+    dir: &Path,
+    cert: &[u8],
+    key: &[u8],
+    place: &str,
+) -> Result<Option<Ca>, Error> {
+    if cert == local.cert_der() {
         return Ok(None);
     }
     if had_local {
         return Err(Error::Config(format!(
-            "this replica's CA ({}) is not the replicas' shared CA (Secret {ns}/{name}): edges it signed would be refused by the others and the others' by it; move {} away to take the shared CA, or store this one in the Secret if it is the one edges trust",
+            "this replica's CA ({}) is not the replicas' shared CA ({place}): edges it signed would be refused by the others and the others' by it; move {} away to take the shared CA, or store this one there if it is the one edges trust",
             dir.join("ca").display(),
             dir.join("ca").display()
         )));
     }
-    let shared = Ca::from_der(&cert.0, &key.0)?;
+    let shared = Ca::from_der(cert, key)?;
     let ca_dir = dir.join("ca");
     pki::write(&ca_dir.join(pki::CA_CERT_FILE), &shared.cert_pem(), false)?;
     pki::write(&ca_dir.join(pki::CA_KEY_FILE), &shared.key_pem(), true)?;
@@ -249,8 +279,43 @@ async fn share_ca(
             std::fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))?;
         }
     }
-    tracing::info!("replicas: using the shared CA from {ns}/{name}");
+    tracing::info!("replicas: using the shared CA from {place}");
     Ok(Some(shared))
+}
+
+/// The datastore's record of the replicas' CA ([`Store::aux_init`](kubeedge_core::store::Store::aux_init)).
+#[cfg(feature = "etcd")]
+const CA_RECORD: &str = "kubeedge/ca";
+
+/// [`share_ca`] through the datastore itself (before the API serves: its serving certificate
+/// and client authentication need the CA): the first replica's CA is everyone's.
+#[cfg(feature = "etcd")]
+fn share_ca_in_store(
+    store: &kubeedge_core::store::Store,
+    local: &Ca,
+    had_local: bool,
+    dir: &Path,
+) -> Result<Option<Ca>, Error> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mine = serde_json::json!({"cert": b64.encode(local.cert_der()), "key": b64.encode(local.key_sec1())});
+    let stored = store.aux_init(CA_RECORD, mine.to_string().into_bytes())?;
+    let record: serde_json::Value = serde_json::from_slice(&stored)
+        .map_err(|e| Error::Config(format!("the datastore's CA record is not JSON: {e}")))?;
+    let field = |f: &str| {
+        record[f]
+            .as_str()
+            .and_then(|v| b64.decode(v).ok())
+            .ok_or_else(|| Error::Config(format!("the datastore's CA record has no {f}")))
+    };
+    adopt_ca(
+        local,
+        had_local,
+        dir,
+        &field("cert")?,
+        &field("key")?,
+        "the datastore",
+    )
 }
 
 /// cloudhub's serving identity: `D/certs/server.{crt,key}` if present (e.g. from `keadm
@@ -343,10 +408,53 @@ impl CloudCore {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         let had_ca = dir.join("ca").join(pki::CA_CERT_FILE).exists();
-        let ca = Arc::new(Ca::load_or_create(&dir.join("ca"), SystemTime::now())?);
+        #[allow(unused_mut)]
+        let mut ca = Arc::new(Ca::load_or_create(&dir.join("ca"), SystemTime::now())?);
+        #[allow(unused_mut)]
+        let mut replica = config.replica.clone();
+        // Control planes sharing etcd elect a leader for their controllers: the election's
+        // outcome reaches them once the API it runs on serves.
+        #[cfg(feature = "etcd")]
+        let mut elect = None;
         #[cfg(feature = "control-plane")]
         let (control_plane, kubeconfig) = match &config.kubeconfig {
             Some(path) => (None, path.clone()),
+            #[cfg(feature = "etcd")]
+            None if config.etcd.is_some() => {
+                let etcd = config
+                    .etcd
+                    .as_ref()
+                    .ok_or_else(|| Error::Config("no etcd".into()))?;
+                let (store, feed) = etcd::Etcd::open(
+                    etcd,
+                    &dir.join("etcd-mirror.redb"),
+                    kubeedge_core::store::Config::default(),
+                )
+                .await?;
+                if let Some(shared) = share_ca_in_store(&store, &ca, had_ca, dir)? {
+                    ca = Arc::new(shared);
+                }
+                let replica = replica.get_or_insert_with(|| {
+                    leader::LeaderConfig::new(format!(
+                        "cloudcore-{:016x}",
+                        kubeedge_core::sync::stamp::random_seed()
+                    ))
+                });
+                let (tx, leadership) = leader::pending();
+                elect = Some((tx, leadership.clone(), replica.clone()));
+                let cp = ControlPlane::start_shared(
+                    store,
+                    feed,
+                    dir,
+                    config.api_addr,
+                    &ca,
+                    &config.kube_minor,
+                    leadership,
+                )
+                .await?;
+                let path = cp.kubeconfig().to_owned();
+                (Some(cp), path)
+            }
             None => {
                 let cp = ControlPlane::start(dir, config.api_addr, &ca, &config.kube_minor).await?;
                 let path = cp.kubeconfig().to_owned();
@@ -362,19 +470,29 @@ impl CloudCore {
         let embedded = config.kubeconfig.is_none();
         let client = client_from(&kubeconfig).await?;
         // Replicas trust one CA: the one stored in the shared API, else this one (stored there).
-        let ca = match &config.replica {
+        let ca = match &replica {
             Some(_) => match share_ca(&client, &ca, had_ca, dir).await? {
                 Some(shared) => Arc::new(shared),
                 None => ca,
             },
             None => ca,
         };
-        let (leadership, election) = match &config.replica {
-            Some(replica) => {
+        #[cfg(feature = "etcd")]
+        let elected = elect.map(|(tx, leadership, replica)| {
+            (
+                leadership,
+                Some(leader::spawn_with(client.clone(), replica, tx)),
+            )
+        });
+        #[cfg(not(feature = "etcd"))]
+        let elected = None;
+        let (leadership, election) = match (elected, &replica) {
+            (Some(elected), _) => elected,
+            (None, Some(replica)) => {
                 let (leadership, task) = leader::spawn(client.clone(), replica.clone());
                 (leadership, Some(task))
             }
-            None => (leader::Leadership::always(), None),
+            (None, None) => (leader::Leadership::always(), None),
         };
 
         let index = Index::new();
@@ -471,7 +589,7 @@ impl CloudCore {
             hub.clone(),
             config.node_grace,
             leadership.clone(),
-            config.replica.is_some(),
+            replica.is_some(),
         )));
         tracing::info!(%hub_addr, %https_addr, "cloudhub serving");
         Ok(CloudCore {

@@ -154,3 +154,171 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// A real etcd (Debian's `etcd-server`: `etcd` on the `PATH`, or `$KUBEEDGE_TEST_ETCD`), one
+/// member on loopback ports the OS picked, its data under a directory of the test's. Killed when
+/// dropped; [`kill`](Self::kill) and [`restart`](Self::restart) (same data, same ports) make it
+/// go away and come back.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Option<std::process::Child>,
+    dir: std::path::PathBuf,
+    client: u16,
+    peer: u16,
+    name: String,
+    /// `--initial-cluster`: every member's name and peer URL.
+    cluster: String,
+}
+
+impl EtcdServer {
+    /// Starts one under `dir` and waits until it is healthy.
+    pub fn start(dir: &std::path::Path) -> std::io::Result<EtcdServer> {
+        let mut members = EtcdServer::cluster(dir, 1)?;
+        members
+            .pop()
+            .ok_or_else(|| std::io::Error::other("no member"))
+    }
+
+    /// Starts a cluster of `n` members (under `dir/m0`, `dir/m1`, ...) and waits until each is
+    /// healthy.
+    pub fn cluster(dir: &std::path::Path, n: usize) -> std::io::Result<Vec<EtcdServer>> {
+        // The ports were free when picked, but another test may take one before etcd binds it:
+        // then etcd exits at once, and a fresh start on fresh ports follows.
+        let mut last = None;
+        for _ in 0..3 {
+            let mut members = EtcdServer::members(dir, n)?;
+            for m in &members {
+                let _ = std::fs::remove_dir_all(m.dir.join("data"));
+            }
+            // Every member must be up before any can elect a leader: start all, then wait.
+            let started = members
+                .iter_mut()
+                .try_for_each(EtcdServer::spawn)
+                .and_then(|()| members.iter_mut().try_for_each(EtcdServer::wait_healthy));
+            match started {
+                Ok(()) => return Ok(members),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("etcd did not start")))
+    }
+
+    fn members(dir: &std::path::Path, n: usize) -> std::io::Result<Vec<EtcdServer>> {
+        let port = || -> std::io::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let mut members = Vec::new();
+        for i in 0..n {
+            members.push(EtcdServer {
+                child: None,
+                dir: if n == 1 {
+                    dir.to_owned()
+                } else {
+                    dir.join(format!("m{i}"))
+                },
+                client: port()?,
+                peer: port()?,
+                name: format!("m{i}"),
+                cluster: String::new(),
+            });
+        }
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.cluster = cluster.clone();
+        }
+        Ok(members)
+    }
+
+    /// `127.0.0.1:port` of its client URL.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client)
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same data and ports, and waits until it is healthy.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.spawn()?;
+        self.wait_healthy()
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        self.kill();
+        std::fs::create_dir_all(&self.dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))?;
+        let bin = std::env::var("KUBEEDGE_TEST_ETCD").unwrap_or_else(|_| "etcd".into());
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let client = format!("http://127.0.0.1:{}", self.client);
+        let child = std::process::Command::new(&bin)
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}", self.cluster))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("starting {bin}: {e}")))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_healthy(&mut self) -> std::io::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if self.healthy() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(std::io::Error::other(format!(
+                    "etcd exited ({status}); see {}",
+                    self.dir.join("etcd.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other(
+            "etcd did not become healthy within 30 s",
+        ))
+    }
+
+    /// Whether `/health` says so.
+    pub fn healthy(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.contains("\"health\":\"true\"")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -16,6 +16,11 @@
 //! connect to any of them (edgecore lists them all), the leader of Lease `kubeedge/cloudcore`
 //! does the work done once, and they share one CA through Secret `kubeedge/casecret`.
 //!
+//! With `--datastore etcd://host:port[,host:port...][/prefix]` the embedded control plane keeps its
+//! objects in etcd rather than in `D/controlplane.redb`: every cloudcore given the same etcd serves
+//! the same API (resourceVersions are etcd revisions), they share one CA through it, and the
+//! leader of the Lease runs the control plane's controllers. It waits for etcd at start.
+//!
 //! Exit codes: 0 after a signal, 1 when it cannot start, 64 bad usage.
 
 use std::net::{IpAddr, SocketAddr};
@@ -85,8 +90,13 @@ struct Cli {
     #[arg(long)]
     replica: bool,
     /// This replica's identity in the leader election. Default: host name and process id.
-    #[arg(long, requires = "replica")]
+    #[arg(long)]
     replica_id: Option<String>,
+    /// Where the embedded control plane keeps its objects: `redb` (a file in the data
+    /// directory, the default) or `etcd://host:port[,host:port...][/prefix]`, shared by every
+    /// cloudcore given the same etcd (replicas: implies --replica).
+    #[arg(long, default_value = "redb", conflicts_with = "kubeconfig")]
+    datastore: String,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -103,7 +113,25 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     config.hub.api_concurrency = usize::from(cli.api_concurrency);
     config.node_grace = Duration::from_secs(cli.node_grace_seconds);
     config.kube_minor = cli.kube_minor;
-    if cli.replica {
+    let shared = match cli.datastore.as_str() {
+        "redb" => false,
+        #[cfg(feature = "etcd")]
+        url => {
+            config.etcd = Some(kubeedge_cloud::etcd::EtcdConfig::parse(url)?);
+            true
+        }
+        #[cfg(not(feature = "etcd"))]
+        url => {
+            return Err(format!(
+                "--datastore {url}: this cloudcore was built without the `etcd` feature"
+            )
+            .into());
+        }
+    };
+    if cli.replica_id.is_some() && !cli.replica && !shared {
+        return Err("--replica-id needs --replica or --datastore etcd://...".into());
+    }
+    if cli.replica || shared {
         let id = cli.replica_id.unwrap_or_else(|| {
             let host = daemon::cli::hostname().unwrap_or_default();
             format!("{host}_{}", std::process::id())

@@ -29,6 +29,16 @@ fn port(addr: Option<&str>) -> Option<u16> {
 impl CloudCore {
     /// Starts `bin` on loopback with room for `nodes` nodes and `window` messages in flight per node.
     pub fn start(bin: &Path, nodes: usize, window: usize) -> Result<CloudCore, Error> {
+        CloudCore::start_with(bin, nodes, window, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments.
+    pub fn start_with(
+        bin: &Path,
+        nodes: usize,
+        window: usize,
+        extra: &[String],
+    ) -> Result<CloudCore, Error> {
         let dir = proc::scratch("cloud");
         let mut command = Command::new(bin);
         command
@@ -37,7 +47,8 @@ impl CloudCore {
             .args(["--api-port", "0", "--bind-address", "127.0.0.1"])
             .args(["--hub-port", "0", "--https-port", "0"])
             .args(["--node-limit", &(nodes + 16).to_string()])
-            .args(["--window", &window.to_string()]);
+            .args(["--window", &window.to_string()])
+            .args(extra);
         let daemon = Daemon::start(command, dir, "cloudcore ready")?;
         let line = &daemon.ready;
         let kubeconfig = PathBuf::from(proc::field(line, "kubeconfig").ok_or("no kubeconfig")?);

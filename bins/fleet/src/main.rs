@@ -31,6 +31,9 @@
 //!   they receive Running; one Deployment of `--workload-pods` replicas: scheduler decisions per
 //!   second and the time until every replica is available.
 //!
+//! * `datastore` (not run by default): the embedded API's creates on redb and on a real etcd
+//!   (Debian's etcd-server) side by side: writes per second and latency at several concurrencies.
+//!
 //! `--plot-dir D` draws the fleet runs against N into `D/fleet-latency.svg` and
 //! `D/fleet-memory.svg`. Release builds give the numbers worth reading:
 //! `cargo build --release -p fleet -p cloudcore -p edgecore && target/release/fleet`.
@@ -39,6 +42,7 @@
 #[path = "../../cli.rs"]
 mod cli;
 mod cloud;
+mod datastore;
 mod edgecore;
 mod fleet;
 mod link;
@@ -62,7 +66,7 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 struct Cli {
     /// Scenarios to run.
     #[arg(long, value_delimiter = ',', default_value = "fleet,link,edgecore",
-        value_parser = ["fleet", "link", "edgecore", "soak", "workloads", "streams"])]
+        value_parser = ["fleet", "link", "edgecore", "soak", "workloads", "streams", "datastore"])]
     scenarios: Vec<String>,
     /// Fleet sizes (simulated edge nodes), one fleet run each.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
@@ -132,6 +136,12 @@ struct Cli {
     /// Idle exec sessions of the streams scenario.
     #[arg(long, default_value_t = 100)]
     stream_sessions: usize,
+    /// Creates per datastore and concurrency in the datastore scenario.
+    #[arg(long, default_value_t = 2000)]
+    datastore_writes: usize,
+    /// Creates in flight in the datastore scenario, one round each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    datastore_concurrency: Vec<usize>,
 }
 
 /// Prints a markdown table after a blank line, under `## title` if given; the first `left`
@@ -262,6 +272,16 @@ async fn run(cli: Cli) -> Result<(), Error> {
         )
         .await?;
         streams::print(&report);
+    }
+    if failure.is_none() && wants("datastore") {
+        let rows = datastore::run(
+            &cloudcore,
+            cli.datastore_writes,
+            &cli.datastore_concurrency,
+            limit,
+        )
+        .await?;
+        datastore::print(&rows);
     }
     match failure {
         Some(f) => Err(f.into()),

@@ -7,5 +7,7 @@ mod certserver;
 mod common;
 mod conformance;
 mod controlplane;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod hub;
 mod workloads;

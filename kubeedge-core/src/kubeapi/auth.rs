@@ -68,12 +68,18 @@ fn unix_now() -> i64 {
 impl TokenIssuer {
     /// The issuer of `store`'s API: its signing key is made once and kept in the store.
     pub fn load_or_create(store: &Store) -> Result<TokenIssuer, store::Error> {
+        let fresh = || -> Result<Vec<u8>, store::Error> {
+            let mut k = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                .map_err(|_| store::Error::Invalid("no randomness for the token key".into()))?;
+            Ok(k)
+        };
         let key = match store.aux_get(KEY_RECORD)? {
             Some(k) if k.len() == 32 => k,
-            _ => {
-                let mut k = vec![0u8; 32];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
-                    .map_err(|_| store::Error::Invalid("no randomness for the token key".into()))?;
+            // Replicas sharing a datastore start at once: the first key stored is everyone's.
+            None => store.aux_init(KEY_RECORD, fresh()?)?,
+            Some(_) => {
+                let k = fresh()?;
                 store.batch(vec![BatchOp::SetAux {
                     key: KEY_RECORD.to_owned(),
                     value: k.clone(),

@@ -592,6 +592,11 @@ fn store_error(r: &Resource, e: store::Error) -> ApiError {
             "Expired",
             format!("too old resource version: {requested} ({oldest})"),
         ),
+        store::Error::Unavailable(m) => ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("the datastore is unavailable: {m}"),
+        ),
         other => ApiError::new(500, "InternalError", other.to_string()),
     }
 }
@@ -921,7 +926,16 @@ async fn dispatch(
             discovery_only()?;
             Ok(json_response(StatusCode::OK, &version(&api.minor)))
         }
-        ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        // Ready and healthy while the store takes writes (a mirror's datastore answers).
+        ["healthz" | "readyz"] => Ok(match api.store.health() {
+            Ok(()) => (StatusCode::OK, "ok").into_response(),
+            Err(why) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("[-]datastore failed: {why}\n{} check failed\n", segs[0]),
+            )
+                .into_response(),
+        }),
         ["metrics"] => {
             discovery_only()?;
             Ok((

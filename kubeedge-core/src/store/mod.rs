@@ -30,6 +30,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod remote;
 pub mod selector;
 
 use std::collections::VecDeque;
@@ -43,6 +44,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::sync::stamp::IdGen;
+pub use remote::{Commit, Expect, Remote, RemoteChange, RemoteKey, RemoteWrite};
 pub use selector::{FieldSelector, LabelSelector, selector_text};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -149,6 +151,10 @@ pub enum Error {
     /// Stored bytes are not what the store wrote.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The datastore a mirror writes to ([`Store::mirror`]) did not answer or refused; nothing
+    /// was written.
+    #[error("datastore unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl<E: Into<redb::Error>> From<E> for Error {
@@ -203,9 +209,24 @@ struct Inner {
     db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
     config: Config,
-    live: broadcast::Sender<Arc<Event>>,
+    live: broadcast::Sender<Live>,
     /// Held across commit and broadcast so that live events go out in version order.
     write: Mutex<IdGen>,
+    /// The datastore this store mirrors ([`Store::mirror`]): writes go there, and come back
+    /// through [`Store::mirror_apply`].
+    remote: Option<Arc<dyn Remote>>,
+    /// The remote revision applied so far (mirrors only), and its waiters.
+    applied: (Mutex<u64>, std::sync::Condvar),
+}
+
+/// What the live broadcast carries.
+#[derive(Debug, Clone)]
+enum Live {
+    /// An event, and the version of the event before it (versions need not be contiguous: a
+    /// mirror's are the remote's revisions).
+    Event { prev: u64, event: Arc<Event> },
+    /// The content was replaced ([`Store::mirror_load`]): every watch ends, as `Gone`.
+    Reset { oldest: u64 },
 }
 
 /// One change of a [`Store::batch`].
@@ -410,6 +431,14 @@ impl Store {
 
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, config: Config) -> Result<Store, Error> {
+        Store::open_with(path, config, None)
+    }
+
+    fn open_with(
+        path: &Path,
+        config: Config,
+        remote: Option<Arc<dyn Remote>>,
+    ) -> Result<Store, Error> {
         let db = open_database(path, &config)?;
         let (live, _) = broadcast::channel(config.watch_buffer.max(1));
         Ok(Store {
@@ -420,6 +449,8 @@ impl Store {
                 config,
                 live,
                 write: Mutex::new(IdGen::new(crate::sync::stamp::random_seed())),
+                remote,
+                applied: (Mutex::new(0), std::sync::Condvar::new()),
             }),
         })
     }
@@ -649,6 +680,24 @@ impl Store {
             Value::String(rfc3339(SystemTime::now())),
         );
         meta.insert("generation".into(), Value::from(1));
+        if let Some(remote) = &self.inner.remote {
+            drop(ids);
+            return self
+                .remote_change(
+                    remote,
+                    resource,
+                    namespace,
+                    &name,
+                    |current| match current {
+                        Some(_) => Err(Error::AlreadyExists {
+                            resource: resource.to_owned(),
+                            name: name.clone(),
+                        }),
+                        None => Ok(remote::Plan::Put(object.clone())),
+                    },
+                )
+                .map(|ev| ev.map(|e| e.object.clone()).unwrap_or_default());
+        }
         let k = key(resource, namespace, &name);
         self.write(ids, |objects, rv| {
             if objects.get(k.as_str())?.is_some() {
@@ -726,6 +775,32 @@ impl Store {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
+        let check = |old: &Value| -> Result<(), Error> {
+            let current = stored_rv(old);
+            match &given {
+                Some(given) if given.parse::<u64>().ok() != Some(current) => Err(Error::Conflict {
+                    resource: resource.to_owned(),
+                    name: name.to_owned(),
+                    given: given.clone(),
+                    current,
+                }),
+                _ => Ok(()),
+            }
+        };
+        if let Some(remote) = &self.inner.remote {
+            return self
+                .remote_change(remote, resource, namespace, name, |current| {
+                    let old = current.ok_or_else(|| Error::NotFound {
+                        resource: resource.to_owned(),
+                        name: name.to_owned(),
+                    })?;
+                    check(old)?;
+                    let mut object = object.clone();
+                    carry_metadata(old, &mut object, name, namespace);
+                    Ok(remote::Plan::Put(object))
+                })
+                .map(|ev| ev.map(|e| e.object.clone()).unwrap_or_default());
+        }
         let k = key(resource, namespace, name);
         let ids = self.lock_ids();
         self.write(ids, |objects, rv| {
@@ -768,6 +843,26 @@ impl Store {
         name: &str,
         precondition_rv: Option<u64>,
     ) -> Result<Value, Error> {
+        if let Some(remote) = &self.inner.remote {
+            return self
+                .remote_change(remote, resource, namespace, name, |current| {
+                    let old = current.ok_or_else(|| Error::NotFound {
+                        resource: resource.to_owned(),
+                        name: name.to_owned(),
+                    })?;
+                    let current = stored_rv(old);
+                    match precondition_rv {
+                        Some(pre) if pre != current => Err(Error::Conflict {
+                            resource: resource.to_owned(),
+                            name: name.to_owned(),
+                            given: pre.to_string(),
+                            current,
+                        }),
+                        _ => Ok(remote::Plan::Delete),
+                    }
+                })
+                .map(|ev| ev.map(|e| e.object.clone()).unwrap_or_default());
+        }
         let k = key(resource, namespace, name);
         let ids = self.lock_ids();
         self.write(ids, |objects, rv| {
@@ -866,7 +961,15 @@ impl Store {
         for op in &ops {
             op.check()?;
         }
+        if let Some(remote) = &self.inner.remote {
+            return self.remote_batch(remote, ops);
+        }
         let mut ids = self.lock_ids();
+        self.batch_locked(&mut ids, ops)
+    }
+
+    /// [`batch`](Self::batch) of checked ops, the write lock held.
+    fn batch_locked(&self, ids: &mut IdGen, ops: Vec<BatchOp>) -> Result<Vec<Arc<Event>>, Error> {
         self.guarded(|db| {
             let txn = db.begin_write()?;
             let mut out = Vec::new();
@@ -972,10 +1075,95 @@ impl Store {
             }
             txn.commit()?;
             for event in &out {
-                let _ = self.inner.live.send(event.clone());
+                let _ = self.inner.live.send(Live::Event {
+                    prev: event.rv - 1,
+                    event: event.clone(),
+                });
             }
             Ok(out)
         })
+    }
+
+    /// The auxiliary record `key`, stored as `value` first if there is none: whichever value
+    /// was stored first is the one every caller gets (for a mirror, across every replica
+    /// writing to its datastore at once).
+    pub fn aux_init(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, Error> {
+        if let Some(remote) = &self.inner.remote {
+            return self.remote_aux_init(remote, key, value);
+        }
+        let mut ids = self.lock_ids();
+        if let Some(stored) = self.aux_get(key)? {
+            return Ok(stored);
+        }
+        if !self.dry_run {
+            self.batch_locked(
+                &mut ids,
+                vec![BatchOp::SetAux {
+                    key: key.to_owned(),
+                    value: value.clone(),
+                }],
+            )?;
+        }
+        Ok(value)
+    }
+
+    /// A batch through the remote: each change on its own, in order.
+    fn remote_batch(
+        &self,
+        remote: &Arc<dyn Remote>,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let mut out = Vec::new();
+        for op in ops {
+            let event = match op {
+                BatchOp::Put {
+                    resource,
+                    namespace,
+                    object,
+                } => {
+                    let ns = namespace.as_deref();
+                    let name = object
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
+                    let uid = self.lock_ids().next_id();
+                    self.remote_change(remote, &resource, ns, &name, |_| {
+                        let mut object = object.clone();
+                        if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                            match ns {
+                                Some(ns) => m.insert("namespace".into(), Value::String(ns.into())),
+                                None => m.remove("namespace"),
+                            };
+                            m.entry("uid").or_insert_with(|| Value::String(uid.clone()));
+                            m.entry("creationTimestamp")
+                                .or_insert_with(|| Value::String(rfc3339(SystemTime::now())));
+                        }
+                        Ok(remote::Plan::Put(object))
+                    })?
+                }
+                BatchOp::Remove {
+                    resource,
+                    namespace,
+                    name,
+                } => self.remote_change(remote, &resource, namespace.as_deref(), &name, |c| {
+                    Ok(match c {
+                        Some(_) => remote::Plan::Delete,
+                        None => remote::Plan::Nothing,
+                    })
+                })?,
+                BatchOp::SetAux { key, value } => {
+                    self.remote_aux(remote, &key, Some(value))?;
+                    None
+                }
+                BatchOp::RemoveAux { key } => {
+                    self.remote_aux(remote, &key, None)?;
+                    None
+                }
+            };
+            out.extend(event);
+        }
+        Ok(out)
     }
 
     /// An auxiliary record (see [`BatchOp::SetAux`]).
@@ -1067,7 +1255,10 @@ impl Store {
             }
             txn.commit()?;
             let event = Arc::new(event);
-            let _ = self.inner.live.send(event.clone());
+            let _ = self.inner.live.send(Live::Event {
+                prev: event.rv - 1,
+                event: event.clone(),
+            });
             Ok(event)
         })
     }
@@ -1175,7 +1366,7 @@ fn carry_metadata(old: &Value, new: &mut Value, name: &str, namespace: Option<&s
 #[derive(Debug)]
 pub struct Watch {
     store: Store,
-    live: broadcast::Receiver<Arc<Event>>,
+    live: broadcast::Receiver<Live>,
     backlog: VecDeque<Arc<Event>>,
     last: u64,
     /// The one resource the watcher wants, if it said so ([`Store::watch_resource`]).
@@ -1195,8 +1386,8 @@ impl Watch {
                 continue;
             }
             match self.live.recv().await {
-                Ok(ev) if ev.rv > self.last => {
-                    if ev.rv > self.last + 1 {
+                Ok(Live::Event { prev, event }) if event.rv > self.last => {
+                    if prev > self.last {
                         // Something was committed before we subscribed and after we read the log:
                         // fill the gap from the log first.
                         self.backlog = self
@@ -1205,10 +1396,16 @@ impl Watch {
                             .into();
                         continue;
                     }
-                    self.last = ev.rv;
-                    return Ok(ev);
+                    self.last = event.rv;
+                    return Ok(event);
                 }
-                Ok(_) => {}
+                Ok(Live::Reset { oldest }) => {
+                    return Err(Error::Gone {
+                        requested: self.last,
+                        oldest,
+                    });
+                }
+                Ok(Live::Event { .. }) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     self.backlog = self
                         .store
