@@ -411,7 +411,17 @@ impl EdgeCoreFile {
         });
         config.rotate_certificates = hub.rotate_certificates.unwrap_or(true);
         config.metaserver_enabled = self.modules.meta_manager.meta_server.enable.unwrap_or(true);
-        config.https_url = hub.http_server.clone().filter(|s| !s.is_empty());
+        // Each replica's certificate server (`httpServer: https://a:10002,https://b:10002`,
+        // kubeedge-rs): the first signs, every one gets a stream tunnel.
+        let mut https = hub
+            .http_server
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        config.https_url = https.next();
+        config.https_replicas = https.collect();
         config.token = hub.token.clone().filter(|s| !s.is_empty());
         if let Some(secs) = hub.heartbeat {
             if secs == 0 {
@@ -608,6 +618,19 @@ impl EdgeCoreFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_comma_separated() {
+        let file = EdgeCoreFile::parse(
+            "modules:\n  edgeHub:\n    httpServer: https://a:10002, https://b:10002\n    websocket:\n      server: a:10000,b:10000\n  edged:\n    hostnameOverride: edge-1\n",
+        )
+        .unwrap();
+        let c = file.to_config().unwrap();
+        assert_eq!(c.cloud_url, "wss://a:10000");
+        assert_eq!(c.cloud_replicas, ["wss://b:10000"]);
+        assert_eq!(c.https_url.as_deref(), Some("https://a:10002"));
+        assert_eq!(c.https_replicas, ["https://b:10002"]);
+    }
 
     #[test]
     fn an_upstream_shaped_file_gives_settings() {

@@ -218,6 +218,11 @@ pub struct Config {
     pub cloud_replicas: Vec<String>,
     /// cloudhub's certificate server, `https://host:port` (for the first start).
     pub https_url: Option<String>,
+    /// The other cloudcore replicas' certificate servers. The stream tunnel (logs, exec,
+    /// port-forward from the cloud) is opened to `https_url` and to each of these, so that every
+    /// replica's API reaches this node's pods whichever replica holds its sync session. Default
+    /// none.
+    pub https_replicas: Vec<String>,
     /// A join token (needed once, when there is no certificate yet).
     pub token: Option<String>,
     /// The metaserver's address. Default `127.0.0.1:10550`.
@@ -254,6 +259,7 @@ impl Config {
             cloud_url: cloud_url.into(),
             cloud_replicas: Vec::new(),
             https_url: None,
+            https_replicas: Vec::new(),
             token: None,
             metaserver_addr: SocketAddr::from(([127, 0, 0, 1], 10550)),
             node_address: "127.0.0.1".into(),
@@ -441,15 +447,18 @@ impl EdgeCore {
         };
         tasks.extend(pod_task);
         // The stream tunnel (logs, exec, attach, port-forward from the cloud) goes to the
-        // certificate server's address.
+        // certificate server's address, and to every other replica's.
         if let Some(https) = &config.https_url {
-            let tunnel = streams::TunnelConfig {
-                node: config.node.clone(),
-                https_url: https.clone(),
-                tls: config.cert_files().client_config()?,
-                backoff_max: config.backoff_max,
-            };
-            tasks.push(tokio::spawn(streams::run(tunnel, streams)));
+            let tls = config.cert_files().client_config()?;
+            for url in std::iter::once(https).chain(&config.https_replicas) {
+                let tunnel = streams::TunnelConfig {
+                    node: config.node.clone(),
+                    https_url: url.clone(),
+                    tls: tls.clone(),
+                    backoff_max: config.backoff_max,
+                };
+                tasks.push(tokio::spawn(streams::run(tunnel, streams.clone())));
+            }
         } else {
             tracing::info!(
                 "no certificate server configured: no stream tunnel (kubectl logs/exec from the cloud)"

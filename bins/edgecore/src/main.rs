@@ -55,7 +55,9 @@ struct Cli {
     /// (the node picks its own first choice and fails over to the others).
     #[arg(long)]
     cloud: Option<String>,
-    /// cloudhub's certificate server, https://HOST:PORT (needed on the first start).
+    /// cloudhub's certificate server, https://HOST:PORT (needed on the first start); with
+    /// replicas, each one's, comma-separated (the first signs; every one gets a stream tunnel,
+    /// so that logs and exec work through any replica's API).
     #[arg(long)]
     https: Option<String>,
     /// Join token from `keadm gettoken` (needed on the first start).

@@ -282,6 +282,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
         )
         .await?;
         datastore::print(&rows);
+        if let Some(dir) = &cli.plot_dir {
+            plot::datastore(dir, &rows)?;
+            println!();
+            println!("Plots: {}/datastore.svg, datastore-p99.svg", dir.display());
+        }
     }
     match failure {
         Some(f) => Err(f.into()),

@@ -137,3 +137,46 @@ pub fn write(dir: &Path, rows: &[Row]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Writes `datastore.svg` into `dir`: creates per second and p99 latency against requests in
+/// flight, redb and etcd side by side.
+pub fn datastore(dir: &Path, rows: &[super::datastore::Row]) -> Result<(), Error> {
+    std::fs::create_dir_all(dir)?;
+    let points = |store: &str, f: &dyn Fn(&super::datastore::Row) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|r| r.store == store)
+            .map(|r| (r.concurrency as f64, f(r)))
+            .collect()
+    };
+    let stores: Vec<&str> = rows.iter().fold(Vec::new(), |mut v, r| {
+        if !v.contains(&r.store) {
+            v.push(r.store);
+        }
+        v
+    });
+    let colors = [BLUE, RED, GREEN, MAGENTA];
+    let throughput: Vec<Series<'_>> = stores
+        .iter()
+        .zip(colors)
+        .map(|(s, c)| (*s, c, points(s, &|r| r.per_sec)))
+        .collect();
+    chart(
+        &dir.join("datastore.svg"),
+        "the embedded API's creates: redb and etcd",
+        "creates in flight",
+        "creates per second",
+        &throughput,
+    )?;
+    let p99: Vec<Series<'_>> = stores
+        .iter()
+        .zip(colors)
+        .map(|(s, c)| (*s, c, points(s, &|r| r.latency.1.as_secs_f64() * 1000.0)))
+        .collect();
+    chart(
+        &dir.join("datastore-p99.svg"),
+        "the embedded API's creates: p99 latency, redb and etcd",
+        "creates in flight",
+        "milliseconds",
+        &p99,
+    )
+}

@@ -127,13 +127,17 @@ fn spread(urls: &[String]) -> Vec<String> {
 /// kubeconfig) reaches each; the lease's leader is killed with SIGKILL: its edges reconnect to
 /// the survivor within 30 s and a pod created meanwhile arrives; the lease moves to the
 /// survivor; every node stays Ready. `survive` is called once the leader is gone (to point
-/// kubectl at the survivor when the API was the killed replica's).
+/// kubectl at the survivor when the API was the killed replica's). With `streams` (the API is a
+/// replica's own), pod streams through the survivor's API then reach every node, the ones whose
+/// sync session was always elsewhere included: each edge keeps a stream tunnel to every replica.
 async fn fleet_survives_a_killed_leader(
     dir: &TempDir,
     replicas: &mut [Replica],
+    streams: bool,
     survive: impl Fn(&Replica),
 ) {
     let urls: Vec<String> = replicas.iter().map(|r| r.hub.clone()).collect();
+    let https: Vec<String> = replicas.iter().map(|r| r.https.clone()).collect();
     let first = |node: &str| replica_order(node, &urls)[0].clone();
     let nodes = spread(&urls);
     let token = Command::new(sibling("keadm"))
@@ -151,10 +155,13 @@ async fn fleet_survives_a_killed_leader(
             .arg(dir.0.join(node))
             .args(["--node-name", node, "--runtime", "none"])
             .args(["--cloud", &urls.join(",")])
-            .args(["--https", &replicas[0].https])
+            .args(["--https", &https.join(",")])
             .args(["--token", token.trim()])
             .args(["--metaserver-port", "0", "--mqtt-internal", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn,kubeedge_edge::edgehub=info");
+            .env(
+                "RUST_LOG",
+                "warn,kubeedge_edge::edgehub=info,kubeedge_edge::streams=info",
+            );
         let log = dir.0.join(format!("{node}.log"));
         let (peer, line) = start(cmd, &log, &format!("edgecore ready node={node}"));
         let server = format!("http://{}", field(&line, "metaserver"));
@@ -248,6 +255,30 @@ async fn fleet_survives_a_killed_leader(
         t0.elapsed()
     );
     assert!(all_ready(dir), "every node still Ready");
+    if !streams {
+        return;
+    }
+    for node in &nodes {
+        let out = Command::new("kubectl")
+            .env_remove("KUBECONFIG")
+            .arg("--kubeconfig")
+            .arg(dir.0.join("cloud/admin.kubeconfig"))
+            .args(["logs", &format!("p-{node}"), "--request-timeout=20s"])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // These edges run no pods: the answer is the edge's own (no log there yet), not the
+        // cloud's "not connected".
+        assert!(
+            text.contains(&format!("pod \"p-{node}\" on this node"))
+                && !text.contains("not connected"),
+            "kubectl logs p-{node} through the survivor: {text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +306,7 @@ async fn replicas_share_the_fleet_and_take_over_from_a_killed_leader() {
         .collect();
     let ca = |id: &str| std::fs::read(dir.0.join(id).join("ca/rootCA.crt")).unwrap();
     assert_eq!(ca("a"), ca("b"), "the replicas share one CA");
-    fleet_survives_a_killed_leader(&dir, &mut replicas, |_| {}).await;
+    fleet_survives_a_killed_leader(&dir, &mut replicas, false, |_| {}).await;
 
     // A replica that already had a CA of its own is refused, not switched.
     let other = dir.0.join("c");
@@ -366,7 +397,7 @@ async fn replicas_over_etcd_serve_one_api_and_take_over_from_a_killed_leader() {
     })
     .await;
     let cloud = dir.0.join("cloud/admin.kubeconfig");
-    fleet_survives_a_killed_leader(&dir, &mut replicas, |survivor| {
+    fleet_survives_a_killed_leader(&dir, &mut replicas, true, |survivor| {
         // kubectl() goes to the survivor's API from now on.
         if survivor.id != "a" {
             std::fs::copy(survivor.data.join("admin.kubeconfig"), &cloud).unwrap();
