@@ -165,6 +165,12 @@ impl Controllers {
                         if let Err(e) = sign_approved(&api, &signer) {
                             tracing::warn!(error = %e, "signing certificate requests");
                         }
+                        // Control planes sharing a datastore reserve Service addresses there.
+                        if let Err(e) =
+                            kubeedge_core::kubeapi::services::release_unheld(api.store())
+                        {
+                            tracing::warn!(error = %e, "giving back unheld Service addresses");
+                        }
                     })
                     .await;
                 }

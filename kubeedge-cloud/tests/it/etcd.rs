@@ -270,3 +270,56 @@ async fn losing_one_of_three_members_changes_nothing() {
     feed.stop().await;
     feed_b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_creating_services_at_once_never_share_an_address() {
+    let dir = TempDir::new("etcd-services");
+    let etcd = start_etcd(&dir).await;
+    let (a, feed_a) = mirror(&etcd.endpoint(), &dir, "a.redb").await;
+    let (b, feed_b) = mirror(&etcd.endpoint(), &dir, "b.redb").await;
+    let apis = [
+        kubeedge_core::kubeapi::Api::new(a.clone()).unwrap(),
+        kubeedge_core::kubeapi::Api::new(b.clone()).unwrap(),
+    ];
+    // Both replicas create Services at the same moment; each would pick the lowest free address
+    // and node port it sees.
+    let writers: Vec<_> = apis
+        .iter()
+        .enumerate()
+        .map(|(r, api)| {
+            let local = api.local("test");
+            std::thread::spawn(move || {
+                (0..8)
+                    .map(|i| {
+                        let svc = json!({"apiVersion": "v1", "kind": "Service",
+                            "metadata": {"name": format!("s{r}-{i}")},
+                            "spec": {"type": "NodePort", "ports": [{"port": 80}]}});
+                        let stored = local
+                            .create(("", "services"), Some("default"), svc)
+                            .unwrap();
+                        (
+                            stored["spec"]["clusterIP"].as_str().unwrap().to_owned(),
+                            stored["spec"]["ports"][0]["nodePort"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let held: Vec<(String, i64)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let ips: std::collections::HashSet<_> = held.iter().map(|h| &h.0).collect();
+    let ports: std::collections::HashSet<_> = held.iter().map(|h| h.1).collect();
+    assert_eq!((ips.len(), ports.len()), (16, 16), "{held:?}");
+    // A Service deleted gives its reservation back (after the grace period, to the leader's
+    // sweep): nothing is given back while every Service holds its own.
+    assert_eq!(
+        kubeedge_core::kubeapi::services::release_unheld(&a).unwrap(),
+        0
+    );
+    drop(apis);
+    feed_a.stop().await;
+    feed_b.stop().await;
+}

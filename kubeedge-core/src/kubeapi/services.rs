@@ -84,7 +84,148 @@ fn taken(
 /// Fills in (or checks) a new Service's ClusterIP and node ports, against what `store` holds.
 pub(crate) fn allocate(store: &Store, svc: &mut Value) -> Result<(), ApiError> {
     let (ips, ports) = taken(store, None)?;
-    assign(svc, None, &ips, &ports)
+    let owner = owner_of(svc);
+    reserved(store, &owner, ips, ports, |ips, ports| {
+        let mut candidate = svc.clone();
+        assign(&mut candidate, None, ips, ports)?;
+        Ok(candidate)
+    })
+    .map(|chosen| *svc = chosen)
+}
+
+/// The prefix of the datastore records that reserve a Service's address or node port.
+const RESERVATION: &str = "services/reserved/";
+/// How old a reservation whose Service does not hold it must be before it is given back (the
+/// Service is stored a moment after its addresses are reserved).
+const RESERVATION_GRACE_SECS: u64 = 60;
+
+fn owner_of(svc: &Value) -> String {
+    format!(
+        "{}/{}",
+        svc.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        svc.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    )
+}
+
+/// What `svc` holds, as reservation keys.
+fn holdings(svc: &Value) -> Vec<(String, Held)> {
+    let mut out = Vec::new();
+    if let Some(ip) = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .and_then(|i| i.parse::<Ipv4Addr>().ok())
+    {
+        out.push((format!("{RESERVATION}ip/{ip}"), Held::Ip(ip)));
+    }
+    for p in svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(n) = p["nodePort"].as_i64() {
+            out.push((format!("{RESERVATION}port/{n}"), Held::Port(n)));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Ip(Ipv4Addr),
+    Port(i64),
+}
+
+/// Chooses with `choose` (from what the others hold) until every address and port chosen is
+/// reserved for `owner` in the store. A store of its own is the only writer (the API's lock
+/// serialises Services): nothing to reserve. A mirror shares its datastore with other replicas
+/// choosing at the same moment: each address and port is reserved first-wins
+/// ([`Store::aux_init`]), and one another replica won is chosen around.
+fn reserved(
+    store: &Store,
+    owner: &str,
+    mut ips: HashSet<Ipv4Addr>,
+    mut ports: HashSet<i64>,
+    mut choose: impl FnMut(&HashSet<Ipv4Addr>, &HashSet<i64>) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let failed = |e: crate::store::Error| ApiError::with(503, "ServiceUnavailable", e.to_string());
+    for _ in 0..64 {
+        let chosen = choose(&ips, &ports)?;
+        if !store.is_mirror() || store.is_dry_run() {
+            return Ok(chosen);
+        }
+        let mut lost = None;
+        for (key, held) in holdings(&chosen) {
+            let mine =
+                serde_json::to_vec(&json!({"owner": owner, "at": unix_secs()})).unwrap_or_default();
+            let stored = store.aux_init(&key, mine).map_err(failed)?;
+            let by = serde_json::from_slice::<Value>(&stored)
+                .ok()
+                .and_then(|v| v["owner"].as_str().map(str::to_owned));
+            if by.as_deref() != Some(owner) {
+                lost = Some(held);
+                break;
+            }
+        }
+        match lost {
+            None => return Ok(chosen),
+            Some(Held::Ip(ip)) => {
+                ips.insert(ip);
+            }
+            Some(Held::Port(p)) => {
+                ports.insert(p);
+            }
+        }
+    }
+    Err(ApiError::with(
+        500,
+        "InternalError",
+        "no free Service address or node port could be reserved",
+    ))
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Gives back reservations (see [`reserved`]) that no Service holds any more: its Service was
+/// deleted, changed type, or never stored. Run by one replica (the leader) now and then; only
+/// reservations older than a minute are looked at. How many were given back.
+pub fn release_unheld(store: &Store) -> Result<usize, crate::store::Error> {
+    if !store.is_mirror() {
+        return Ok(0);
+    }
+    let mut held: HashSet<String> = HashSet::new();
+    for svc in store.list_all("services", None)? {
+        let owner = owner_of(&svc);
+        for (key, _) in holdings(&svc) {
+            held.insert(format!("{key}\n{owner}"));
+        }
+    }
+    let now = unix_secs();
+    let mut gone = Vec::new();
+    for (key, value) in store.aux_scan(RESERVATION)? {
+        let record: Value = serde_json::from_slice(&value).unwrap_or(Value::Null);
+        let owner = record["owner"].as_str().unwrap_or_default();
+        let at = record["at"].as_u64().unwrap_or(0);
+        if now.saturating_sub(at) >= RESERVATION_GRACE_SECS
+            && !held.contains(&format!("{key}\n{owner}"))
+        {
+            gone.push(crate::store::BatchOp::RemoveAux { key });
+        }
+    }
+    let n = gone.len();
+    if n > 0 {
+        store.batch(gone)?;
+    }
+    Ok(n)
 }
 
 /// Addresses below this offset are for Services that ask for one (as the apiserver keeps a low
@@ -324,7 +465,13 @@ pub(crate) fn keep(store: &Store, current: &Value, next: &mut Value) -> Result<(
         .and_then(Value::as_str)
         .unwrap_or_default();
     let (ips, ports) = taken(store, Some((ns, name)))?;
-    assign(next, Some(current), &ips, &ports)
+    let owner = format!("{ns}/{name}");
+    reserved(store, &owner, ips, ports, |ips, ports| {
+        let mut candidate = next.clone();
+        assign(&mut candidate, Some(current), ips, ports)?;
+        Ok(candidate)
+    })
+    .map(|chosen| *next = chosen)
 }
 
 #[cfg(test)]
