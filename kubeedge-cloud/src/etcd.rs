@@ -53,10 +53,59 @@ const MAX_MESSAGE: usize = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EtcdConfig {
-    /// Client URLs or `host:port` of the members.
+    /// Client URLs of the members (`http://host:port`, or `https://` with [`tls`](Self::tls)).
     pub endpoints: Vec<String>,
     /// The key prefix everything goes under ([`DEFAULT_PREFIX`]).
     pub prefix: String,
+    /// Mutual TLS with the members, as production etcd runs. Default none (plain HTTP).
+    pub tls: Option<EtcdTls>,
+}
+
+/// The certificates of TLS with etcd (PEM), as K3s's `--datastore-cafile`, `--datastore-certfile`
+/// and `--datastore-keyfile` give them.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EtcdTls {
+    /// The CA the members' serving certificates are checked against.
+    pub ca_pem: String,
+    /// This client's certificate (etcd's `--client-cert-auth` asks for one); with `key_pem`.
+    pub cert_pem: Option<String>,
+    /// Its private key.
+    pub key_pem: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_cert", &self.cert_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdTls {
+    /// Reads the CA and, if given, the client certificate and key from files.
+    pub fn from_files(
+        ca: &Path,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<EtcdTls, Error> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| Error::Io {
+                step: format!("reading {}", p.display()),
+                source,
+            })
+        };
+        if cert.is_some() != key.is_some() {
+            return Err(Error::Config(
+                "etcd TLS: a client certificate needs its key and a key its certificate".into(),
+            ));
+        }
+        Ok(EtcdTls {
+            ca_pem: read(ca)?,
+            cert_pem: cert.map(read).transpose()?,
+            key_pem: key.map(read).transpose()?,
+        })
+    }
 }
 
 impl EtcdConfig {
@@ -85,7 +134,22 @@ impl EtcdConfig {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(EtcdConfig { endpoints, prefix })
+        Ok(EtcdConfig {
+            endpoints,
+            prefix,
+            tls: None,
+        })
+    }
+
+    /// The same members over TLS with `tls` (the endpoints become `https://`).
+    pub fn with_tls(mut self, tls: EtcdTls) -> EtcdConfig {
+        for e in &mut self.endpoints {
+            if let Some(rest) = e.strip_prefix("http://") {
+                *e = format!("https://{rest}");
+            }
+        }
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -238,10 +302,18 @@ impl Feed {
     }
 
     async fn connect(&self) -> Result<Client, store::Error> {
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true);
+        if let Some(tls) = &self.config.tls {
+            let mut t = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let (Some(cert), Some(key)) = (&tls.cert_pem, &tls.key_pem) {
+                t = t.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(t);
+        }
         tokio::time::timeout(
             REQUEST_TIMEOUT,
             Client::connect(&self.config.endpoints, Some(options)),

@@ -168,6 +168,9 @@ pub struct EtcdServer {
     name: String,
     /// `--initial-cluster`: every member's name and peer URL.
     cluster: String,
+    /// Serving TLS: the CA, the member's certificate and key files; clients must present a
+    /// certificate of that CA.
+    tls: Option<[std::path::PathBuf; 3]>,
 }
 
 impl EtcdServer {
@@ -177,6 +180,40 @@ impl EtcdServer {
         members
             .pop()
             .ok_or_else(|| std::io::Error::other("no member"))
+    }
+
+    /// Starts one under `dir` serving its clients over TLS only, with a server certificate of
+    /// `ca` for 127.0.0.1, and asking each client for a certificate of `ca`.
+    pub fn start_tls(dir: &std::path::Path, ca: &crate::pki::Ca) -> std::io::Result<EtcdServer> {
+        let now = std::time::SystemTime::now();
+        let server = ca
+            .issue_server(
+                &["localhost".to_owned()],
+                &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                now,
+            )
+            .map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(dir)?;
+        let files = [
+            dir.join("ca.crt"),
+            dir.join("etcd.crt"),
+            dir.join("etcd.key"),
+        ];
+        std::fs::write(&files[0], ca.cert_pem())?;
+        std::fs::write(&files[1], server.cert_pem())?;
+        std::fs::write(&files[2], server.key_pem().map_err(std::io::Error::other)?)?;
+        let mut last = None;
+        for _ in 0..3 {
+            let mut m = EtcdServer::members(dir, 1)?;
+            let mut server = m.pop().ok_or_else(|| std::io::Error::other("no member"))?;
+            let _ = std::fs::remove_dir_all(server.dir.join("data"));
+            server.tls = Some(files.clone());
+            match server.restart() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("etcd did not start")))
     }
 
     /// Starts a cluster of `n` members (under `dir/m0`, `dir/m1`, ...) and waits until each is
@@ -222,6 +259,7 @@ impl EtcdServer {
                 peer: port()?,
                 name: format!("m{i}"),
                 cluster: String::new(),
+                tls: None,
             });
         }
         let cluster = members
@@ -263,8 +301,17 @@ impl EtcdServer {
             .open(self.dir.join("etcd.log"))?;
         let bin = std::env::var("KUBEEDGE_TEST_ETCD").unwrap_or_else(|_| "etcd".into());
         let peer = format!("http://127.0.0.1:{}", self.peer);
-        let client = format!("http://127.0.0.1:{}", self.client);
-        let child = std::process::Command::new(&bin)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client);
+        let mut command = std::process::Command::new(&bin);
+        if let Some([ca, cert, key]) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -301,9 +348,13 @@ impl EtcdServer {
         ))
     }
 
-    /// Whether `/health` says so.
+    /// Whether `/health` says so (over TLS, the port accepting connections).
     pub fn healthy(&self) -> bool {
         use std::io::{Read, Write};
+        if self.tls.is_some() {
+            // Answering needs a client certificate; a member that listens has loaded its own.
+            return std::net::TcpStream::connect(("127.0.0.1", self.client)).is_ok();
+        }
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.client)) else {
             return false;
         };

@@ -97,6 +97,16 @@ struct Cli {
     /// cloudcore given the same etcd (replicas: implies --replica).
     #[arg(long, default_value = "redb", conflicts_with = "kubeconfig")]
     datastore: String,
+    /// TLS with etcd: the CA its members' certificates are checked against (the endpoints are
+    /// then https).
+    #[arg(long)]
+    datastore_cafile: Option<PathBuf>,
+    /// TLS with etcd: this cloudcore's client certificate (with --datastore-keyfile).
+    #[arg(long, requires = "datastore_cafile")]
+    datastore_certfile: Option<PathBuf>,
+    /// TLS with etcd: the client certificate's key.
+    #[arg(long, requires = "datastore_certfile")]
+    datastore_keyfile: Option<PathBuf>,
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
@@ -117,7 +127,15 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         "redb" => false,
         #[cfg(feature = "etcd")]
         url => {
-            config.etcd = Some(kubeedge_cloud::etcd::EtcdConfig::parse(url)?);
+            let mut etcd = kubeedge_cloud::etcd::EtcdConfig::parse(url)?;
+            if let Some(ca) = &cli.datastore_cafile {
+                etcd = etcd.with_tls(kubeedge_cloud::etcd::EtcdTls::from_files(
+                    ca,
+                    cli.datastore_certfile.as_deref(),
+                    cli.datastore_keyfile.as_deref(),
+                )?);
+            }
+            config.etcd = Some(etcd);
             true
         }
         #[cfg(not(feature = "etcd"))]
@@ -128,6 +146,9 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
     };
+    if cli.datastore_cafile.is_some() && !shared {
+        return Err("--datastore-cafile needs --datastore etcd://...".into());
+    }
     if cli.replica_id.is_some() && !cli.replica && !shared {
         return Err("--replica-id needs --replica or --datastore etcd://...".into());
     }

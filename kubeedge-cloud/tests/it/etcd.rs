@@ -323,3 +323,68 @@ async fn replicas_creating_services_at_once_never_share_an_address() {
     feed_a.stop().await;
     feed_b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_etcd() {
+    use kubeedge_cloud::etcd::EtcdTls;
+    let dir = TempDir::new("etcd-tls");
+    let now = std::time::SystemTime::now();
+    let ca = kubeedge_core::pki::Ca::generate(now).unwrap();
+    let etcd = {
+        let (path, ca) = (
+            dir.0.join("etcd"),
+            kubeedge_core::pki::Ca::from_der(ca.cert_der(), ca.key_sec1()).unwrap(),
+        );
+        tokio::task::spawn_blocking(move || EtcdServer::start_tls(&path, &ca))
+            .await
+            .unwrap()
+            .expect("etcd starts with TLS")
+    };
+    let client = ca
+        .issue_client("cloudcore", "kubeedge", Duration::from_secs(3600), now)
+        .unwrap();
+    let files = [
+        dir.0.join("ca.pem"),
+        dir.0.join("c.pem"),
+        dir.0.join("k.pem"),
+    ];
+    std::fs::write(&files[0], ca.cert_pem()).unwrap();
+    std::fs::write(&files[1], client.cert_pem()).unwrap();
+    std::fs::write(&files[2], client.key_pem().unwrap()).unwrap();
+    let url = format!("etcd://{}/tls", etcd.endpoint());
+
+    let tls = EtcdTls::from_files(&files[0], Some(&files[1]), Some(&files[2])).unwrap();
+    let config = EtcdConfig::parse(&url).unwrap().with_tls(tls);
+    assert!(config.endpoints[0].starts_with("https://"));
+    let (a, feed) = tokio::time::timeout(
+        Duration::from_secs(30),
+        Etcd::open(&config, &dir.0.join("a.redb"), store::Config::default()),
+    )
+    .await
+    .expect("connected over TLS")
+    .unwrap();
+    let created = a
+        .create("configmaps", Some("default"), config_map("over-tls", "1"))
+        .unwrap();
+    assert_eq!(
+        a.get("configmaps", Some("default"), "over-tls").unwrap(),
+        created
+    );
+    feed.stop().await;
+
+    // Without a client certificate, or over plain HTTP, etcd is not reached: opening waits.
+    let no_cert = EtcdConfig::parse(&url)
+        .unwrap()
+        .with_tls(EtcdTls::from_files(&files[0], None, None).unwrap());
+    let plain = EtcdConfig::parse(&url).unwrap();
+    for (what, config) in [("no client certificate", no_cert), ("plain HTTP", plain)] {
+        let opened = tokio::time::timeout(
+            Duration::from_secs(4),
+            Etcd::open(&config, &dir.0.join("b.redb"), store::Config::default()),
+        )
+        .await;
+        assert!(opened.is_err(), "{what}: connected");
+    }
+    // A key without its certificate is refused outright.
+    assert!(EtcdTls::from_files(&files[0], None, Some(&files[2])).is_err());
+}
