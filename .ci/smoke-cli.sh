@@ -81,4 +81,9 @@ epid=
 kill -TERM "$pid"
 wait "$pid"
 pid=
+# A datastore that is not one: exit 1 at once, saying what was expected.
+if "$bin/cloudcore" --data-dir "$work/bad" --datastore http://127.0.0.1:1 >"$work/bout" 2>"$work/berr"; then
+  echo "cloudcore took --datastore http://..." >&2; exit 1
+fi
+grep -q 'expected etcd://host:port' "$work/berr" || { cat "$work/berr" >&2; exit 1; }
 echo "cloudcore, keadm, edgecore and mapper: command-line contract holds"

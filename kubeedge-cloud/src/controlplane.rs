@@ -143,7 +143,8 @@ pub struct ControlPlane {
 #[derive(Debug)]
 struct Controllers {
     housekeeping: tokio::task::JoinHandle<()>,
-    workloads: crate::workloads::Manager,
+    /// `None` once stopped.
+    workloads: Option<crate::workloads::Manager>,
 }
 
 impl Controllers {
@@ -179,14 +180,23 @@ impl Controllers {
         let workloads = crate::workloads::Manager::start(api, crate::workloads::standard())?;
         Ok(Controllers {
             housekeeping,
-            workloads,
+            workloads: Some(workloads),
         })
     }
 
-    async fn stop(self) {
+    async fn stop(mut self) {
         self.housekeeping.abort();
-        let _ = self.housekeeping.await;
-        self.workloads.stop().await;
+        let _ = (&mut self.housekeeping).await;
+        if let Some(w) = self.workloads.take() {
+            w.stop().await;
+        }
+    }
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        // Dropped without stop() (the supervisor aborted): nothing may go on writing.
+        self.housekeeping.abort();
     }
 }
 

@@ -204,11 +204,16 @@ impl Remote for Etcd {
             .map_err(|_| store::Error::Unavailable("the etcd client has stopped".into()))?;
         match rx.recv_timeout(REQUEST_TIMEOUT + Duration::from_secs(1)) {
             Ok(result) => result,
-            Err(_) => Err(store::Error::Unavailable(format!(
-                "etcd at {} did not answer within {}s",
-                self.endpoints,
-                REQUEST_TIMEOUT.as_secs()
-            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                Err(store::Error::Unavailable(format!(
+                    "etcd at {} did not answer within {}s",
+                    self.endpoints,
+                    REQUEST_TIMEOUT.as_secs()
+                )))
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(store::Error::Unavailable(
+                "the etcd client has stopped".into(),
+            )),
         }
     }
 
@@ -558,8 +563,8 @@ async fn commit(kv: &mut KvClient, prefix: &str, write: RemoteWrite) -> Result<C
         )],
         _ => Vec::new(),
     };
-    let change = match write.value {
-        Some(v) => TxnOp::put(key.clone(), v, None),
+    let change = match &write.value {
+        Some(v) => TxnOp::put(key.clone(), v.clone(), None),
         None => TxnOp::delete(key.clone(), None),
     };
     let txn = Txn::new()
@@ -595,11 +600,25 @@ async fn commit(kv: &mut KvClient, prefix: &str, write: RemoteWrite) -> Result<C
         let revision = resp.header().map_or(0, |h| h.revision().max(0) as u64);
         return Ok(Commit::Done { revision });
     }
-    let current = match ops.first() {
-        Some(TxnOpResponse::Get(g)) => g.kvs().first().map(|kv| kv.mod_revision().max(0) as u64),
+    let found = match ops.first() {
+        Some(TxnOpResponse::Get(g)) => g.kvs().first().cloned(),
         _ => None,
     };
-    Ok(Commit::Failed { current })
+    // A retry after an attempt that was made but whose answer was lost finds its own change.
+    if attempt > 1 {
+        match (&write.value, &found) {
+            (Some(v), Some(kv)) if kv.value() == v.as_slice() => {
+                return Ok(Commit::Done {
+                    revision: kv.mod_revision().max(0) as u64,
+                });
+            }
+            (None, None) => return Ok(Commit::Done { revision: 0 }),
+            _ => {}
+        }
+    }
+    Ok(Commit::Failed {
+        current: found.map(|kv| kv.mod_revision().max(0) as u64),
+    })
 }
 
 fn etcd_key(prefix: &str, key: &RemoteKey) -> Vec<u8> {

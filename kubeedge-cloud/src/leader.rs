@@ -110,10 +110,12 @@ async fn run(client: Client, config: LeaderConfig, tx: watch::Sender<bool>) {
     let namespaces: Api<Namespace> = Api::all(client);
     let mut last_renewed: Option<tokio::time::Instant> = None;
     loop {
+        // The lease runs from when the renewal was sent, not from when it was answered.
+        let sent = tokio::time::Instant::now();
         let outcome = attempt(&leases, &namespaces, &config).await;
         let leading = match outcome {
             Ok(held) => {
-                last_renewed = held.then(tokio::time::Instant::now);
+                last_renewed = held.then_some(sent);
                 held
             }
             Err(e) => {

@@ -1710,7 +1710,35 @@ fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiErro
     // Addresses are handed out and stored under one lock: two Services never get the same.
     let _allocating = is_service(t).then(|| api.allocating.lock());
     if is_service(t) {
-        services::allocate(&api.store, &mut obj)?;
+        // Reservations name their Service: a generated name is chosen now.
+        if obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+            && let Some(base) = obj
+                .pointer("/metadata/generateName")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        {
+            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let mut seed = crate::sync::stamp::random_seed();
+            let suffix: String = (0..5)
+                .map(|_| {
+                    let c = ALPHABET[(seed % ALPHABET.len() as u64) as usize] as char;
+                    seed /= ALPHABET.len() as u64;
+                    c
+                })
+                .collect();
+            obj["metadata"]["name"] = json!(format!("{base}{suffix}"));
+        }
+        let owner = format!(
+            "{}/{}",
+            ns(t).unwrap_or_default(),
+            obj.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        );
+        services::allocate(&api.store, &owner, &mut obj)?;
     }
     let mut stored = t
         .store(api)

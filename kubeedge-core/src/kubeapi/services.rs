@@ -81,11 +81,11 @@ fn taken(
     Ok((ips, ports))
 }
 
-/// Fills in (or checks) a new Service's ClusterIP and node ports, against what `store` holds.
-pub(crate) fn allocate(store: &Store, svc: &mut Value) -> Result<(), ApiError> {
+/// Fills in (or checks) a new Service's ClusterIP and node ports, against what `store` holds;
+/// `owner` is its `namespace/name`.
+pub(crate) fn allocate(store: &Store, owner: &str, svc: &mut Value) -> Result<(), ApiError> {
     let (ips, ports) = taken(store, None)?;
-    let owner = owner_of(svc);
-    reserved(store, &owner, ips, ports, |ips, ports| {
+    reserved(store, owner, ips, ports, |ips, ports| {
         let mut candidate = svc.clone();
         assign(&mut candidate, None, ips, ports)?;
         Ok(candidate)

@@ -151,8 +151,8 @@ pub enum Error {
     /// Stored bytes are not what the store wrote.
     #[error("corrupt record: {0}")]
     Corrupt(String),
-    /// The datastore a mirror writes to ([`Store::mirror`]) did not answer or refused; nothing
-    /// was written.
+    /// The datastore a mirror writes to ([`Store::mirror`]) is down, did not answer, or its
+    /// change did not come back (the message says which).
     #[error("datastore unavailable: {0}")]
     Unavailable(String),
 }
@@ -788,6 +788,11 @@ impl Store {
             }
         };
         if let Some(remote) = &self.inner.remote {
+            // A version read on another replica may be ahead of this mirror: catch up to it
+            // (briefly) before judging it stale.
+            if let Some(g) = given.as_deref().and_then(|g| g.parse::<u64>().ok()) {
+                let _ = self.wait_applied_within(g, std::time::Duration::from_secs(2));
+            }
             return self
                 .remote_change(remote, resource, namespace, name, |current| {
                     let old = current.ok_or_else(|| Error::NotFound {
@@ -844,6 +849,9 @@ impl Store {
         precondition_rv: Option<u64>,
     ) -> Result<Value, Error> {
         if let Some(remote) = &self.inner.remote {
+            if let Some(pre) = precondition_rv {
+                let _ = self.wait_applied_within(pre, std::time::Duration::from_secs(2));
+            }
             return self
                 .remote_change(remote, resource, namespace, name, |current| {
                     let old = current.ok_or_else(|| Error::NotFound {

@@ -353,7 +353,12 @@ impl Store {
 
     /// Blocks until the mirror has applied `revision`.
     fn wait_applied(&self, revision: u64) -> Result<(), Error> {
-        let deadline = Instant::now() + APPLY_WAIT;
+        self.wait_applied_within(revision, APPLY_WAIT)
+    }
+
+    /// Blocks until the mirror has applied `revision`, up to `limit`.
+    pub(super) fn wait_applied_within(&self, revision: u64, limit: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + limit;
         let (lock, waiters) = &self.inner.applied;
         let mut applied = lock
             .lock()
@@ -362,8 +367,8 @@ impl Store {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Error::Unavailable(format!(
-                    "the datastore took revision {revision}, but its watch has not brought it back within {}s (the mirror is at {})",
-                    APPLY_WAIT.as_secs(),
+                    "revision {revision} has not come back through the datastore's watch within {}s (the mirror is at {}); a write made may still arrive",
+                    limit.as_secs(),
                     *applied
                 )));
             }
@@ -412,6 +417,8 @@ impl Store {
         name: &str,
         mut plan: impl FnMut(Option<&Value>) -> Result<Plan, Error>,
     ) -> Result<Option<Arc<Event>>, Error> {
+        // A datastore known to be down fails the write at once, not after its timeouts.
+        remote.health().map_err(Error::Unavailable)?;
         let k = key(resource, namespace, name);
         for _ in 0..MAX_ATTEMPTS {
             let current = match self.get(resource, namespace, name) {
@@ -494,6 +501,7 @@ impl Store {
         if self.dry_run {
             return Ok(());
         }
+        remote.health().map_err(Error::Unavailable)?;
         match remote.commit(RemoteWrite::new(
             RemoteKey::Aux(k.to_owned()),
             value,
@@ -519,6 +527,7 @@ impl Store {
         if self.dry_run {
             return Ok(value);
         }
+        remote.health().map_err(Error::Unavailable)?;
         let write = RemoteWrite::new(
             RemoteKey::Aux(k.to_owned()),
             Some(value.clone()),
