@@ -195,7 +195,8 @@ fn unix_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Gives back reservations (see [`reserved`]) that no Service holds any more: its Service was
+/// Gives back reservations that no Service holds any more (control planes sharing a datastore
+/// reserve each Service address and node port there, first wins): its Service was
 /// deleted, changed type, or never stored. Run by one replica (the leader) now and then; only
 /// reservations older than a minute are looked at. How many were given back.
 pub fn release_unheld(store: &Store) -> Result<usize, crate::store::Error> {
