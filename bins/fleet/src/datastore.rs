@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, PostParams};
 
 use super::cloud::CloudCore;
+use super::fleet::percentile;
 use super::{Error, ms, proc, table};
 
 /// One datastore at one concurrency.
@@ -28,14 +29,6 @@ pub struct Row {
     pub per_sec: f64,
     /// Latency p50, p99, max.
     pub latency: (Duration, Duration, Duration),
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Runs the scenario.

@@ -795,10 +795,7 @@ impl Store {
             }
             return self
                 .remote_change(remote, resource, namespace, name, |current| {
-                    let old = current.ok_or_else(|| Error::NotFound {
-                        resource: resource.to_owned(),
-                        name: name.to_owned(),
-                    })?;
+                    let old = current.ok_or_else(|| not_found(resource, name))?;
                     check(old)?;
                     let mut object = object.clone();
                     carry_metadata(old, &mut object, name, namespace);
@@ -854,10 +851,7 @@ impl Store {
             }
             return self
                 .remote_change(remote, resource, namespace, name, |current| {
-                    let old = current.ok_or_else(|| Error::NotFound {
-                        resource: resource.to_owned(),
-                        name: name.to_owned(),
-                    })?;
+                    let old = current.ok_or_else(|| not_found(resource, name))?;
                     let current = stored_rv(old);
                     match precondition_rv {
                         Some(pre) if pre != current => Err(Error::Conflict {
@@ -1269,6 +1263,13 @@ impl Store {
             });
             Ok(event)
         })
+    }
+}
+
+fn not_found(resource: &str, name: &str) -> Error {
+    Error::NotFound {
+        resource: resource.to_owned(),
+        name: name.to_owned(),
     }
 }
 
