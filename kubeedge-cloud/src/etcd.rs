@@ -432,6 +432,7 @@ impl Feed {
     async fn follow(&self, client: &Client) {
         let prefix = self.config.prefix.as_bytes().to_vec();
         let mut warned = None::<tokio::time::Instant>;
+        let mut failed = 0u32;
         loop {
             let began = tokio::time::Instant::now();
             let result = self.follow_once(client, &prefix).await;
@@ -439,17 +440,18 @@ impl Feed {
                 Ok(()) => continue,
                 Err(e) => e,
             };
-            // A watch that ran and broke (its member went) resumes at once on another member;
-            // one that cannot even start says etcd is unavailable.
+            // A watch that broke (its member went) resumes at once on another member; only
+            // one that cannot be started again says etcd is unavailable.
             let ran = began.elapsed() >= Duration::from_secs(1);
-            if !ran {
+            failed = if ran { 0 } else { failed + 1 };
+            if failed >= 2 {
                 self.set_health(Err(e.to_string()));
             }
             if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                 tracing::warn!(error = %e, "etcd watch interrupted; resuming");
                 warned = Some(tokio::time::Instant::now());
             }
-            if !ran {
+            if failed >= 1 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -529,9 +531,20 @@ impl Feed {
     /// Asks etcd for its status now and then: `/readyz` says whether it answers.
     async fn check_health(&self, client: &Client) {
         let mut maintenance = client.maintenance_client();
+        // One failed check may have gone to a member that just went (the next goes to another):
+        // unhealthy after two in a row.
+        let mut failed = 0u32;
         loop {
             tokio::time::sleep(HEALTH_EVERY).await;
             let status = tokio::time::timeout(HEALTH_EVERY, maintenance.status()).await;
+            failed = if matches!(status, Ok(Ok(_))) {
+                0
+            } else {
+                failed + 1
+            };
+            if (1..2).contains(&failed) {
+                continue;
+            }
             match status {
                 Ok(Ok(_)) => {
                     let was_down = self.health.lock().is_ok_and(|h| h.is_err());
