@@ -42,6 +42,8 @@ use crate::Error;
 pub const DEFAULT_PREFIX: &str = "/kubeedge-rs/";
 /// How long one etcd request may take before the write fails as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often etcd's history is compacted by default.
+pub const DEFAULT_COMPACT_EVERY: Duration = Duration::from_secs(300);
 /// How often the datastore's health is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// Keys per page when loading the mirror.
@@ -59,6 +61,11 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// Mutual TLS with the members, as production etcd runs. Default none (plain HTTP).
     pub tls: Option<EtcdTls>,
+    /// How often etcd's history is compacted, each time up to the revision of the time before
+    /// (so a watch may resume from anything newer than one interval). Default 5 minutes, as
+    /// kube-apiserver does: without it etcd keeps every revision until its space quota is full
+    /// and it refuses writes.
+    pub compact_every: Duration,
 }
 
 /// The certificates of TLS with etcd (PEM), as K3s's `--datastore-cafile`, `--datastore-certfile`
@@ -138,6 +145,7 @@ impl EtcdConfig {
             endpoints,
             prefix,
             tls: None,
+            compact_every: DEFAULT_COMPACT_EVERY,
         })
     }
 
@@ -383,6 +391,7 @@ impl Feed {
             _ = writer => {}
             _ = self.follow(&client) => {}
             _ = self.check_health(&client) => {}
+            _ = self.compact(&client) => {}
             _ = &mut stopped => {}
         }
     }
@@ -525,6 +534,36 @@ impl Feed {
             store
                 .mirror_apply(revision, changes)
                 .map_err(|e| store::Error::Unavailable(format!("applying to the mirror: {e}")))?;
+        }
+    }
+
+    /// Compacts etcd's history every [`EtcdConfig::compact_every`], up to the revision seen one
+    /// interval before. Every replica does (a compaction already made is refused by etcd and
+    /// ignored here); a mirror that falls further behind loads again.
+    async fn compact(&self, client: &Client) {
+        let mut kv = client.kv_client();
+        let mut previous: Option<i64> = None;
+        loop {
+            tokio::time::sleep(self.config.compact_every.max(Duration::from_millis(100))).await;
+            let now = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                kv.get(
+                    self.config.prefix.as_bytes().to_vec(),
+                    Some(GetOptions::new().with_count_only()),
+                ),
+            )
+            .await;
+            let Ok(Ok(now)) = now else { continue };
+            let revision = now.header().map_or(0, |h| h.revision());
+            if let Some(at) = previous.filter(|&at| at > 0) {
+                match tokio::time::timeout(REQUEST_TIMEOUT, kv.compact(at, None)).await {
+                    Ok(Ok(_)) => tracing::debug!(revision = at, "etcd: history compacted"),
+                    Ok(Err(e)) if e.to_string().contains("compacted") => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "etcd: compacting the history"),
+                    Err(_) => tracing::warn!("etcd: compacting the history timed out"),
+                }
+            }
+            previous = Some(revision);
         }
     }
 

@@ -388,3 +388,50 @@ async fn mutual_tls_with_etcd() {
     // A key without its certificate is refused outright.
     assert!(EtcdTls::from_files(&files[0], None, Some(&files[2])).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_history_is_compacted_and_the_mirror_goes_on() {
+    let dir = TempDir::new("etcd-compact");
+    let etcd = start_etcd(&dir).await;
+    let mut config = EtcdConfig::parse(&format!("etcd://{}/test", etcd.endpoint())).unwrap();
+    config.compact_every = Duration::from_millis(500);
+    let (a, feed) = Etcd::open(&config, &dir.0.join("a.redb"), store::Config::default())
+        .await
+        .unwrap();
+    let first = a
+        .create("configmaps", Some("default"), config_map("c", "0"))
+        .unwrap();
+    let mut object = first.clone();
+    for i in 1..20 {
+        object["data"]["k"] = json!(i.to_string());
+        object = a
+            .update("configmaps", Some("default"), "c", object.clone())
+            .unwrap();
+    }
+    // The first version's history goes within a few intervals.
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let old = rv(&first) as i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = client
+            .get(
+                "/test/o/configmaps/default/c",
+                Some(etcd_client::GetOptions::new().with_revision(old)),
+            )
+            .await;
+        match read {
+            Err(e) if e.to_string().contains("compacted") => break,
+            _ if std::time::Instant::now() > deadline => panic!("not compacted: {read:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    // The mirror and its writes go on.
+    object["data"]["k"] = json!("after");
+    let after = a
+        .update("configmaps", Some("default"), "c", object)
+        .unwrap();
+    assert_eq!(a.get("configmaps", Some("default"), "c").unwrap(), after);
+    feed.stop().await;
+}
