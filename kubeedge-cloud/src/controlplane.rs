@@ -444,10 +444,10 @@ impl ControlPlane {
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.task.abort();
-        match &self.work {
-            Work::Running(c) => c.housekeeping.abort(),
-            Work::Supervised(s) => s.task.abort(),
-            Work::Stopped => {}
+        // Running controllers stop their housekeeping as they drop; a supervisor's task would
+        // outlive its handle.
+        if let Work::Supervised(s) = &self.work {
+            s.task.abort();
         }
     }
 }

@@ -202,30 +202,32 @@ impl EtcdServer {
         std::fs::write(&files[0], ca.cert_pem())?;
         std::fs::write(&files[1], server.cert_pem())?;
         std::fs::write(&files[2], server.key_pem().map_err(std::io::Error::other)?)?;
-        let mut last = None;
-        for _ in 0..3 {
-            let mut m = EtcdServer::members(dir, 1)?;
-            let mut server = m.pop().ok_or_else(|| std::io::Error::other("no member"))?;
-            let _ = std::fs::remove_dir_all(server.dir.join("data"));
-            server.tls = Some(files.clone());
-            match server.restart() {
-                Ok(()) => return Ok(server),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("etcd did not start")))
+        let mut members = EtcdServer::start_members(dir, 1, Some(files))?;
+        members
+            .pop()
+            .ok_or_else(|| std::io::Error::other("no member"))
     }
 
     /// Starts a cluster of `n` members (under `dir/m0`, `dir/m1`, ...) and waits until each is
     /// healthy.
     pub fn cluster(dir: &std::path::Path, n: usize) -> std::io::Result<Vec<EtcdServer>> {
+        EtcdServer::start_members(dir, n, None)
+    }
+
+    /// [`cluster`](Self::cluster), each member serving `tls` (CA, certificate, key) if given.
+    fn start_members(
+        dir: &std::path::Path,
+        n: usize,
+        tls: Option<[std::path::PathBuf; 3]>,
+    ) -> std::io::Result<Vec<EtcdServer>> {
         // The ports were free when picked, but another test may take one before etcd binds it:
         // then etcd exits at once, and a fresh start on fresh ports follows.
         let mut last = None;
         for _ in 0..3 {
             let mut members = EtcdServer::members(dir, n)?;
-            for m in &members {
+            for m in &mut members {
                 let _ = std::fs::remove_dir_all(m.dir.join("data"));
+                m.tls = tls.clone();
             }
             // Every member must be up before any can elect a leader: start all, then wait.
             let started = members

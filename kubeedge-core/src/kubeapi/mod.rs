@@ -1720,16 +1720,7 @@ fn create_object(api: &Api, t: &Target, mut obj: Value) -> Result<Value, ApiErro
                 .and_then(Value::as_str)
                 .map(str::to_owned)
         {
-            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-            let mut seed = crate::sync::stamp::random_seed();
-            let suffix: String = (0..5)
-                .map(|_| {
-                    let c = ALPHABET[(seed % ALPHABET.len() as u64) as usize] as char;
-                    seed /= ALPHABET.len() as u64;
-                    c
-                })
-                .collect();
-            obj["metadata"]["name"] = json!(format!("{base}{suffix}"));
+            obj["metadata"]["name"] = json!(api.store.generate_name(&base));
         }
         let owner = format!(
             "{}/{}",

@@ -60,22 +60,11 @@ fn taken(
         if except == Some(id) {
             continue;
         }
-        if let Some(ip) = s
-            .pointer("/spec/clusterIP")
-            .and_then(Value::as_str)
-            .and_then(|i| i.parse().ok())
-        {
-            ips.insert(ip);
-        }
-        for p in s
-            .pointer("/spec/ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(n) = p["nodePort"].as_i64() {
-                ports.insert(n);
-            }
+        for held in holdings(&s) {
+            match held {
+                Held::Ip(ip) => ips.insert(ip),
+                Held::Port(n) => ports.insert(n),
+            };
         }
     }
     Ok((ips, ports))
@@ -111,15 +100,15 @@ fn owner_of(svc: &Value) -> String {
     )
 }
 
-/// What `svc` holds, as reservation keys.
-fn holdings(svc: &Value) -> Vec<(String, Held)> {
+/// The address and node ports `svc` holds.
+fn holdings(svc: &Value) -> Vec<Held> {
     let mut out = Vec::new();
     if let Some(ip) = svc
         .pointer("/spec/clusterIP")
         .and_then(Value::as_str)
         .and_then(|i| i.parse::<Ipv4Addr>().ok())
     {
-        out.push((format!("{RESERVATION}ip/{ip}"), Held::Ip(ip)));
+        out.push(Held::Ip(ip));
     }
     for p in svc
         .pointer("/spec/ports")
@@ -128,16 +117,27 @@ fn holdings(svc: &Value) -> Vec<(String, Held)> {
         .flatten()
     {
         if let Some(n) = p["nodePort"].as_i64() {
-            out.push((format!("{RESERVATION}port/{n}"), Held::Port(n)));
+            out.push(Held::Port(n));
         }
     }
     out
 }
 
+/// A Service's address or one of its node ports.
 #[derive(Debug, Clone, Copy)]
 enum Held {
     Ip(Ipv4Addr),
     Port(i64),
+}
+
+impl Held {
+    /// The datastore record that reserves it.
+    fn key(self) -> String {
+        match self {
+            Held::Ip(ip) => format!("{RESERVATION}ip/{ip}"),
+            Held::Port(n) => format!("{RESERVATION}port/{n}"),
+        }
+    }
 }
 
 /// Chooses with `choose` (from what the others hold) until every address and port chosen is
@@ -159,7 +159,8 @@ fn reserved(
             return Ok(chosen);
         }
         let mut lost = None;
-        for (key, held) in holdings(&chosen) {
+        for held in holdings(&chosen) {
+            let key = held.key();
             let mine =
                 serde_json::to_vec(&json!({"owner": owner, "at": unix_secs()})).unwrap_or_default();
             let stored = store.aux_init(&key, mine).map_err(failed)?;
@@ -206,8 +207,8 @@ pub fn release_unheld(store: &Store) -> Result<usize, crate::store::Error> {
     let mut held: HashSet<String> = HashSet::new();
     for svc in store.list_all("services", None)? {
         let owner = owner_of(&svc);
-        for (key, _) in holdings(&svc) {
-            held.insert(format!("{key}\n{owner}"));
+        for h in holdings(&svc) {
+            held.insert(format!("{}\n{owner}", h.key()));
         }
     }
     let now = unix_secs();

@@ -407,6 +407,12 @@ impl Store {
         }
     }
 
+    /// A name for an object with `metadata.generateName: base`, as [`create`](Self::create) makes
+    /// one (for a caller that must know the name before the object is stored).
+    pub(crate) fn generate_name(&self, base: &str) -> String {
+        generated_name(base, &mut self.lock_ids())
+    }
+
     /// Whether this is a [`dry_run`](Self::dry_run) handle.
     pub fn is_dry_run(&self) -> bool {
         self.dry_run
@@ -657,11 +663,7 @@ impl Store {
                 .ok_or_else(|| {
                     Error::Invalid("metadata.name or metadata.generateName is required".into())
                 })?;
-            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-            let suffix: String = (0..5)
-                .map(|_| ALPHABET[(ids.next_u64() % ALPHABET.len() as u64) as usize] as char)
-                .collect();
-            meta.insert("name".into(), Value::String(format!("{base}{suffix}")));
+            meta.insert("name".into(), Value::String(generated_name(base, &mut ids)));
         }
         let name = meta
             .get("name")
@@ -696,7 +698,7 @@ impl Store {
                         None => Ok(remote::Plan::Put(object.clone())),
                     },
                 )
-                .map(|ev| ev.map(|e| e.object.clone()).unwrap_or_default());
+                .map(changed_object);
         }
         let k = key(resource, namespace, &name);
         self.write(ids, |objects, rv| {
@@ -731,11 +733,7 @@ impl Store {
         namespace: Option<&str>,
         object: Value,
     ) -> Result<bool, Error> {
-        let name = object
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let name = object_name(&object);
         match self.get(resource, namespace, &name) {
             Ok(_) => return Ok(false),
             Err(Error::NotFound { .. }) => {}
@@ -775,18 +773,6 @@ impl Store {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
-        let check = |old: &Value| -> Result<(), Error> {
-            let current = stored_rv(old);
-            match &given {
-                Some(given) if given.parse::<u64>().ok() != Some(current) => Err(Error::Conflict {
-                    resource: resource.to_owned(),
-                    name: name.to_owned(),
-                    given: given.clone(),
-                    current,
-                }),
-                _ => Ok(()),
-            }
-        };
         if let Some(remote) = &self.inner.remote {
             // A version read on another replica may be ahead of this mirror: catch up to it
             // (briefly) before judging it stale.
@@ -796,28 +782,18 @@ impl Store {
             return self
                 .remote_change(remote, resource, namespace, name, |current| {
                     let old = current.ok_or_else(|| not_found(resource, name))?;
-                    check(old)?;
+                    check_version(old, given.as_deref(), resource, name)?;
                     let mut object = object.clone();
                     carry_metadata(old, &mut object, name, namespace);
                     Ok(remote::Plan::Put(object))
                 })
-                .map(|ev| ev.map(|e| e.object.clone()).unwrap_or_default());
+                .map(changed_object);
         }
         let k = key(resource, namespace, name);
         let ids = self.lock_ids();
         self.write(ids, |objects, rv| {
             let old = load(objects, &k, resource, name)?;
-            let current = stored_rv(&old);
-            if let Some(given) = &given
-                && given.parse::<u64>().ok() != Some(current)
-            {
-                return Err(Error::Conflict {
-                    resource: resource.to_owned(),
-                    name: name.to_owned(),
-                    given: given.clone(),
-                    current,
-                });
-            }
+            check_version(&old, given.as_deref(), resource, name)?;
             carry_metadata(&old, &mut object, name, namespace);
             set_rv(&mut object, rv);
             objects.insert(
@@ -845,6 +821,7 @@ impl Store {
         name: &str,
         precondition_rv: Option<u64>,
     ) -> Result<Value, Error> {
+        let precondition = precondition_rv.map(|pre| pre.to_string());
         if let Some(remote) = &self.inner.remote {
             if let Some(pre) = precondition_rv {
                 let _ = self.wait_applied_within(pre, std::time::Duration::from_secs(2));
@@ -852,34 +829,16 @@ impl Store {
             return self
                 .remote_change(remote, resource, namespace, name, |current| {
                     let old = current.ok_or_else(|| not_found(resource, name))?;
-                    let current = stored_rv(old);
-                    match precondition_rv {
-                        Some(pre) if pre != current => Err(Error::Conflict {
-                            resource: resource.to_owned(),
-                            name: name.to_owned(),
-                            given: pre.to_string(),
-                            current,
-                        }),
-                        _ => Ok(remote::Plan::Delete),
-                    }
+                    check_version(old, precondition.as_deref(), resource, name)?;
+                    Ok(remote::Plan::Delete)
                 })
-                .map(|ev| ev.map(|e| e.object.clone()).unwrap_or_default());
+                .map(changed_object);
         }
         let k = key(resource, namespace, name);
         let ids = self.lock_ids();
         self.write(ids, |objects, rv| {
             let mut old = load(objects, &k, resource, name)?;
-            if let Some(pre) = precondition_rv {
-                let current = stored_rv(&old);
-                if pre != current {
-                    return Err(Error::Conflict {
-                        resource: resource.to_owned(),
-                        name: name.to_owned(),
-                        given: pre.to_string(),
-                        current,
-                    });
-                }
-            }
+            check_version(&old, precondition.as_deref(), resource, name)?;
             objects.remove(k.as_str())?;
             set_rv(&mut old, rv);
             Ok(Event::new(
@@ -989,33 +948,11 @@ impl Store {
                             mut object,
                         } => {
                             let ns = namespace.as_deref();
-                            let name = object
-                                .pointer("/metadata/name")
-                                .and_then(Value::as_str)
-                                .unwrap_or_default()
-                                .to_owned();
+                            let name = object_name(&object);
                             let k = key(&resource, ns, &name);
                             let existed = objects.get(k.as_str())?.is_some();
                             rv += 1;
-                            if let Some(m) =
-                                object.get_mut("metadata").and_then(Value::as_object_mut)
-                            {
-                                match ns {
-                                    Some(ns) => {
-                                        m.insert("namespace".into(), Value::String(ns.into()))
-                                    }
-                                    None => m.remove("namespace"),
-                                };
-                                if !m.contains_key("uid") {
-                                    m.insert("uid".into(), Value::String(ids.next_id()));
-                                }
-                                if !m.contains_key("creationTimestamp") {
-                                    m.insert(
-                                        "creationTimestamp".into(),
-                                        Value::String(rfc3339(SystemTime::now())),
-                                    );
-                                }
-                            }
+                            fill_put_metadata(&mut object, ns, || ids.next_id());
                             set_rv(&mut object, rv);
                             objects.insert(
                                 k.as_str(),
@@ -1035,10 +972,8 @@ impl Store {
                         } => {
                             let ns = namespace.as_deref();
                             let k = key(&resource, ns, &name);
-                            let old = objects.remove(k.as_str())?.map(|v| decode(v.value()));
-                            match old {
-                                Some(old) => {
-                                    let mut old = old?;
+                            match take(&mut objects, &k)? {
+                                Some(mut old) => {
                                     rv += 1;
                                     set_rv(&mut old, rv);
                                     Some(Event::new(
@@ -1063,9 +998,7 @@ impl Store {
                         }
                     };
                     if let Some(event) = event {
-                        let bytes = serde_json::to_vec(&event)
-                            .map_err(|e| Error::Invalid(e.to_string()))?;
-                        events.insert(event.rv, bytes.as_slice())?;
+                        log_event(&mut events, &event)?;
                         out.push(Arc::new(event));
                     }
                 }
@@ -1124,23 +1057,12 @@ impl Store {
                     object,
                 } => {
                     let ns = namespace.as_deref();
-                    let name = object
-                        .pointer("/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned();
+                    let name = object_name(&object);
+                    // One uid for every attempt: a retried create recognises its own object.
                     let uid = self.lock_ids().next_id();
                     self.remote_change(remote, &resource, ns, &name, |_| {
                         let mut object = object.clone();
-                        if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-                            match ns {
-                                Some(ns) => m.insert("namespace".into(), Value::String(ns.into())),
-                                None => m.remove("namespace"),
-                            };
-                            m.entry("uid").or_insert_with(|| Value::String(uid.clone()));
-                            m.entry("creationTimestamp")
-                                .or_insert_with(|| Value::String(rfc3339(SystemTime::now())));
-                        }
+                        fill_put_metadata(&mut object, ns, || uid.clone());
                         Ok(remote::Plan::Put(object))
                     })?
                 }
@@ -1245,9 +1167,7 @@ impl Store {
                 let mut objects = txn.open_table(OBJECTS)?;
                 let event = f(&mut objects, rv)?;
                 let mut events = txn.open_table(EVENTS)?;
-                let bytes =
-                    serde_json::to_vec(&event).map_err(|e| Error::Invalid(e.to_string()))?;
-                events.insert(rv, bytes.as_slice())?;
+                log_event(&mut events, &event)?;
                 self.trim_and_stamp(&mut meta, &mut events, rv)?;
                 event
             };
@@ -1264,6 +1184,74 @@ impl Store {
             Ok(event)
         })
     }
+}
+
+/// `base` with a random five-character suffix, as `metadata.generateName` asks.
+fn generated_name(base: &str, ids: &mut IdGen) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let suffix: String = (0..5)
+        .map(|_| ALPHABET[(ids.next_u64() % ALPHABET.len() as u64) as usize] as char)
+        .collect();
+    format!("{base}{suffix}")
+}
+
+/// A stale-version conflict unless `given` (a caller's resourceVersion, if any) is `old`'s.
+fn check_version(
+    old: &Value,
+    given: Option<&str>,
+    resource: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let current = stored_rv(old);
+    match given {
+        Some(given) if given.parse::<u64>().ok() != Some(current) => Err(Error::Conflict {
+            resource: resource.to_owned(),
+            name: name.to_owned(),
+            given: given.to_owned(),
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The object of a change's event (nothing when there was no change).
+fn changed_object(event: Option<Arc<Event>>) -> Value {
+    event.map(|e| e.object.clone()).unwrap_or_default()
+}
+
+/// `metadata.name`, empty when missing.
+fn object_name(object: &Value) -> String {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What a [`BatchOp::Put`] stores beside the object's own metadata: its namespace (none when
+/// cluster-scoped) and, when it carries none, a `uid` (from `uid`) and a creation time.
+fn fill_put_metadata(object: &mut Value, namespace: Option<&str>, uid: impl FnOnce() -> String) {
+    if let Some(m) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        match namespace {
+            Some(ns) => m.insert("namespace".into(), Value::String(ns.into())),
+            None => m.remove("namespace"),
+        };
+        m.entry("uid").or_insert_with(|| Value::String(uid()));
+        m.entry("creationTimestamp")
+            .or_insert_with(|| Value::String(rfc3339(SystemTime::now())));
+    }
+}
+
+/// Records `event` in the event log, under its version.
+fn log_event(events: &mut redb::Table<u64, &[u8]>, event: &Event) -> Result<(), Error> {
+    let bytes = serde_json::to_vec(event).map_err(|e| Error::Invalid(e.to_string()))?;
+    events.insert(event.rv, bytes.as_slice())?;
+    Ok(())
+}
+
+/// Removes `k` from `objects`: its last state, if it was there.
+fn take(objects: &mut redb::Table<&str, &[u8]>, k: &str) -> Result<Option<Value>, Error> {
+    objects.remove(k)?.map(|v| decode(v.value())).transpose()
 }
 
 fn not_found(resource: &str, name: &str) -> Error {

@@ -21,12 +21,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use serde_json::Value;
 
 use super::{
     AUX, EVENTS, Error, Event, EventType, Live, META, META_COMPACTED, META_MARKS_SINCE, META_RV,
-    OBJECTS, Store, decode, key, set_rv, stored_rv,
+    OBJECTS, Store, decode, key, log_event, set_rv, stored_rv, take,
 };
 
 /// How long a write waits for its change to come back through the feed.
@@ -300,10 +300,8 @@ impl Store {
                                     ))
                                 }
                                 None => {
-                                    let old = objects.remove(k.as_str())?.map(|v| decode(v.value()));
-                                    match old {
-                                        Some(old) => {
-                                            let mut old = old?;
+                                    match take(&mut objects, &k)? {
+                                        Some(mut old) => {
                                             set_rv(&mut old, change.revision);
                                             Some(Event::new(
                                                 EventType::Deleted,
@@ -321,9 +319,7 @@ impl Store {
                         }
                     };
                     if let Some(event) = event {
-                        let bytes = serde_json::to_vec(&event)
-                            .map_err(|e| Error::Invalid(e.to_string()))?;
-                        events.insert(event.rv, bytes.as_slice())?;
+                        log_event(&mut events, &event)?;
                         out.push(Arc::new(event));
                     }
                 }
@@ -380,25 +376,29 @@ impl Store {
         Ok(())
     }
 
-    /// Blocks until the mirror's copy of `k` is no longer at `seen` (the remote has it changed or
-    /// gone, and the change is on its way).
-    fn wait_changed(&self, k: &str, seen: Option<u64>) -> Result<(), Error> {
+    /// Blocks until the mirror's copy of an object is no longer at `seen` (the remote has it
+    /// changed or gone, and the change is on its way).
+    fn wait_changed(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        seen: Option<u64>,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + APPLY_WAIT;
         loop {
-            let now = self.guarded(|db| {
-                let txn = db.begin_read()?;
-                let objects = txn.open_table(OBJECTS)?;
-                Ok(match objects.get(k)? {
-                    Some(v) => Some(stored_rv(&decode(v.value())?)),
-                    None => None,
-                })
-            })?;
+            let now = match self.get(resource, namespace, name) {
+                Ok(v) => Some(stored_rv(&v)),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
             if now != seen {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable(format!(
-                    "{k} changed in the datastore, but its watch has not brought the change within {}s",
+                    "{} changed in the datastore, but its watch has not brought the change within {}s",
+                    key(resource, namespace, name),
                     APPLY_WAIT.as_secs()
                 )));
             }
@@ -469,7 +469,7 @@ impl Store {
                 Commit::Failed { current } => {
                     match current {
                         Some(revision) if Some(revision) != seen => self.wait_applied(revision)?,
-                        _ => self.wait_changed(&k, seen)?,
+                        _ => self.wait_changed(resource, namespace, name, seen)?,
                     }
                     // The remote may have made this very create already (an attempt whose
                     // answer was lost, retried by the remote): the object, with the uid made
