@@ -589,7 +589,7 @@ impl CloudCore {
             hub.clone(),
             config.node_grace,
             leadership.clone(),
-            replica.is_some(),
+            replica.clone(),
         )));
         tracing::info!(%hub_addr, %https_addr, "cloudhub serving");
         Ok(CloudCore {

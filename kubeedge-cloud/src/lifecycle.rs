@@ -4,17 +4,27 @@
 //! (edge pods keep running offline, and the edge reports their real state when it is back).
 //!
 //! With several cloudcore replicas, only the leader ([`crate::leader`]) marks nodes, and a node
-//! counts as heard from when this replica heard it or when its Lease (`kube-node-lease`, renewed
-//! through whichever replica holds its connection) was renewed within the grace period. Every
-//! cloudcore that shares an API with replicas must be one (`Config::replica`): one that is not
-//! would mark the nodes it does not hear.
+//! counts as heard from when this replica heard it, when its Lease (`kube-node-lease`, renewed
+//! through whichever replica holds its connection) was renewed within the grace period, or when
+//! a live replica's record of the nodes it hears lists it. Each replica publishes that record,
+//! ConfigMap `cloudcore-heard-<identity>` (label [`HEARD_LABEL`]) in the leader Lease's namespace,
+//! every quarter of the grace (at most every 10 s): one write per replica per period however many
+//! nodes it holds, where the nodes' own Leases cost one write per node every 10 s (100,000 nodes:
+//! 10,000 writes a second). A record not renewed within the grace is ignored, so a node on a
+//! replica that died counts as silent after at most twice the grace unless it reconnects; the
+//! leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
+//! replicas must be one (`Config::replica`): one that is not would mark the nodes it does not
+//! hear.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -22,7 +32,13 @@ use serde_json::{Value, json};
 use crate::controller::api_in;
 use crate::hub::Hub;
 use crate::index::{Index, Kind, meta};
-use crate::leader::Leadership;
+use crate::leader::{LeaderConfig, Leadership};
+
+/// Label of the ConfigMaps in which replicas publish the nodes they hear.
+pub const HEARD_LABEL: &str = "kubeedge.io/heard-nodes";
+
+/// How long a replica's record left unrenewed is kept before the leader deletes it.
+const RECORD_KEPT: Duration = Duration::from_secs(3600);
 
 /// Reason set on conditions of a node that stopped reporting.
 pub const REASON_UNKNOWN: &str = "NodeStatusUnknown";
@@ -65,21 +81,37 @@ pub async fn run(
     hub: Hub,
     grace: Duration,
     leadership: Leadership,
-    replicated: bool,
+    replica: Option<LeaderConfig>,
 ) {
     let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Only replicas need the Leases (a single cloudcore hears every node itself).
-    let leases = replicated.then(|| watch_leases(client.clone()));
-    // Heard from within the grace: by this replica, or (replicas) through its Lease.
-    let heard =
-        |name: &str| hub.silent_for(name) < grace || lease_age(leases.as_ref(), name) < grace;
+    // Only replicas need the Leases and the records (a single cloudcore hears every node itself).
+    let leases = replica.is_some().then(|| watch_leases(client.clone()));
+    let mut records = replica.as_ref().map(|r| {
+        tokio::spawn(publish_heard(client.clone(), hub.clone(), grace, r.clone()));
+        Records::new(watch_records(client.clone(), &r.namespace))
+    });
+    let mut swept = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         if !leadership.is_leader() {
             continue;
         }
+        if let Some(r) = &mut records {
+            r.refresh(grace);
+            if swept.elapsed() >= Duration::from_secs(60) {
+                swept = tokio::time::Instant::now();
+                r.sweep(&client).await;
+            }
+        }
+        // Heard from within the grace: by this replica, or (replicas) through its Lease or a
+        // live replica's record.
+        let heard = |name: &str| {
+            hub.silent_for(name) < grace
+                || lease_age(leases.as_ref(), name) < grace
+                || records.as_ref().is_some_and(|r| r.heard.contains(name))
+        };
         for node in index.edge_nodes() {
             let name = meta(&node, "name");
             if heard(name) {
@@ -126,6 +158,183 @@ fn watch_leases(client: Client) -> Store<Lease> {
         }
     });
     reader
+}
+
+/// The name of replica `identity`'s record: `cloudcore-heard-` and the identity as a DNS label
+/// (lower case; other characters as `-`; at most 253 characters).
+pub fn heard_record_name(identity: &str) -> String {
+    let id: String = identity
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let mut name = format!("cloudcore-heard-{}", id.trim_matches(['-', '.']));
+    name.truncate(253);
+    name.trim_end_matches(['-', '.']).to_owned()
+}
+
+/// The record's body: the nodes this replica heard within the grace, sorted, one per line, and
+/// when that was true.
+fn heard_data(nodes: &[String], at: Timestamp) -> Value {
+    json!({"renewTime": at.to_string(), "nodes": nodes.join("\n")})
+}
+
+/// Publishes this replica's record every quarter of the grace (at most every 10 s), forever.
+async fn publish_heard(client: Client, hub: Hub, grace: Duration, replica: LeaderConfig) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &replica.namespace);
+    let name = heard_record_name(&replica.identity);
+    let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let namespaces = Api::all(client);
+    let mut warned = false;
+    loop {
+        tick.tick().await;
+        let mut nodes: Vec<String> = hub
+            .connected_nodes()
+            .into_iter()
+            .filter(|n| hub.silent_for(n) < grace)
+            .collect();
+        nodes.sort_unstable();
+        let data = heard_data(&nodes, Timestamp::now());
+        let patch = json!({"data": data});
+        let written = match api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                let record = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": name, "namespace": replica.namespace,
+                                 "labels": {HEARD_LABEL: "true"}},
+                    "data": data});
+                match serde_json::from_value::<ConfigMap>(record) {
+                    Ok(cm) => {
+                        let _ =
+                            crate::leader::ensure_namespace(&namespaces, &replica.namespace).await;
+                        api.create(&PostParams::default(), &cm).await.map(|_| ())
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "building this replica's heard-nodes record");
+                        return;
+                    }
+                }
+            }
+            other => other.map(|_| ()),
+        };
+        match written {
+            Ok(()) => warned = false,
+            // Once per outage: the leader counts these nodes as heard until the grace ends.
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(record = %name, error = %e, "publishing the nodes this replica hears");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The replicas' records, kept current by a watch.
+fn watch_records(client: Client, namespace: &str) -> Store<ConfigMap> {
+    let (reader, writer) = reflector::store();
+    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().labels(HEARD_LABEL);
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .applied_objects();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "watching the replicas' heard-nodes records");
+            }
+        }
+    });
+    reader
+}
+
+/// The nodes live replicas' records list, rebuilt when a record changes or expires.
+struct Records {
+    store: Store<ConfigMap>,
+    /// The live records the set was built from: name and resourceVersion.
+    from: Vec<(String, String)>,
+    heard: HashSet<String>,
+}
+
+impl Records {
+    fn new(store: Store<ConfigMap>) -> Records {
+        Records {
+            store,
+            from: Vec::new(),
+            heard: HashSet::new(),
+        }
+    }
+
+    /// How long ago `record` was renewed (`Duration::MAX` when it does not say).
+    fn age(record: &ConfigMap) -> Duration {
+        let Some(at) = record
+            .data
+            .as_ref()
+            .and_then(|d| d.get("renewTime"))
+            .and_then(|t| t.parse::<Timestamp>().ok())
+        else {
+            return Duration::MAX;
+        };
+        let ms = Timestamp::now().as_millisecond() - at.as_millisecond();
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Rebuilds the set from the records renewed within `grace`, if they changed.
+    fn refresh(&mut self, grace: Duration) {
+        let mut live: Vec<(String, String, Arc<ConfigMap>)> = self
+            .store
+            .state()
+            .into_iter()
+            .filter(|r| Records::age(r) < grace)
+            .map(|r| {
+                let name = r.metadata.name.clone().unwrap_or_default();
+                let rv = r.metadata.resource_version.clone().unwrap_or_default();
+                (name, rv, r)
+            })
+            .collect();
+        live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let from: Vec<(String, String)> = live
+            .iter()
+            .map(|(n, v, _)| (n.clone(), v.clone()))
+            .collect();
+        if from == self.from {
+            return;
+        }
+        self.heard = live
+            .iter()
+            .filter_map(|(_, _, r)| r.data.as_ref()?.get("nodes"))
+            .flat_map(|nodes| nodes.lines())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self.from = from;
+    }
+
+    /// Deletes records left unrenewed for [`RECORD_KEPT`] (replicas gone for good).
+    async fn sweep(&self, client: &Client) {
+        for r in self.store.state() {
+            if Records::age(&r) < RECORD_KEPT {
+                continue;
+            }
+            let (Some(name), Some(ns)) = (&r.metadata.name, &r.metadata.namespace) else {
+                continue;
+            };
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(record = %name, "deleted a replica's stale heard-nodes record")
+                }
+                Err(e) => tracing::debug!(record = %name, error = %e, "deleting a stale record"),
+            }
+        }
+    }
 }
 
 /// How long ago node `name`'s Lease was renewed (`Duration::MAX` without one, or without

@@ -352,3 +352,79 @@ async fn a_cluster_node_that_is_not_an_edge_cannot_be_impersonated() {
     assert!(core.index().desired("worker-1").is_empty());
     core.stop().await;
 }
+
+/// Whether node `name`'s Ready condition is Unknown.
+async fn unknown(nodes: &Api<Node>, name: &str) -> bool {
+    let n = nodes.get(name).await.unwrap();
+    n.status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_another_replica_counts_as_heard_through_its_record_without_a_lease() {
+    // A: the API and the leader; B: a replica over A's API holding the node, which never renews
+    // a Lease. Before replicas published what they hear, A marked it Unknown after the grace.
+    let grace = Duration::from_secs(2);
+    let dir_a = TempDir::new("heard-a");
+    let mut config = loopback_config(&dir_a);
+    config.replica = Some(kubeedge_cloud::leader::LeaderConfig::new("a"));
+    config.node_grace = grace;
+    let a = kubeedge_cloud::CloudCore::start(config).await.unwrap();
+    eventually(20, "A leads", async || a.leadership().is_leader()).await;
+    let dir_b = TempDir::new("heard-b");
+    let mut config = loopback_config(&dir_b);
+    config.kubeconfig = Some(dir_a.0.join("admin.kubeconfig"));
+    config.replica = Some(kubeedge_cloud::leader::LeaderConfig::new("B_2"));
+    config.node_grace = grace;
+    let b = kubeedge_cloud::CloudCore::start(config).await.unwrap();
+
+    let mut e1 = RawEdge::connect(&b, "e1").await;
+    let r = e1
+        .request(
+            Operation::Insert,
+            "null/node/e1",
+            json!({"metadata": {"name": "e1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        )
+        .await;
+    assert_eq!(r.content["Err"], json!(null), "{r:?}");
+    let records: Api<ConfigMap> = Api::namespaced(a.client().clone(), "kubeedge");
+    eventually(20, "B's record lists e1", async || {
+        records
+            .get_opt(&kubeedge_cloud::lifecycle::heard_record_name("B_2"))
+            .await
+            .unwrap()
+            .and_then(|r| r.data)
+            .and_then(|d| d.get("nodes").cloned())
+            .is_some_and(|n| n.lines().any(|l| l == "e1"))
+    })
+    .await;
+    assert_eq!(
+        kubeedge_cloud::lifecycle::heard_record_name("B_2"),
+        "cloudcore-heard-b-2"
+    );
+
+    // The edge talks to B for four times the grace; the leader never hears it itself.
+    let nodes: Api<Node> = Api::all(a.client().clone());
+    let until = tokio::time::Instant::now() + grace * 4;
+    while tokio::time::Instant::now() < until {
+        let r = e1
+            .request(Operation::Query, "null/node/e1", json!(null))
+            .await;
+        assert_eq!(r.content["metadata"]["name"], "e1");
+        assert!(
+            !unknown(&nodes, "e1").await,
+            "e1 turned Unknown while B heard it"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!a.hub().is_connected("e1"));
+
+    // B goes away with the node: its record ages out and the node turns Unknown.
+    b.stop().await;
+    drop(e1);
+    eventually(20, "e1 Ready=Unknown", async || unknown(&nodes, "e1").await).await;
+    a.stop().await;
+}
