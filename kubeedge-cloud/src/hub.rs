@@ -310,6 +310,24 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// The nodes heard from within `within` ([`Hub::silent_for`] below it), connected now or
+    /// not, sorted.
+    pub fn heard_within(&self, within: std::time::Duration) -> Vec<String> {
+        let now = driver::now();
+        let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<String> = nodes
+            .iter()
+            .filter(|(_, s)| {
+                s.heard
+                    .get()
+                    .is_some_and(|at| now.saturating_duration_since(at) < within)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The nodes connected now.
     pub fn connected_nodes(&self) -> Vec<String> {
         let nodes = self.shared.nodes.lock().unwrap_or_else(|e| e.into_inner());

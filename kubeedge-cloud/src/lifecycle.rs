@@ -10,9 +10,10 @@
 //! ConfigMap `cloudcore-heard-<identity>` (label [`HEARD_LABEL`]) in the leader Lease's namespace,
 //! every quarter of the grace (at most every 10 s): one write per replica per period however many
 //! nodes it holds, where the nodes' own Leases cost one write per node every 10 s (100,000 nodes:
-//! 10,000 writes a second). A record not renewed within the grace is ignored, so a node on a
-//! replica that died counts as silent after at most twice the grace unless it reconnects; the
-//! leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
+//! 10,000 writes a second). A record lists the nodes the replica heard within the grace,
+//! connected now or not, and one not renewed within the grace is ignored: a node gone silent
+//! turns Unknown between one and two graces (plus a period) after it was last heard, unless it
+//! speaks again through any replica. The leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
 //! replicas must be one (`Config::replica`): one that is not would mark the nodes it does not
 //! hear.
 
@@ -192,12 +193,9 @@ async fn publish_heard(client: Client, hub: Hub, grace: Duration, replica: Leade
     let mut warned = false;
     loop {
         tick.tick().await;
-        let mut nodes: Vec<String> = hub
-            .connected_nodes()
-            .into_iter()
-            .filter(|n| hub.silent_for(n) < grace)
-            .collect();
-        nodes.sort_unstable();
+        // Connected or not: a node that just left counts as heard until its silence passes the
+        // grace, as it would on a single cloudcore.
+        let nodes = hub.heard_within(grace);
         let data = heard_data(&nodes, Timestamp::now());
         let patch = json!({"data": data});
         let written = match api

@@ -69,6 +69,11 @@ impl CloudCore {
         self.daemon.pid()
     }
 
+    /// Kills it with SIGKILL.
+    pub fn kill9(&mut self) {
+        self.daemon.kill9();
+    }
+
     /// Its data directory.
     pub fn dir(&self) -> &Path {
         &self.daemon.dir
@@ -104,5 +109,96 @@ impl CloudCore {
     /// cloudhub's WebSocket URL.
     pub fn hub_url(&self) -> String {
         format!("wss://127.0.0.1:{}", self.hub_port)
+    }
+}
+
+/// The cloud of one fleet run: one cloudcore, or (with replicas) one cloudcore serving the
+/// embedded API to which no edge connects ("the cluster") and replicas over its API holding the
+/// edges. Memory and CPU are summed over the processes.
+pub struct Cloud {
+    /// The replicas (empty: edges connect to `api`); `None` once killed. (Dropped, i.e.
+    /// stopped, before the API they use.)
+    pub replicas: Vec<Option<CloudCore>>,
+    /// The cloudcore serving the API.
+    pub api: CloudCore,
+    /// CPU seconds of replicas killed, when they were killed.
+    dead_cpu: f64,
+}
+
+impl Cloud {
+    /// One cloudcore for `nodes` nodes, or `replicas` replicas over a separate API cloudcore.
+    pub fn start(bin: &Path, nodes: usize, replicas: usize) -> Result<Cloud, Error> {
+        if replicas == 0 {
+            return Ok(Cloud {
+                api: CloudCore::start(bin, nodes, 32)?,
+                replicas: Vec::new(),
+                dead_cpu: 0.0,
+            });
+        }
+        let arg = |s: &str| s.to_owned();
+        let api = CloudCore::start_with(
+            bin,
+            0,
+            32,
+            &[arg("--replica"), arg("--replica-id"), arg("api")],
+        )?;
+        let kubeconfig = api.kubeconfig.display().to_string();
+        let mut all = Vec::with_capacity(replicas);
+        for r in 0..replicas {
+            all.push(Some(CloudCore::start_with(
+                bin,
+                nodes,
+                32,
+                &[
+                    arg("--kubeconfig"),
+                    kubeconfig.clone(),
+                    arg("--stream-port"),
+                    arg("0"),
+                    arg("--replica"),
+                    arg("--replica-id"),
+                    format!("r{r}"),
+                ],
+            )?));
+        }
+        Ok(Cloud {
+            api,
+            replicas: all,
+            dead_cpu: 0.0,
+        })
+    }
+
+    /// Every live cloudcore process.
+    pub fn processes(&self) -> impl Iterator<Item = &CloudCore> {
+        std::iter::once(&self.api).chain(self.replicas.iter().flatten())
+    }
+
+    /// cloudhub's URL at each replica (the one cloudcore's without replicas).
+    pub fn hub_urls(&self) -> Vec<String> {
+        if self.replicas.is_empty() {
+            return vec![self.api.hub_url()];
+        }
+        self.replicas
+            .iter()
+            .flatten()
+            .map(CloudCore::hub_url)
+            .collect()
+    }
+
+    /// Resident memory of every live process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.processes().map(CloudCore::rss_kib).sum()
+    }
+
+    /// CPU seconds so far of every process, killed ones included.
+    pub fn cpu_secs(&self) -> f64 {
+        self.dead_cpu + self.processes().map(CloudCore::cpu_secs).sum::<f64>()
+    }
+
+    /// Kills replica `r` with SIGKILL.
+    pub fn kill_replica(&mut self, r: usize) {
+        if let Some(mut c) = self.replicas.get_mut(r).and_then(Option::take) {
+            self.dead_cpu += c.cpu_secs();
+            c.kill9();
+        }
     }
 }

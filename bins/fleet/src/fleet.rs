@@ -1,8 +1,8 @@
 //! The fleet scenarios for one fleet size: connect and register, fan-out, steady state,
 //! reconnect storm.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,8 +11,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::cloud::CloudCore;
+use super::cloud::Cloud;
 use super::sim::{self, Behaviour, Report};
+use super::worker::{self, Workers};
 use super::{Error, mib, ms, table};
 
 /// A pod bound to `node` (the simulated edges run nothing: the image is never pulled).
@@ -51,6 +52,35 @@ pub struct Settings {
     pub open_loop_rates: Vec<u32>,
     /// Length of each open-loop window.
     pub open_loop: Duration,
+    /// cloudcore replicas holding the edges over one API cloudcore (0: one cloudcore holds
+    /// them and serves the API); with two or more, one is killed with SIGKILL at the end.
+    pub replicas: usize,
+    /// Nodes preferring the first replica (the one killed); 0: spread evenly.
+    pub primary_first: usize,
+    /// Processes the simulated edges run in (0: in this one).
+    pub sim_procs: usize,
+    /// This harness's binary (the workers run it).
+    pub harness: PathBuf,
+    /// Seconds a node may be silent before the cloud marks it (cloudcore's default).
+    pub grace: Duration,
+}
+
+/// The kill of one replica: its nodes reconnect to the others and resync.
+#[derive(Debug, Clone, Default)]
+pub struct Kill {
+    /// Nodes the killed replica held.
+    pub nodes: usize,
+    /// Time until every one was connected to another replica.
+    pub reconnected: Duration,
+    /// Time until every one held the pod changed after the kill.
+    pub resynced: Duration,
+    /// Per-node time to resynced.
+    pub resync: Spread,
+    /// Nodes of the whole fleet seen not Ready (by a watch on Nodes) from the kill until the
+    /// grace had passed after it.
+    pub not_ready: usize,
+    /// Objects sent again per moved node: median, max.
+    pub resent: (usize, usize),
 }
 
 /// p50, p99 and the largest.
@@ -143,6 +173,10 @@ pub struct Row {
     pub resent_bytes: f64,
     /// cloudcore CPU seconds during the storm.
     pub storm_cpu: f64,
+    /// Replicas (0: one cloudcore).
+    pub replicas: usize,
+    /// The kill of a replica (with two or more).
+    pub kill: Option<Kill>,
 }
 
 impl Row {
@@ -152,46 +186,105 @@ impl Row {
     }
 }
 
-/// Runs the four scenarios against a fresh cloudcore.
+/// The simulated edges: tasks of this process, or worker processes.
+enum Sims {
+    Local {
+        tasks: tokio::task::JoinSet<()>,
+        storm: tokio::sync::watch::Sender<u64>,
+    },
+    Workers(Workers),
+}
+
+impl Sims {
+    /// Drops every connection.
+    async fn storm(&mut self, n: u64) -> Result<(), Error> {
+        match self {
+            Sims::Local { storm, .. } => Ok(storm.send(n)?),
+            Sims::Workers(w) => w.storm(n).await,
+        }
+    }
+}
+
+/// Runs the four scenarios (five with replicas) against a fresh cloud.
 pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     let n = s.nodes;
-    let cloud = CloudCore::start(bin, n, 32)?;
+    let mut cloud = Cloud::start(bin, n, s.replicas)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut row = Row {
         nodes: n,
         idle_rss: cloud.rss_kib(),
         pods: n * s.pods_per_node,
+        replicas: s.replicas,
         ..Row::default()
     };
-    eprintln!("fleet {n}: cloudcore pid {} idle", cloud.pid());
+    let pids: Vec<String> = cloud.processes().map(|c| c.pid().to_string()).collect();
+    eprintln!("fleet {n}: cloudcore pids {} idle", pids.join(","));
     let t = Instant::now();
-    let names = (0..n).map(|i| format!("sim-{i:06}")).collect();
-    let edges = sim::edges(Arc::new(cloud.ca()?), names).await?;
+    let names: Vec<String> = (0..n).map(worker::node_name).collect();
+    let urls = cloud.hub_urls();
+    let template = worker::Assignment {
+        first: 0,
+        count: n,
+        ca_dir: cloud.api.dir().join("ca"),
+        urls: urls.clone(),
+        primary_first: s.primary_first,
+        dials: s.concurrency / s.sim_procs.max(1),
+    };
+    let (mut sims, mut reports) = if s.sim_procs == 0 {
+        let edges = sim::edges(Arc::new(cloud.api.ca()?), names.clone()).await?;
+        let (mut behaviour, reports, storm) =
+            Behaviour::new(String::new(), s.concurrency, Duration::ZERO);
+        behaviour.urls = Arc::from(urls);
+        behaviour.primary_first = s.primary_first;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, e) in edges.into_iter().enumerate() {
+            tasks.spawn(sim::run_edge(i, e, behaviour.clone()));
+        }
+        (Sims::Local { tasks, storm }, reports)
+    } else {
+        let (w, reports) = Workers::start(&s.harness, s.sim_procs, n, &template).await?;
+        eprintln!(
+            "fleet {n}: {} sim workers, pids {:?}",
+            s.sim_procs,
+            w.pids()
+        );
+        (Sims::Workers(w), reports)
+    };
     eprintln!(
         "fleet {n}: {n} node certificates issued in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    let pods: Api<Pod> = Api::namespaced(cloud.client().await?, "default");
+    let pods: Api<Pod> = Api::namespaced(cloud.api.client().await?, "default");
 
     // --- 1. connect and register ---
-    let (behaviour, mut reports, storm_tx) =
-        Behaviour::new(cloud.hub_url(), s.concurrency, Duration::ZERO);
     let cpu0 = cloud.cpu_secs();
     let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, e) in edges.iter().enumerate() {
-        tasks.spawn(sim::run_edge(i, e.clone(), behaviour.clone()));
+    if let Sims::Workers(w) = &mut sims {
+        w.go().await?;
     }
-    drop(behaviour);
     let mut registered = Vec::with_capacity(n);
     let mut applied: HashMap<String, Option<u64>> = HashMap::new();
+    // Which replica holds each node.
+    let mut held_by = vec![usize::MAX; n];
     let deadline = start + s.limit;
+    let mut last_said = Instant::now();
     while registered.len() < n {
+        if last_said.elapsed() > Duration::from_secs(10) {
+            last_said = Instant::now();
+            eprintln!(
+                "fleet {n}: {} registered after {:.0} s",
+                registered.len(),
+                start.elapsed().as_secs_f64()
+            );
+        }
         match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
-            Ok(Some(Report::Registered { at })) => registered.push(at - start),
+            Ok(Some(Report::Registered { at })) => {
+                registered.push(at.saturating_duration_since(start))
+            }
             Ok(Some(Report::Applied { key, version, .. })) => {
                 applied.insert(key, version);
             }
+            Ok(Some(Report::Connected { node, replica, .. })) => held_by[node] = replica,
             _ => {
                 return Err(
                     format!("only {} of {n} nodes registered in time", registered.len()).into(),
@@ -205,8 +298,16 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     row.connect_cpu = cloud.cpu_secs() - cpu0;
     row.connect = Spread::of(registered);
     eprintln!(
-        "fleet {n}: all registered in {:.1} s",
-        row.connect_time.as_secs_f64()
+        "fleet {n}: all registered in {:.1} s; cloudcore RSS {} MiB{}",
+        row.connect_time.as_secs_f64(),
+        mib(row.connected_rss),
+        match &sims {
+            Sims::Workers(w) => format!(
+                ", sim workers RSS {} MiB",
+                mib(w.pids().into_iter().map(super::proc::rss_kib).sum())
+            ),
+            Sims::Local { .. } => String::new(),
+        }
     );
 
     // At most half of what the API server admits from one address at once (64).
@@ -217,7 +318,7 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
         let window = open_loop(
             &cloud,
             &pods,
-            &edges,
+            &names,
             &api_slots,
             &mut reports,
             &mut applied,
@@ -240,10 +341,10 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     let cpu1 = cloud.cpu_secs();
     let start = Instant::now();
     let mut creates = tokio::task::JoinSet::new();
-    for (i, e) in edges.iter().enumerate() {
+    for (i, node) in names.iter().enumerate() {
         for j in 0..s.pods_per_node {
             let name = format!("p-{i:06}-{j:03}");
-            let pod = pod_on(&name, &e.name)?;
+            let pod = pod_on(&name, node)?;
             let (pods, created, slots) = (pods.clone(), created.clone(), api_slots.clone());
             creates.spawn(async move {
                 let _permit = slots.acquire().await;
@@ -289,8 +390,14 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     row.fanout_rss = cloud.rss_kib();
     row.fanout = Spread::of(latencies);
     eprintln!(
-        "fleet {n}: {total} pods at their edges in {:.1} s",
-        row.fanout_time.as_secs_f64()
+        "fleet {n}: {total} pods at their edges in {:.1} s; cloudcore RSS {} MiB ({})",
+        row.fanout_time.as_secs_f64(),
+        mib(row.fanout_rss),
+        cloud
+            .processes()
+            .map(|c| mib(c.rss_kib()))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // --- 3. steady state ---
@@ -307,7 +414,7 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     // --- 4. reconnect storm ---
     let cpu3 = cloud.cpu_secs();
     let start = Instant::now();
-    storm_tx.send(1)?;
+    sims.storm(1).await?;
     let mut patches = tokio::task::JoinSet::new();
     for i in 0..n {
         let name = format!("p-{i:06}-000");
@@ -367,8 +474,31 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
         "fleet {n}: storm resynced in {:.1} s",
         row.storm_time.as_secs_f64()
     );
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+
+    // --- 5. kill -9 of a replica ---
+    if s.replicas >= 2 {
+        let kill = kill_replica(
+            &mut cloud,
+            &pods,
+            &api_slots,
+            &mut reports,
+            &mut held_by,
+            &applied,
+            s,
+        )
+        .await?;
+        eprintln!(
+            "fleet {n}: the {} nodes of a killed replica resynced in {:.1} s",
+            kill.nodes,
+            kill.resynced.as_secs_f64()
+        );
+        row.kill = Some(kill);
+    }
+    if let Sims::Local { tasks, .. } = &mut sims {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    drop(sims);
     drop(cloud);
     Ok(row)
 }
@@ -378,9 +508,9 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
 /// from when it was due until its edge applied it.
 #[allow(clippy::too_many_arguments)]
 async fn open_loop(
-    cloud: &CloudCore,
+    cloud: &Cloud,
     pods: &Api<Pod>,
-    edges: &[Arc<sim::Edge>],
+    names: &[String],
     slots: &Arc<Semaphore>,
     reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report>,
     applied: &mut HashMap<String, Option<u64>>,
@@ -395,7 +525,7 @@ async fn open_loop(
     let mut creates = tokio::task::JoinSet::new();
     let issuer = {
         let (pods, due, slots) = (pods.clone(), due.clone(), slots.clone());
-        let nodes: Vec<String> = edges.iter().map(|e| e.name.clone()).collect();
+        let nodes = names.to_vec();
         tokio::spawn(async move {
             for k in 0..total {
                 let at = start + every * u32::try_from(k).unwrap_or(u32::MAX);
@@ -453,6 +583,170 @@ async fn open_loop(
         latency: Spread::of(latencies),
         cpu_pct: 100.0 * (cloud.cpu_secs() - cpu0) / secs,
     })
+}
+
+/// Kills the first replica with SIGKILL, changes one pod of each of its nodes, and waits until
+/// each of them is connected to another replica and holds its changed pod; meanwhile a watch on
+/// Nodes counts any node not Ready, until the grace has passed after the kill.
+#[allow(clippy::too_many_arguments)]
+async fn kill_replica(
+    cloud: &mut Cloud,
+    pods: &Api<Pod>,
+    slots: &Arc<Semaphore>,
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report>,
+    held_by: &mut [usize],
+    applied: &HashMap<String, Option<u64>>,
+    s: &Settings,
+) -> Result<Kill, Error> {
+    let victims: Vec<usize> = (0..held_by.len()).filter(|&i| held_by[i] == 0).collect();
+    let mut kill = Kill {
+        nodes: victims.len(),
+        ..Kill::default()
+    };
+    // Watch Nodes from now on for any that turns not Ready.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(pods.clone().into_client());
+    let from = nodes
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let not_ready: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let watch = {
+        let not_ready = not_ready.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let mut from = from;
+            loop {
+                let Ok(stream) = nodes
+                    .watch(&kube::api::WatchParams::default().timeout(290), &from)
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                let mut stream = std::pin::pin!(stream);
+                while let Some(Ok(event)) = stream.next().await {
+                    let node = match event {
+                        kube::api::WatchEvent::Added(n) | kube::api::WatchEvent::Modified(n) => n,
+                        kube::api::WatchEvent::Bookmark(b) => {
+                            from = b.metadata.resource_version;
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    if let Some(v) = &node.metadata.resource_version {
+                        from = v.clone();
+                    }
+                    let ready = node
+                        .status
+                        .and_then(|st| st.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True");
+                    if !ready
+                        && let (Some(name), Ok(mut set)) = (node.metadata.name, not_ready.lock())
+                    {
+                        set.insert(name);
+                    }
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    cloud.kill_replica(0);
+    let mut patches = tokio::task::JoinSet::new();
+    for &i in &victims {
+        let name = format!("p-{i:06}-000");
+        let (pods, slots) = (pods.clone(), slots.clone());
+        patches.spawn(async move {
+            let _permit = slots.acquire().await;
+            pods.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"killed": "1"}}})),
+            )
+            .await
+            .map(|_| ())
+        });
+    }
+    let mut moved: HashSet<usize> = HashSet::new();
+    let mut resynced: HashSet<usize> = HashSet::new();
+    let mut resent: HashMap<usize, usize> = HashMap::new();
+    let mut times = Vec::with_capacity(victims.len());
+    let victim_set: HashSet<usize> = victims.iter().copied().collect();
+    let deadline = start + s.limit;
+    while resynced.len() < victims.len() || moved.len() < victims.len() {
+        while let Some(done) = patches.try_join_next() {
+            done??;
+        }
+        match tokio::time::timeout_at(deadline.into(), reports.recv()).await {
+            Ok(Some(Report::Connected { node, replica, at })) => {
+                held_by[node] = replica;
+                if victim_set.contains(&node)
+                    && replica != 0
+                    && moved.insert(node)
+                    && moved.len() == victims.len()
+                {
+                    kill.reconnected = at.saturating_duration_since(start);
+                }
+            }
+            Ok(Some(Report::Applied {
+                node,
+                key,
+                version,
+                at,
+                ..
+            })) => {
+                if !victim_set.contains(&node) {
+                    continue;
+                }
+                *resent.entry(node).or_default() += 1;
+                let before = applied.get(&key).copied().flatten();
+                if key == format!("default/pod/p-{node:06}-000")
+                    && version > before
+                    && resynced.insert(node)
+                {
+                    times.push(at.saturating_duration_since(start));
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => {
+                watch.abort();
+                return Err(format!(
+                    "after the kill: {} of {} nodes reconnected, {} resynced in time",
+                    moved.len(),
+                    victims.len(),
+                    resynced.len()
+                )
+                .into());
+            }
+        }
+    }
+    while let Some(done) = patches.join_next().await {
+        done??;
+    }
+    kill.resynced = start.elapsed();
+    kill.resync = Spread::of(times);
+    let mut counts: Vec<usize> = victims
+        .iter()
+        .map(|v| resent.get(v).copied().unwrap_or(0))
+        .collect();
+    counts.sort_unstable();
+    kill.resent = (
+        counts.get(counts.len() / 2).copied().unwrap_or(0),
+        counts.last().copied().unwrap_or(0),
+    );
+    // Past the grace (and the replicas' next records) after the kill: a node the leader thought
+    // silent would have been marked by now.
+    let settle = start + s.grace + Duration::from_secs(12);
+    while Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while reports.try_recv().is_ok() {}
+    }
+    watch.abort();
+    kill.not_ready = not_ready.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+    Ok(kill)
 }
 
 /// The four tables, one row per fleet size.
@@ -589,4 +883,38 @@ pub fn print(rows: &[Row], pods_per_node: usize) {
             ]
         }),
     );
+    let kills: Vec<&Row> = rows.iter().filter(|r| r.kill.is_some()).collect();
+    if !kills.is_empty() {
+        table(
+            Some(
+                "5. kill -9 of one replica: its nodes reconnect to the others, one pod each changed meanwhile",
+            ),
+            &[
+                "nodes",
+                "replicas",
+                "nodes on the killed replica",
+                "all reconnected (s)",
+                "all resynced (s)",
+                "per node p50 (ms)",
+                "p99 (ms)",
+                "objects sent again per node (median / max)",
+                "nodes seen not Ready",
+            ],
+            0,
+            kills.iter().filter_map(|r| {
+                let k = r.kill.as_ref()?;
+                Some(vec![
+                    r.nodes.to_string(),
+                    r.replicas.to_string(),
+                    k.nodes.to_string(),
+                    format!("{:.2}", k.reconnected.as_secs_f64()),
+                    format!("{:.2}", k.resynced.as_secs_f64()),
+                    ms(k.resync.p50),
+                    ms(k.resync.p99),
+                    format!("{} / {}", k.resent.0, k.resent.1),
+                    k.not_ready.to_string(),
+                ])
+            }),
+        );
+    }
 }

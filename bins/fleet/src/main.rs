@@ -51,6 +51,7 @@ mod proc;
 mod sim;
 mod soak;
 mod streams;
+mod worker;
 mod workloads;
 
 use std::path::PathBuf;
@@ -71,6 +72,36 @@ struct Cli {
     /// Fleet sizes (simulated edge nodes), one fleet run each.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     nodes: Vec<usize>,
+    /// cloudcore replicas holding the fleet's edges, over the embedded API of one more cloudcore
+    /// that holds none (0: one cloudcore does both). With two or more, the fleet scenario ends
+    /// by killing the first replica with SIGKILL (table 5).
+    #[arg(long, default_value_t = 0)]
+    replicas: usize,
+    /// Nodes that prefer the first replica, the one killed (default: an even share).
+    #[arg(long)]
+    killed_replica_nodes: Option<usize>,
+    /// Processes the simulated edges run in (0: the harness's own; one process may hold
+    /// 20,000 files here, so 100,000 nodes need at least six).
+    #[arg(long, default_value_t = 0)]
+    sim_procs: usize,
+    /// (Internal) run as a worker holding simulated edges: reports on stdout.
+    #[arg(long, hide = true)]
+    sim_worker: bool,
+    /// (Internal) the worker's first node.
+    #[arg(long, hide = true, default_value_t = 0)]
+    sim_first: usize,
+    /// (Internal) the worker's node count.
+    #[arg(long, hide = true, default_value_t = 0)]
+    sim_count: usize,
+    /// (Internal) the cluster CA's directory.
+    #[arg(long, hide = true)]
+    sim_ca: Option<PathBuf>,
+    /// (Internal) cloudhub at each replica.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    sim_urls: Vec<String>,
+    /// (Internal) nodes preferring the first replica.
+    #[arg(long, hide = true, default_value_t = 0)]
+    sim_primary_first: usize,
     /// Open-loop create rates (pods/s) of the fleet scenario, one window each after registration
     /// (none by default).
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
@@ -178,6 +209,17 @@ fn mib(kib: u64) -> String {
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    if cli.sim_worker {
+        return worker::serve(worker::Assignment {
+            first: cli.sim_first,
+            count: cli.sim_count,
+            ca_dir: cli.sim_ca.ok_or("--sim-worker needs --sim-ca")?,
+            urls: cli.sim_urls,
+            primary_first: cli.sim_primary_first,
+            dials: usize::from(cli.concurrency),
+        })
+        .await;
+    }
     let limit = Duration::from_secs(cli.timeout_secs);
     let cloudcore = proc::sibling(cli.cloudcore.clone(), "cloudcore")?;
     let wants = |s: &str| cli.scenarios.iter().any(|x| x == s);
@@ -193,6 +235,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 limit,
                 open_loop_rates: cli.open_loop_rates.clone(),
                 open_loop: Duration::from_secs(cli.open_loop_secs),
+                replicas: cli.replicas,
+                primary_first: match (cli.replicas, cli.killed_replica_nodes) {
+                    (0 | 1, _) | (_, None) => 0,
+                    (_, Some(k)) => k.min(nodes),
+                },
+                sim_procs: cli.sim_procs,
+                harness: std::env::current_exe()?,
+                grace: Duration::from_secs(40),
             };
             match fleet::run(&cloudcore, &settings).await {
                 Ok(row) => rows.push(row),
@@ -203,16 +253,32 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
         }
-        println!(
-            "# fleet: {} simulated edge nodes against one cloudcore process",
-            cli.nodes
-                .iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let sizes = cli
+            .nodes
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if cli.replicas == 0 {
+            println!("# fleet: {sizes} simulated edge nodes against one cloudcore process");
+        } else {
+            println!(
+                "# fleet: {sizes} simulated edge nodes across {} cloudcore replicas over the embedded API of one more (RSS and CPU summed over all {})",
+                cli.replicas,
+                cli.replicas + 1
+            );
+        }
         println!();
         fleet::print(&rows, cli.pods_per_node);
+        if let Some((nodes, k)) = rows
+            .iter()
+            .find_map(|r| Some((r.nodes, r.kill.as_ref().filter(|k| k.not_ready > 0)?)))
+        {
+            failure.get_or_insert(format!(
+                "fleet of {nodes}: {} nodes were seen not Ready after a replica was killed",
+                k.not_ready
+            ));
+        }
         if let Some(dir) = &cli.plot_dir {
             plot::write(dir, &rows)?;
             println!();

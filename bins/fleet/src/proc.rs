@@ -128,6 +128,16 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Kills it with SIGKILL, as a machine failure would, and reaps it.
+    pub fn kill9(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();

@@ -22,6 +22,16 @@ pub enum Report {
         /// When.
         at: Instant,
     },
+    /// The node's connection to replica `replica` (index into [`Behaviour::urls`]) was
+    /// established.
+    Connected {
+        /// Index of the node.
+        node: usize,
+        /// Index of the replica.
+        replica: usize,
+        /// When.
+        at: Instant,
+    },
     /// An object change reached the edge.
     Applied {
         /// Index of the node.
@@ -49,8 +59,12 @@ pub struct Edge {
 /// How the simulated edges behave.
 #[derive(Clone)]
 pub struct Behaviour {
-    /// cloudhub's URL.
-    pub url: String,
+    /// cloudhub's URL at each replica (one without replicas).
+    pub urls: Arc<[String]>,
+    /// Nodes `0..primary_first` prefer the first replica; the others spread over the rest (or
+    /// over all of them when this is zero). A node whose preferred replica cannot be dialled
+    /// tries the others in an order that spreads too.
+    pub primary_first: usize,
     /// Where reports go.
     pub reports: mpsc::UnboundedSender<Report>,
     /// A change drops every connection (they dial again with their inventory).
@@ -67,7 +81,7 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// Edges dialing `url`, `dials` at once, with store commits of `commit`; beside it, the
+    /// Edges dialing `url` (one replica), `dials` at once, with store commits of `commit`; beside it, the
     /// receiver of their reports and the sender whose every change starts a reconnect storm.
     pub fn new(
         url: String,
@@ -81,7 +95,8 @@ impl Behaviour {
         let (reports, received) = mpsc::unbounded_channel();
         let (storm, storms) = watch::channel(0);
         let behaviour = Behaviour {
-            url,
+            urls: Arc::from(vec![url]),
+            primary_first: 0,
             reports,
             storms,
             dials: Arc::new(Semaphore::new(dials)),
@@ -89,6 +104,27 @@ impl Behaviour {
             run_pods: false,
         };
         (behaviour, received, storm)
+    }
+}
+
+impl Behaviour {
+    /// The replicas node `idx` dials, in order: its preferred one, then the others rotated by the
+    /// node's index (so that the nodes of a replica that died spread over the survivors).
+    pub fn order(&self, idx: usize) -> Vec<usize> {
+        let n = self.urls.len();
+        let first = if n <= 1 || idx < self.primary_first {
+            0
+        } else if self.primary_first > 0 {
+            1 + idx % (n - 1)
+        } else {
+            idx % n
+        };
+        let mut others: Vec<usize> = (0..n).filter(|&r| r != first).collect();
+        if !others.is_empty() {
+            let k = idx % others.len();
+            others.rotate_left(k);
+        }
+        std::iter::once(first).chain(others).collect()
     }
 }
 
@@ -104,14 +140,13 @@ pub fn source_ip(i: usize) -> IpAddr {
 /// Identities for nodes `names`, signed with `ca` (as `keadm join` would get them), on blocking
 /// threads.
 pub async fn edges(ca: Arc<Ca>, names: Vec<String>) -> Result<Vec<Arc<Edge>>, Error> {
+    edges_at(ca, names.into_iter().enumerate().collect()).await
+}
+
+/// [`edges`] for nodes given with their fleet-wide index (which picks the source address).
+pub async fn edges_at(ca: Arc<Ca>, names: Vec<(usize, String)>) -> Result<Vec<Arc<Edge>>, Error> {
     let mut out = Vec::with_capacity(names.len());
-    let chunks: Vec<Vec<(usize, String)>> = names
-        .into_iter()
-        .enumerate()
-        .collect::<Vec<_>>()
-        .chunks(256)
-        .map(|c| c.to_vec())
-        .collect();
+    let chunks: Vec<Vec<(usize, String)>> = names.chunks(256).map(|c| c.to_vec()).collect();
     for chunk in chunks {
         let ca = ca.clone();
         let made = tokio::task::spawn_blocking(move || -> Result<Vec<Edge>, String> {
@@ -189,8 +224,14 @@ fn running(pod: &serde_json::Value, ip: IpAddr) -> Option<Message> {
 /// with its inventory.
 pub async fn run_edge(idx: usize, edge: Arc<Edge>, mut b: Behaviour) {
     let mut registered = false;
+    let order = b.order(idx);
+    // Where the next dial goes: the preferred replica after a connection ended, the next one
+    // after a failed dial.
+    let mut at = 0;
     loop {
-        let mut config = ws::ClientConfig::new(b.url.clone(), edge.name.clone(), edge.tls.clone());
+        let replica = order[at % order.len()];
+        let mut config =
+            ws::ClientConfig::new(b.urls[replica].clone(), edge.name.clone(), edge.tls.clone());
         config.local_ip = Some(edge.ip);
         let conn = {
             let _permit = b.dials.acquire().await;
@@ -199,11 +240,21 @@ pub async fn run_edge(idx: usize, edge: Arc<Edge>, mut b: Behaviour) {
         let conn = match conn {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("{}: {}", edge.name, kubeedge_core::error_chain(&e));
-                tokio::time::sleep(Duration::from_millis(500 + (idx % 500) as u64)).await;
+                at += 1;
+                // Each replica once without waiting; then wait between rounds.
+                if at % order.len() == 0 {
+                    eprintln!("{}: {}", edge.name, kubeedge_core::error_chain(&e));
+                    tokio::time::sleep(Duration::from_millis(500 + (idx % 500) as u64)).await;
+                }
                 continue;
             }
         };
+        at = 0;
+        let _ = b.reports.send(Report::Connected {
+            node: idx,
+            replica,
+            at: Instant::now(),
+        });
         let inventory: Vec<(String, Option<u64>)> = edge
             .inventory
             .lock()
