@@ -211,7 +211,7 @@ async fn edge_crt(
 }
 
 async fn node(State(ctx): State<Arc<Ctx>>, Path(name): Path<String>) -> Response {
-    if ctx.index.get(Kind::Node, "", &name).is_some() {
+    if ctx.index.contains(Kind::Node, "", &name) {
         (StatusCode::OK, "Node found").into_response()
     } else {
         (StatusCode::NOT_FOUND, "Node not found").into_response()

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::index::{Entry, Index, Kind, Object, edge_key, meta};
+use crate::index::{Entry, Index, Kind, Object, Stored, edge_key, meta};
 use crate::uplink::Uplink;
 
 /// cloudhub settings.
@@ -455,7 +455,7 @@ fn upsert(key: &str, entry: &Entry, op: Operation) -> Message {
         0,
         Route::new(source_of(entry.kind), names::RESOURCE_GROUP, op, key),
     )
-    .with_content((*entry.object).clone());
+    .with_content(entry.object.value());
     if let Some(v) = entry.version {
         m = m.with_resource_version(v.to_string());
     }
@@ -463,10 +463,10 @@ fn upsert(key: &str, entry: &Entry, op: Operation) -> Message {
 }
 
 fn delete(key: &str, version: Option<u64>, last: Option<&Object>, kind: Kind) -> Message {
-    let content = match last {
+    let content = match last.map(|o| o.value()) {
         Some(obj) => json!({"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-            "metadata": {"name": meta(obj, "name"), "namespace": meta(obj, "namespace"),
-                         "uid": meta(obj, "uid")}}),
+            "metadata": {"name": meta(&obj, "name"), "namespace": meta(&obj, "namespace"),
+                         "uid": meta(&obj, "uid")}}),
         None => Value::Null,
     };
     let mut m = Message::new(
@@ -569,7 +569,7 @@ impl Worker {
                                 && crate::index::version(&current)
                                     > crate::index::version(&r["Object"])
                             {
-                                r["Object"] = (*current).clone();
+                                r["Object"] = current;
                             }
                         }
                     }
@@ -591,10 +591,10 @@ impl Worker {
                             if s.negotiated() {
                                 return;
                             }
-                            let Some(current) = index.get(kind, &ns, &name) else {
+                            let Some(current) = index.stored(kind, &ns, &name) else {
                                 return;
                             };
-                            let version = crate::index::version(&current);
+                            let version = current.version();
                             if version > answered {
                                 let key = edge_key(kind, &ns, &name);
                                 tracing::debug!(
@@ -643,9 +643,12 @@ impl Worker {
         for (key, version) in plan.delete {
             let kind = kind_of_key(&key);
             let (ns, name) = ns_name_of_key(&key);
-            let exists = self.shared.index.get(kind, ns, name).is_some();
+            let exists = self.shared.index.contains(kind, ns, name);
             let version = if exists { None } else { version.map(|v| v + 1) };
-            changes.push(Change::Delete(key, (version, Arc::new(Value::Null), kind)));
+            changes.push(Change::Delete(
+                key,
+                (version, Arc::new(Stored::new(&Value::Null)), kind),
+            ));
         }
         self.last = desired
             .into_iter()
@@ -697,11 +700,11 @@ impl Worker {
     /// newer), so that the edge cannot take it for a repeat of the last update it holds, which a
     /// graceful deletion's last update (deletionTimestamp set) already counts as a delete there.
     fn delete_version(&self, kind: Kind, obj: &Object, version: Option<u64>) -> Option<u64> {
+        let obj = obj.value();
         let exists = self
             .shared
             .index
-            .get(kind, meta(obj, "namespace"), meta(obj, "name"))
-            .is_some();
+            .contains(kind, meta(&obj, "namespace"), meta(&obj, "name"));
         if exists { None } else { version.map(|v| v + 1) }
     }
 
@@ -782,7 +785,7 @@ fn membership(change: &Change) -> Option<Message> {
     };
     let (ns, name) = ns_name_of_key(key);
     let device = json!({"id": format!("{ns}/{name}"), "name": name,
-        "description": object.and_then(|o| o["metadata"]["labels"]["description"].as_str()).unwrap_or("")});
+        "description": object.map(|o| o.value()).as_ref().and_then(|o| o["metadata"]["labels"]["description"].as_str()).unwrap_or("")});
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));

@@ -18,7 +18,61 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 /// An object as watched, shared between the index and the node sessions.
-pub type Object = Arc<Value>;
+pub type Object = Arc<Stored>;
+
+/// An object as the index keeps it: its compact JSON text, parsed again when a message is built
+/// from it. A parsed [`Value`] costs about eight times the memory (each JSON object is a map
+/// with room for eleven entries: a 600-byte pod takes about 4.9 KB), and every cloudcore replica
+/// holds every object it may send, so this is most of a replica's memory at scale.
+#[derive(Debug)]
+pub struct Stored {
+    json: Box<str>,
+    resource_version: Box<str>,
+    edge_node: bool,
+}
+
+impl Stored {
+    /// Keeps `object`.
+    pub fn new(object: &Value) -> Stored {
+        Stored {
+            json: object.to_string().into_boxed_str(),
+            resource_version: meta(object, "resourceVersion").into(),
+            edge_node: is_edge_node(object),
+        }
+    }
+
+    /// The object, parsed.
+    pub fn value(&self) -> Value {
+        // The text is `Value`'s own rendering, which parses back (a value nested deeper than
+        // the parser allows could not have been parsed from the watch in the first place).
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+
+    /// The object as compact JSON.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// `metadata.resourceVersion` ("" when missing).
+    pub fn resource_version(&self) -> &str {
+        &self.resource_version
+    }
+
+    /// `metadata.resourceVersion` as a number, if it is one.
+    pub fn version(&self) -> Option<u64> {
+        self.resource_version.parse().ok()
+    }
+
+    /// Whether the object is JSON `null` (a placeholder).
+    pub fn is_null(&self) -> bool {
+        &*self.json == "null"
+    }
+
+    /// Whether this is a Node carrying the edge role label.
+    pub fn is_edge_node(&self) -> bool {
+        self.edge_node
+    }
+}
 
 /// The kinds the cloud syncs to edges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -263,7 +317,7 @@ impl Index {
         let mut touched = BTreeSet::new();
         let all = {
             let mut data = self.data.write().unwrap_or_else(|e| e.into_inner());
-            data.insert(kind, Arc::new(object), &mut touched)
+            data.insert(kind, &object, &mut touched)
         };
         self.after(all, touched);
     }
@@ -304,11 +358,9 @@ impl Index {
                     .objects
                     .get(&kind)
                     .and_then(|m| m.get(&key))
-                    .is_some_and(|old| {
-                        meta(old, "resourceVersion") == meta(&obj, "resourceVersion")
-                    });
+                    .is_some_and(|old| old.resource_version() == meta(&obj, "resourceVersion"));
                 if !same {
-                    all |= data.insert(kind, Arc::new(obj), &mut touched);
+                    all |= data.insert(kind, &obj, &mut touched);
                 }
             }
         }
@@ -323,13 +375,23 @@ impl Index {
         }
     }
 
-    /// One object.
-    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Object> {
+    /// One object as kept.
+    pub fn stored(&self, kind: Kind, namespace: &str, name: &str) -> Option<Object> {
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         data.objects
             .get(&kind)?
             .get(&(namespace.to_owned(), name.to_owned()))
             .cloned()
+    }
+
+    /// One object, parsed.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        self.stored(kind, namespace, name).map(|o| o.value())
+    }
+
+    /// Whether the index holds an object.
+    pub fn contains(&self, kind: Kind, namespace: &str, name: &str) -> bool {
+        self.stored(kind, namespace, name).is_some()
     }
 
     /// Whether a pod bound to `node` references the ConfigMap or Secret `namespace/name`.
@@ -340,8 +402,8 @@ impl Index {
             .is_some_and(|nodes| nodes.contains_key(node))
     }
 
-    /// The pods bound to `node`.
-    pub fn pods_on(&self, node: &str) -> Vec<Object> {
+    /// The pods bound to `node`, parsed.
+    pub fn pods_on(&self, node: &str) -> Vec<Value> {
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         let Some(names) = data.bound.get(&(Kind::Pod, node.to_owned())) else {
             return Vec::new();
@@ -349,24 +411,44 @@ impl Index {
         let pods = data.objects.get(&Kind::Pod);
         names
             .iter()
-            .filter_map(|n| pods.and_then(|p| p.get(n)).cloned())
+            .filter_map(|n| pods.and_then(|p| p.get(n)))
+            .map(|p| p.value())
             .collect()
     }
 
-    /// Every Node object that carries the edge role label.
-    pub fn edge_nodes(&self) -> Vec<Object> {
+    /// Every Node object that carries the edge role label, parsed.
+    pub fn edge_nodes(&self) -> Vec<Value> {
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
         data.objects
             .get(&Kind::Node)
-            .map(|m| m.values().filter(|n| is_edge_node(n)).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|n| n.is_edge_node())
+                    .map(|n| n.value())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The names of the Nodes that carry the edge role label.
+    pub fn edge_node_names(&self) -> Vec<String> {
+        let data = self.data.read().unwrap_or_else(|e| e.into_inner());
+        data.objects
+            .get(&Kind::Node)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, n)| n.is_edge_node())
+                    .map(|((_, name), _)| name.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     /// Whether `name` may act as an edge node: its Node carries the edge label, or it has no Node
     /// yet (it is about to register). A node of the cluster that is not an edge node never is.
     pub fn may_be_edge(&self, name: &str) -> bool {
-        self.get(Kind::Node, "", name)
-            .is_none_or(|n| is_edge_node(&n))
+        self.stored(Kind::Node, "", name)
+            .is_none_or(|n| n.is_edge_node())
     }
 
     /// `node`'s share, by edge key (nothing for a Node that is not an edge node). See the module
@@ -377,20 +459,20 @@ impl Index {
             return out;
         }
         let data = self.data.read().unwrap_or_else(|e| e.into_inner());
-        let mut put = |kind: Kind, obj: &Object| {
+        let mut put = |kind: Kind, (ns, name): &NsName, obj: &Object| {
             out.insert(
-                edge_key(kind, meta(obj, "namespace"), meta(obj, "name")),
+                edge_key(kind, ns, name),
                 Entry {
                     kind,
-                    version: version(obj),
+                    version: obj.version(),
                     object: obj.clone(),
                 },
             );
         };
         let objects = |kind: Kind| data.objects.get(&kind);
-        if let Some(n) = objects(Kind::Node).and_then(|m| m.get(&(String::new(), node.to_owned())))
-        {
-            put(Kind::Node, n);
+        let node_key = (String::new(), node.to_owned());
+        if let Some(n) = objects(Kind::Node).and_then(|m| m.get(&node_key)) {
+            put(Kind::Node, &node_key, n);
         }
         for kind in [Kind::Pod, Kind::Device] {
             let Some(keys) = data.bound.get(&(kind, node.to_owned())) else {
@@ -398,18 +480,19 @@ impl Index {
             };
             for key in keys {
                 if let Some(obj) = objects(kind).and_then(|m| m.get(key)) {
-                    put(kind, obj);
+                    put(kind, key, obj);
                 }
             }
         }
         for (kind, ns, name) in data.node_refs.get(node).into_iter().flat_map(|r| r.keys()) {
-            if let Some(obj) = objects(*kind).and_then(|m| m.get(&(ns.clone(), name.clone()))) {
-                put(*kind, obj);
+            let key = (ns.clone(), name.clone());
+            if let Some(obj) = objects(*kind).and_then(|m| m.get(&key)) {
+                put(*kind, &key, obj);
             }
         }
         for kind in [Kind::Service, Kind::EndpointSlice] {
-            for obj in objects(kind).into_iter().flat_map(|m| m.values()) {
-                put(kind, obj);
+            for (key, obj) in objects(kind).into_iter().flatten() {
+                put(kind, key, obj);
             }
         }
         out
@@ -448,23 +531,23 @@ where
 
 impl Data {
     /// Inserts; records touched nodes; returns true when every node is touched.
-    fn insert(&mut self, kind: Kind, obj: Object, touched: &mut BTreeSet<String>) -> bool {
-        let key = ns_name(&obj);
+    fn insert(&mut self, kind: Kind, obj: &Value, touched: &mut BTreeSet<String>) -> bool {
+        let key = ns_name(obj);
         let old = self
             .objects
             .entry(kind)
             .or_default()
-            .insert(key.clone(), obj.clone());
+            .insert(key.clone(), Arc::new(Stored::new(obj)));
         if let Some(old) = &old {
-            self.unlink(kind, &key, old, touched);
+            self.unlink(kind, &key, &old.value(), touched);
         }
-        self.link(kind, &key, &obj, touched)
+        self.link(kind, &key, obj, touched)
     }
 
     fn remove(&mut self, kind: Kind, key: &NsName, touched: &mut BTreeSet<String>) -> bool {
         let old = self.objects.get_mut(&kind).and_then(|m| m.remove(key));
         match old {
-            Some(old) => self.unlink(kind, key, &old, touched),
+            Some(old) => self.unlink(kind, key, &old.value(), touched),
             None => false,
         }
     }

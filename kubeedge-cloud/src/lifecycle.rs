@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use crate::controller::api_in;
 use crate::hub::Hub;
-use crate::index::{Index, Kind, meta};
+use crate::index::{Index, Kind};
 use crate::leader::{LeaderConfig, Leadership};
 
 /// Label of the ConfigMaps in which replicas publish the nodes they hear.
@@ -113,11 +113,14 @@ pub async fn run(
                 || lease_age(leases.as_ref(), name) < grace
                 || records.as_ref().is_some_and(|r| r.heard.contains(name))
         };
-        for node in index.edge_nodes() {
-            let name = meta(&node, "name");
+        for name in index.edge_node_names() {
+            let name = name.as_str();
             if heard(name) {
                 continue;
             }
+            let Some(node) = index.get(Kind::Node, "", name) else {
+                continue;
+            };
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
             let Some(conditions) = unknown_conditions(&node, &now) else {
                 continue;

@@ -416,7 +416,7 @@ impl Uplink {
             }
             (ResourceType::Pod, Operation::Query) => {
                 let pod = self.own_pod(node, &ns, &name)?;
-                Ok(Some((*pod).clone()))
+                Ok(Some(pod))
             }
             (ResourceType::ConfigMap | ResourceType::Secret, Operation::Query) => {
                 let kind = if target.kind == ResourceType::Secret {
@@ -655,7 +655,7 @@ impl Uplink {
         ns: &str,
         name: &str,
     ) -> Result<Value, UplinkError> {
-        let claims = |pods: &[Arc<Value>]| -> Vec<(String, String)> {
+        let claims = |pods: &[Value]| -> Vec<(String, String)> {
             pods.iter()
                 .flat_map(|p| {
                     let pns = meta(p, "namespace").to_owned();
@@ -746,7 +746,7 @@ impl Uplink {
         }
     }
 
-    fn own_pod(&self, node: &str, ns: &str, name: &str) -> Result<Arc<Value>, UplinkError> {
+    fn own_pod(&self, node: &str, ns: &str, name: &str) -> Result<Value, UplinkError> {
         match self.index.get(Kind::Pod, ns, name) {
             Some(pod) if bound_node(&pod) == Some(node) => Ok(pod),
             _ => Err(UplinkError::Forbidden(format!(
@@ -828,7 +828,7 @@ impl Uplink {
             .index
             .get(kind, meta(&written, "namespace"), meta(&written, "name"));
         match indexed {
-            Some(obj) if version(&obj) > version(&written) => (*obj).clone(),
+            Some(obj) if version(&obj) > version(&written) => obj,
             _ => written,
         }
     }
