@@ -147,6 +147,9 @@ pub struct Session {
     gone_order: VecDeque<String>,
     /// Latest uplink sequence number handled per key, on this connection.
     uplink_seen: HashMap<String, u64>,
+    /// Ids of the uplinks handed out as [`Event::Uplink`] and not yet completed, on this
+    /// connection: the edge's retransmissions of one of them (same id) are not handed out again.
+    uplink_in_flight: HashSet<String>,
     /// Protocol answers (acks of uplinks, keepalive answers) for this connection.
     replies: VecDeque<Message>,
     /// Send-once messages outside reliable sync (twin, bus, answers), kept across reconnects.
@@ -180,6 +183,7 @@ impl Session {
             gone: HashMap::new(),
             gone_order: VecDeque::new(),
             uplink_seen: HashMap::new(),
+            uplink_in_flight: HashSet::new(),
             replies: VecDeque::new(),
             direct: VecDeque::new(),
             events: VecDeque::new(),
@@ -207,6 +211,7 @@ impl Session {
         self.outbox.reset();
         self.replies.clear();
         self.uplink_seen.clear();
+        self.uplink_in_flight.clear();
         self.last_rx = now;
         self.timed_out = false;
         self.believed_exact = false;
@@ -449,6 +454,13 @@ impl Session {
             );
             return;
         }
+        // A retransmission of one being handled: its answer (to the same id) acks both. Handing
+        // it out again would repeat the work, and a long queue of uplinks (thousands of nodes
+        // registering through one API) would retransmit faster than it drains.
+        let id = &message.header.id;
+        if !id.is_empty() && !self.uplink_in_flight.insert(id.clone()) {
+            return;
+        }
         let token = UplinkToken {
             generation: self.generation,
             request: Box::new(message.clone()),
@@ -523,6 +535,7 @@ impl Session {
         if token.generation != self.generation || self.state == State::Disconnected {
             return;
         }
+        self.uplink_in_flight.remove(&token.request.header.id);
         if let Some(seq) = token.seq {
             let seen = self.uplink_seen.entry(token.key).or_insert(seq);
             *seen = (*seen).max(seq);

@@ -243,3 +243,60 @@ fn a_stale_answer_is_still_delivered() {
     assert!(matches!(e.poll_event(), Some(edge::Event::Deliver(m)) if m.header.parent_id == "q1"));
     assert_eq!(drain(|| e.poll_transmit(now)).len(), 1, "and acked");
 }
+
+#[test]
+fn a_retransmitted_uplink_is_handled_once_while_its_first_copy_is_in_flight() {
+    let now = Instant::now();
+    let mut c = cloud_session(now);
+    let registration = Message::new(
+        "u1",
+        0,
+        Route::new(
+            "edged",
+            names::RESOURCE_GROUP,
+            Operation::Insert,
+            "null/node/e1",
+        ),
+    )
+    .with_resource_version("1")
+    .with_content(serde_json::json!({"kind": "Node"}));
+    let uplinks = |c: &mut cloud::Session| {
+        drain(|| c.poll_event())
+            .into_iter()
+            .filter_map(|e| match e {
+                cloud::Event::Uplink { token, .. } => token,
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    c.handle_frame(now, registration.clone()).unwrap();
+    let mut first = uplinks(&mut c);
+    assert_eq!(first.len(), 1);
+    // The edge's retransmissions (same id) while the cloud still works on it: nothing new.
+    for s in [5, 15] {
+        c.handle_frame(now + Duration::from_secs(s), registration.clone())
+            .unwrap();
+    }
+    assert!(
+        uplinks(&mut c).is_empty(),
+        "a retransmission was handed out again"
+    );
+    assert!(drain(|| c.poll_transmit(now)).is_empty());
+    // The answer goes to the id both copies carry.
+    c.complete_uplink(
+        now,
+        first.remove(0),
+        Some(serde_json::json!({"kind": "Node"})),
+    );
+    let sent = drain(|| c.poll_transmit(now));
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header.parent_id, "u1");
+    // A later copy (the answer was lost) is acked at once, not handled again.
+    c.handle_frame(now, registration.clone()).unwrap();
+    assert!(uplinks(&mut c).is_empty());
+    assert_eq!(drain(|| c.poll_transmit(now)).len(), 1);
+    // On a new connection the same message is handled again.
+    c.connected(now, false);
+    c.handle_frame(now, registration).unwrap();
+    assert_eq!(uplinks(&mut c).len(), 1);
+}
