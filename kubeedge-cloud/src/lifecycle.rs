@@ -8,7 +8,8 @@
 //! through whichever replica holds its connection) was renewed within the grace period, or when
 //! a live replica's record of the nodes it hears lists it. Each replica publishes that record,
 //! ConfigMap `cloudcore-heard-<identity>` (label [`HEARD_LABEL`]) in the leader Lease's namespace,
-//! every quarter of the grace (at most every 10 s): one write per replica per period however many
+//! every quarter of the grace (at most every 10 s), and within a second when a node arrives that
+//! the last record did not list: one write per replica per period however many
 //! nodes it holds, where the nodes' own Leases cost one write per node every 10 s (100,000 nodes:
 //! 10,000 writes a second). A record lists the nodes the replica heard within the grace,
 //! connected now or not, and one not renewed within the grace is ignored: a node gone silent
@@ -190,15 +191,26 @@ async fn publish_heard(client: Client, hub: Hub, grace: Duration, replica: Leade
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &replica.namespace);
     let name = heard_record_name(&replica.identity);
     let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    let mut tick = tokio::time::interval(period);
+    // Checked every second (at most every period): a node that arrived since the last record
+    // (one moving here from a replica that died) is published at once rather than at the next
+    // period, since the dead replica's record stops counting a grace after its last renewal.
+    let mut tick = tokio::time::interval(period.min(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let namespaces = Api::all(client);
     let mut warned = false;
+    let mut published: HashSet<String> = HashSet::new();
+    let mut published_at: Option<tokio::time::Instant> = None;
     loop {
         tick.tick().await;
+        let due = published_at.is_none_or(|at| at.elapsed() >= period);
+        if !due && hub.connected_nodes().iter().all(|n| published.contains(n)) {
+            continue;
+        }
         // Connected or not: a node that just left counts as heard until its silence passes the
         // grace, as it would on a single cloudcore.
         let nodes = hub.heard_within(grace);
+        published = nodes.iter().cloned().collect();
+        published_at = Some(tokio::time::Instant::now());
         let data = heard_data(&nodes, Timestamp::now());
         let patch = json!({"data": data});
         let written = match api

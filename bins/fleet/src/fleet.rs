@@ -322,6 +322,7 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
             &api_slots,
             &mut reports,
             &mut applied,
+            &mut held_by,
             rate,
             s,
         )
@@ -374,6 +375,7 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
                 }
                 applied.insert(key, version);
             }
+            Ok(Some(Report::Connected { node, replica, .. })) => held_by[node] = replica,
             Ok(Some(_)) => {}
             _ => {
                 return Err(
@@ -406,7 +408,11 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
     while start.elapsed() < s.steady {
         tokio::time::sleep(Duration::from_millis(500)).await;
         row.steady_rss = row.steady_rss.max(cloud.rss_kib());
-        while reports.try_recv().is_ok() {}
+        while let Ok(r) = reports.try_recv() {
+            if let Report::Connected { node, replica, .. } = r {
+                held_by[node] = replica;
+            }
+        }
     }
     row.steady_secs = start.elapsed().as_secs_f64();
     row.steady_cpu_pct = 100.0 * (cloud.cpu_secs() - cpu2) / row.steady_secs;
@@ -460,6 +466,7 @@ pub async fn run(bin: &Path, s: &Settings) -> Result<Row, Error> {
                     resync_times.push(at - start);
                 }
             }
+            Ok(Some(Report::Connected { node, replica, .. })) => held_by[node] = replica,
             Ok(Some(_)) => {}
             _ => return Err(format!("{remaining} of {n} nodes did not resync in time").into()),
         }
@@ -514,6 +521,7 @@ async fn open_loop(
     slots: &Arc<Semaphore>,
     reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report>,
     applied: &mut HashMap<String, Option<u64>>,
+    held_by: &mut [usize],
     rate: u32,
     s: &Settings,
 ) -> Result<OpenLoop, Error> {
@@ -563,6 +571,7 @@ async fn open_loop(
                 }
                 applied.insert(key, version);
             }
+            Ok(Some(Report::Connected { node, replica, .. })) => held_by[node] = replica,
             Ok(Some(_)) => {}
             _ => {
                 issuer.abort();

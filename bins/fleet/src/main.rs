@@ -376,8 +376,18 @@ fn main() -> ExitCode {
         }
     };
     // Send + Sync were for the tasks; the report needs neither.
+    // Interrupted (SIGINT, SIGTERM): the run is dropped, and with it every daemon and worker it
+    // started (they are killed on drop), so none is left behind.
     let result = rt
-        .block_on(run(cli))
+        .block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = run(cli) => r,
+                _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+                _ = term.recv() => Err("terminated".into()),
+            }
+        })
         .map_err(|e| -> Box<dyn std::error::Error> { e });
     cli::outcome("fleet", result)
 }
