@@ -148,9 +148,27 @@ pub async fn run(
 
 /// The node Leases (`kube-node-lease`), kept current by a watch.
 fn watch_leases(client: Client) -> Store<Lease> {
+    kept_current(
+        Api::namespaced(client, "kube-node-lease"),
+        watcher::Config::default(),
+        "watching node leases",
+    )
+}
+
+/// A store of the objects `api` lists with `config`, kept current by a watch of its own (errors
+/// are logged at debug level as `what`; the watch backs off and goes on).
+fn kept_current<K>(api: Api<K>, config: watcher::Config, what: &'static str) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
     let (reader, writer) = reflector::store();
-    let api: Api<Lease> = Api::namespaced(client, "kube-node-lease");
-    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+    let stream = reflector::reflector(writer, watcher(api, config))
         .default_backoff()
         .applied_objects();
     tokio::spawn(async move {
@@ -158,7 +176,7 @@ fn watch_leases(client: Client) -> Store<Lease> {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             if let Err(e) = event {
-                tracing::debug!(error = %e, "watching node leases");
+                tracing::debug!(error = %e, "{what}");
             }
         }
     });
@@ -250,22 +268,11 @@ async fn publish_heard(client: Client, hub: Hub, grace: Duration, replica: Leade
 
 /// The replicas' records, kept current by a watch.
 fn watch_records(client: Client, namespace: &str) -> Store<ConfigMap> {
-    let (reader, writer) = reflector::store();
-    let api: Api<ConfigMap> = Api::namespaced(client, namespace);
-    let config = watcher::Config::default().labels(HEARD_LABEL);
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .applied_objects();
-    tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(e) = event {
-                tracing::debug!(error = %e, "watching the replicas' heard-nodes records");
-            }
-        }
-    });
-    reader
+    kept_current(
+        Api::namespaced(client, namespace),
+        watcher::Config::default().labels(HEARD_LABEL),
+        "watching the replicas' heard-nodes records",
+    )
 }
 
 /// The nodes live replicas' records list, rebuilt when a record changes or expires.
