@@ -376,14 +376,16 @@ async fn node_task(
             acked: acked.clone(),
         };
         let outcome = {
-            let drive = pump.drive(*conn, &mut session, &events_tx);
-            tokio::pin!(drive);
+            // Boxed, so that this task's own future stays small between connections, and a
+            // future pinned on the stack of an async fn is not kept twice in its state.
+            let mut drive = Box::pin(pump.drive(*conn, &mut session, &events_tx));
+            let mut run = Box::pin(worker.run(&mut events, &mut wake));
             tokio::select! {
                 r = &mut drive => match r {
                     Ok(end) => format!("{end:?}"),
                     Err(e) => kubeedge_core::error_chain(&e),
                 },
-                () = worker.run(&mut events, &mut wake) => "worker stopped".to_owned(),
+                () = &mut run => "worker stopped".to_owned(),
                 c = conns.recv() => {
                     next = c;
                     "replaced by a newer connection".to_owned()

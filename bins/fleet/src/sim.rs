@@ -277,8 +277,10 @@ pub async fn run_edge(idx: usize, edge: Arc<Edge>, mut b: Behaviour) {
             b.clone(),
             !registered,
         ));
+        // Boxed: the drive is in this future's state only while it runs.
+        let drive = Box::pin(pump.drive(conn, &mut session, &events_tx));
         let dropped = tokio::select! {
-            _ = pump.drive(conn, &mut session, &events_tx) => false,
+            _ = drive => false,
             _ = b.storms.changed() => true,
         };
         drop(events_tx);

@@ -565,10 +565,10 @@ impl Session {
         if self.state == State::Disconnected {
             return None;
         }
-        if let Some(m) = self.replies.pop_front() {
+        if let Some(m) = super::pop_releasing(&mut self.replies) {
             return Some(m);
         }
-        if let Some(mut m) = self.direct.pop_front() {
+        if let Some(mut m) = super::pop_releasing(&mut self.direct) {
             if m.header.id.is_empty() {
                 m.header.id = self.ids.next_id();
             }
@@ -612,7 +612,7 @@ impl Session {
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        super::pop_releasing(&mut self.events)
     }
 
     /// Read access to the outbox (sizes, for metrics and tests).

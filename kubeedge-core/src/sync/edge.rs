@@ -485,7 +485,9 @@ impl Session {
         if self.state == State::Disconnected {
             return None;
         }
-        if let Some(mut m) = self.control.pop_front().or_else(|| self.direct.pop_front()) {
+        if let Some(mut m) = super::pop_releasing(&mut self.control)
+            .or_else(|| super::pop_releasing(&mut self.direct))
+        {
             if m.header.id.is_empty() {
                 m.header.id = self.ids.next_id();
             }
@@ -534,7 +536,7 @@ impl Session {
 
     /// The next event for the driver.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        super::pop_releasing(&mut self.events)
     }
 
     /// Changes handed out and not yet reported durable.

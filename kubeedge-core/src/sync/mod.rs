@@ -235,6 +235,17 @@ impl InventoryChunk {
     }
 }
 
+/// Pops the front of `queue`, and gives its buffer back once it is empty: a session keeps its
+/// queues for the life of its peer, and an idle one should not hold the room its busiest moment
+/// needed (a hundred thousand idle sessions would).
+pub(crate) fn pop_releasing<T>(queue: &mut std::collections::VecDeque<T>) -> Option<T> {
+    let item = queue.pop_front();
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = std::collections::VecDeque::new();
+    }
+    item
+}
+
 /// The keepalive message of spec §1.7 (id and timestamp left for the sender to stamp).
 pub fn keepalive_message() -> Message {
     Message::new(
@@ -262,5 +273,20 @@ pub fn is_reliable(msg: &Message) -> bool {
         Operation::Insert | Operation::Update | Operation::Patch | Operation::Delete => true,
         Operation::Response => !msg.header.resource_version.is_empty(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_drained_queue_keeps_no_room() {
+        let mut q: std::collections::VecDeque<u32> = (0..100).collect();
+        for i in 0..99 {
+            assert_eq!(super::pop_releasing(&mut q), Some(i));
+            assert!(q.capacity() >= 1);
+        }
+        assert_eq!(super::pop_releasing(&mut q), Some(99));
+        assert_eq!(q.capacity(), 0);
+        assert_eq!(super::pop_releasing(&mut q), None);
     }
 }

@@ -199,6 +199,7 @@ impl Outbox {
         if self.queued.contains_key(&flight.key) {
             self.ready.push_back(flight.key.clone());
         }
+        self.release_if_idle();
         Some(Acked {
             key: flight.key,
             version: flight.entry.version,
@@ -223,6 +224,18 @@ impl Outbox {
         let key = self.next_ready()?;
         let entry = self.queued.remove(&key)?;
         Some(self.launch(now, key, entry, ids, clock))
+    }
+
+    /// Gives the maps' room back once nothing is queued or in flight: they keep the capacity of
+    /// their fullest moment (a resync of hundreds of objects) otherwise, for as long as the peer
+    /// lives and whether it is busy or idle.
+    fn release_if_idle(&mut self) {
+        if self.is_idle() && self.flights.capacity() + self.queued.capacity() > 0 {
+            self.queued = HashMap::new();
+            self.ready = VecDeque::new();
+            self.flights = HashMap::new();
+            self.flight_of = HashMap::new();
+        }
     }
 
     fn next_ready(&mut self) -> Option<String> {
@@ -394,6 +407,37 @@ mod tests {
             }
         );
         assert!(o.is_idle());
+    }
+
+    #[test]
+    fn an_outbox_gives_its_room_back_once_everything_is_acked() {
+        let (mut o, mut ids, clock, now) = setup(64, 1000);
+        let keys: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+        for k in &keys {
+            o.push(k.clone(), Some(1), false, msg(k)).unwrap();
+        }
+        let mut sent: Vec<String> = Vec::new();
+        while sent.len() < keys.len() {
+            while let Some(m) = o.poll_transmit(now, &mut ids, &clock) {
+                sent.push(m.header.id);
+            }
+            let id = sent.iter().find(|id| o.flights.contains_key(*id)).cloned();
+            assert!(o.ack(&id.expect("a flight")).is_some());
+        }
+        for id in &sent {
+            o.ack(id);
+        }
+        assert!(o.is_idle());
+        let room = o.queued.capacity()
+            + o.ready.capacity()
+            + o.flights.capacity()
+            + o.flight_of.capacity();
+        assert_eq!(room, 0, "an idle outbox keeps no room");
+        // And it works as before afterwards.
+        o.push("again".into(), Some(2), false, msg("again"))
+            .unwrap();
+        let m = o.poll_transmit(now, &mut ids, &clock).unwrap();
+        assert!(o.ack(&m.header.id).is_some());
     }
 
     #[test]

@@ -160,6 +160,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A connection taken apart before it is driven (see [`Pump::drive`]).
+struct Split {
+    negotiated: bool,
+    sink: Sink,
+    stream: Stream,
+    max_frame: usize,
+    peer: super::ws::Peer,
+}
+
 /// The parts of one connection while it is driven.
 struct Link {
     stream: Stream,
@@ -201,18 +210,46 @@ impl<S: crate::sync::Endpoint> Pump<S> {
 
     /// Runs `session` over `conn` until the connection ends. Calls `connected` first and
     /// `disconnected` last, whatever the outcome.
-    pub async fn drive(
-        &mut self,
+    ///
+    /// The connection is split before the returned future is built, so that the future holds
+    /// only the halves' handles: an async function keeps its arguments for its whole life, and a
+    /// connection (TLS and WebSocket state) is several kilobytes, paid again by every connected
+    /// peer.
+    pub fn drive<'a>(
+        &'a mut self,
         conn: Connection,
+        session: &'a mut S,
+        events: &'a mpsc::Sender<S::Event>,
+    ) -> impl Future<Output = Result<End, DriveError>> + 'a {
+        let negotiated = conn.peer().negotiated;
+        let (ws, max_frame, peer) = conn.into_parts();
+        let (sink, stream) = ws.split();
+        let split = Split {
+            negotiated,
+            sink,
+            stream,
+            max_frame,
+            peer,
+        };
+        self.drive_split(split, session, events)
+    }
+
+    async fn drive_split(
+        &mut self,
+        split: Split,
         session: &mut S,
         events: &mpsc::Sender<S::Event>,
     ) -> Result<End, DriveError> {
-        let negotiated = conn.peer().negotiated;
+        let Split {
+            negotiated,
+            sink,
+            stream,
+            max_frame,
+            peer,
+        } = split;
         let t = now();
         self.heard.mark(t);
         session.connected(t, negotiated);
-        let (ws, max_frame, peer) = conn.into_parts();
-        let (sink, stream) = ws.split();
         // One batch in the channel, one being written: reading never waits on the peer reading.
         let (batches, batches_rx) = mpsc::channel::<Vec<Frame>>(1);
         let mut link = Link {
