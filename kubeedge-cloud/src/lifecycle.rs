@@ -18,7 +18,7 @@
 //! replicas must be one (`Config::replica`): one that is not would mark the nodes it does not
 //! hear.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,7 +76,8 @@ pub fn unknown_conditions(node: &Value, now: &str) -> Option<Value> {
 /// connection: its keepalives, lease renewals and status reports all count) turns Unknown, whether
 /// or not its connection still looks up (a half-open link is noticed here, not only when the
 /// session's keepalive timeout ends it). It turns Ready again when the edge reports its status,
-/// which it does on every reconnect.
+/// which it does on every reconnect; a Ready heartbeat the edge reported within the grace counts
+/// as hearing from it (see `Heartbeats`).
 pub async fn run(
     client: Client,
     index: Arc<Index>,
@@ -95,10 +96,16 @@ pub async fn run(
         Records::new(watch_records(client.clone(), &r.namespace))
     });
     let mut swept = tokio::time::Instant::now();
+    let mut heartbeats = Heartbeats::default();
+    let mut pruned = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         if !leadership.is_leader() {
             continue;
+        }
+        if pruned.elapsed() >= Duration::from_secs(60) {
+            pruned = tokio::time::Instant::now();
+            heartbeats.prune(grace * 10);
         }
         if let Some(r) = &mut records {
             r.refresh(grace);
@@ -122,6 +129,9 @@ pub async fn run(
             let Some(node) = index.get(Kind::Node, "", name) else {
                 continue;
             };
+            if heartbeats.fresh(name, &node, grace, tokio::time::Instant::now()) {
+                continue;
+            }
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
             let Some(conditions) = unknown_conditions(&node, &now) else {
                 continue;
@@ -143,6 +153,65 @@ pub async fn run(
                 Err(e) => tracing::warn!(node = name, error = %e, "marking a node unreachable"),
             }
         }
+    }
+}
+
+/// How long ago an RFC 3339 time was, by this machine's clock (zero for a time to come); `None`
+/// if it does not parse.
+fn age_of(time: &str) -> Option<Duration> {
+    let at = time.parse::<Timestamp>().ok()?;
+    let ms = Timestamp::now().as_millisecond() - at.as_millisecond();
+    Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
+
+/// The Ready heartbeats (`lastHeartbeatTime`) of the nodes the leader found silent, as it
+/// observed them. A node's own status report is proof of life, as upstream's node lifecycle
+/// controller takes it: an edge that comes back reports Ready at once, while the record of the
+/// replica it came back to may reach the leader later through a busy API, and without this the
+/// leader marks again a node that has just said it is Ready.
+///
+/// A heartbeat counts from when this leader saw it change, not by the edge's clock (which may be
+/// off); one seen for the first time counts from its own time, never from the future, so that
+/// an edge's clock running ahead gains it at most one grace.
+#[derive(Debug, Default)]
+struct Heartbeats(HashMap<String, (String, tokio::time::Instant)>);
+
+impl Heartbeats {
+    /// Whether `node` (named `name`) reported Ready's heartbeat within `grace` of `now`.
+    fn fresh(
+        &mut self,
+        name: &str,
+        node: &Value,
+        grace: Duration,
+        now: tokio::time::Instant,
+    ) -> bool {
+        let Some(beat) = node["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .and_then(|c| c["lastHeartbeatTime"].as_str())
+        else {
+            return false;
+        };
+        match self.0.get_mut(name) {
+            Some((seen, at)) if seen == beat => now.saturating_duration_since(*at) < grace,
+            Some(entry) => {
+                *entry = (beat.to_owned(), now);
+                true
+            }
+            None => {
+                let age = age_of(beat).unwrap_or(grace).min(grace);
+                let at = now.checked_sub(age).unwrap_or(now);
+                self.0.insert(name.to_owned(), (beat.to_owned(), at));
+                age < grace
+            }
+        }
+    }
+
+    /// Forgets heartbeats observed longer ago than `kept` (nodes heard again, or gone).
+    fn prune(&mut self, kept: Duration) {
+        self.0.retain(|_, (_, at)| at.elapsed() < kept);
     }
 }
 
@@ -276,11 +345,19 @@ fn watch_records(client: Client, namespace: &str) -> Store<ConfigMap> {
 }
 
 /// The nodes live replicas' records list, rebuilt when a record changes or expires.
+///
+/// A record is live for a grace from when this leader saw it renewed (as upstream's node
+/// lifecycle times a Lease by when it saw `renewTime` change): through an API that runs at a
+/// full core a renewal can take tens of seconds to land, and timed by its own `renewTime` it
+/// would arrive already stale and its nodes be marked. One seen for the first time counts from
+/// its `renewTime`, never from the future.
 struct Records {
     store: Store<ConfigMap>,
     /// The live records the set was built from: name and resourceVersion.
     from: Vec<(String, String)>,
     heard: HashSet<String>,
+    /// Each record's resourceVersion as last seen, and when this leader takes it renewed.
+    renewed: HashMap<String, (String, tokio::time::Instant)>,
 }
 
 impl Records {
@@ -289,36 +366,63 @@ impl Records {
             store,
             from: Vec::new(),
             heard: HashSet::new(),
+            renewed: HashMap::new(),
+        }
+    }
+
+    /// How long ago this leader takes `record` (named `name`, at `version`) to have been renewed.
+    fn observed_age(
+        &mut self,
+        name: &str,
+        version: &str,
+        record: &ConfigMap,
+        grace: Duration,
+        now: tokio::time::Instant,
+    ) -> Duration {
+        match self.renewed.get_mut(name) {
+            Some((seen, at)) if seen == version => now.saturating_duration_since(*at),
+            Some(entry) => {
+                *entry = (version.to_owned(), now);
+                Duration::ZERO
+            }
+            None => {
+                let age = Records::age(record).min(grace);
+                let at = now.checked_sub(age).unwrap_or(now);
+                self.renewed
+                    .insert(name.to_owned(), (version.to_owned(), at));
+                age
+            }
         }
     }
 
     /// How long ago `record` was renewed (`Duration::MAX` when it does not say).
     fn age(record: &ConfigMap) -> Duration {
-        let Some(at) = record
+        record
             .data
             .as_ref()
             .and_then(|d| d.get("renewTime"))
-            .and_then(|t| t.parse::<Timestamp>().ok())
-        else {
-            return Duration::MAX;
-        };
-        let ms = Timestamp::now().as_millisecond() - at.as_millisecond();
-        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+            .and_then(|t| age_of(t))
+            .unwrap_or(Duration::MAX)
     }
 
     /// Rebuilds the set from the records renewed within `grace`, if they changed.
     fn refresh(&mut self, grace: Duration) {
-        let mut live: Vec<(String, String, Arc<ConfigMap>)> = self
-            .store
-            .state()
-            .into_iter()
-            .filter(|r| Records::age(r) < grace)
-            .map(|r| {
-                let name = r.metadata.name.clone().unwrap_or_default();
-                let rv = r.metadata.resource_version.clone().unwrap_or_default();
-                (name, rv, r)
-            })
+        let now = tokio::time::Instant::now();
+        let state = self.store.state();
+        // One record per replica: a handful, read every second.
+        let names: HashSet<String> = state
+            .iter()
+            .filter_map(|r| r.metadata.name.clone())
             .collect();
+        self.renewed.retain(|n, _| names.contains(n));
+        let mut live: Vec<(String, String, Arc<ConfigMap>)> = Vec::new();
+        for r in state {
+            let name = r.metadata.name.clone().unwrap_or_default();
+            let rv = r.metadata.resource_version.clone().unwrap_or_default();
+            if self.observed_age(&name, &rv, &r, grace, now) < grace {
+                live.push((name, rv, r));
+            }
+        }
         live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let from: Vec<(String, String)> = live
             .iter()
@@ -369,4 +473,89 @@ fn lease_age(leases: Option<&Store<Lease>>, name: &str) -> Duration {
     };
     let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond() - renewed.0.as_millisecond();
     Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    const GRACE: Duration = Duration::from_secs(40);
+
+    fn node(beat: Option<SystemTime>) -> Value {
+        let mut ready = json!({"type": "Ready", "status": "True"});
+        if let Some(t) = beat {
+            ready["lastHeartbeatTime"] = json!(kubeedge_core::store::rfc3339(t));
+        }
+        json!({"status": {"conditions": [ready]}})
+    }
+
+    fn record(renewed: SystemTime) -> ConfigMap {
+        ConfigMap {
+            data: Some(
+                [(
+                    "renewTime".to_owned(),
+                    kubeedge_core::store::rfc3339(renewed),
+                )]
+                .into(),
+            ),
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn a_record_counts_from_when_the_leader_saw_it_renewed() {
+        let mut records = Records::new(reflector::store::<ConfigMap>().0);
+        let t0 = tokio::time::Instant::now();
+        let wall = SystemTime::now();
+        // First seen: by its own time, never older than the grace nor from the future.
+        let late = record(wall - Duration::from_secs(35));
+        let age = records.observed_age("r1", "7", &late, GRACE, t0);
+        assert_eq!(age.as_secs(), 35);
+        let old = record(wall - GRACE * 5);
+        assert_eq!(records.observed_age("r2", "3", &old, GRACE, t0), GRACE);
+        let ahead = record(wall + Duration::from_secs(600));
+        assert_eq!(
+            records.observed_age("r3", "1", &ahead, GRACE, t0),
+            Duration::ZERO
+        );
+        // A renewal that landed late (its renewTime already past the grace) counts from when it
+        // was seen, for one grace.
+        let landed = t0 + Duration::from_secs(20);
+        let stale_on_arrival = record(wall - Duration::from_secs(50));
+        assert_eq!(
+            records.observed_age("r1", "8", &stale_on_arrival, GRACE, landed),
+            Duration::ZERO
+        );
+        let later = landed + Duration::from_secs(39);
+        assert!(records.observed_age("r1", "8", &stale_on_arrival, GRACE, later) < GRACE);
+        let expired = landed + GRACE;
+        assert!(records.observed_age("r1", "8", &stale_on_arrival, GRACE, expired) >= GRACE);
+    }
+
+    #[test]
+    fn a_heartbeat_counts_for_one_grace_from_when_it_was_seen_change() {
+        let mut beats = Heartbeats::default();
+        let t0 = tokio::time::Instant::now();
+        let wall = SystemTime::now();
+        // Never reported a heartbeat, or reported it long ago: silent.
+        assert!(!beats.fresh("a", &node(None), GRACE, t0));
+        assert!(!beats.fresh("b", &node(Some(wall - GRACE * 3)), GRACE, t0));
+        // Seen first 10 s after the edge's time: fresh for the rest of the grace.
+        let recent = node(Some(wall - Duration::from_secs(10)));
+        assert!(beats.fresh("c", &recent, GRACE, t0));
+        assert!(beats.fresh("c", &recent, GRACE, t0 + Duration::from_secs(29)));
+        assert!(!beats.fresh("c", &recent, GRACE, t0 + Duration::from_secs(31)));
+        // A new heartbeat counts from when it is seen, whatever the edge's clock says of it.
+        let late_clock = node(Some(wall - Duration::from_secs(3600)));
+        let seen = t0 + Duration::from_secs(100);
+        assert!(!beats.fresh("b", &node(Some(wall - GRACE * 3)), GRACE, seen));
+        assert!(beats.fresh("b", &late_clock, GRACE, seen));
+        assert!(beats.fresh("b", &late_clock, GRACE, seen + GRACE / 2));
+        assert!(!beats.fresh("b", &late_clock, GRACE, seen + GRACE));
+        // A clock running ahead gains at most one grace.
+        let ahead = node(Some(wall + Duration::from_secs(3600)));
+        assert!(beats.fresh("d", &ahead, GRACE, t0));
+        assert!(!beats.fresh("d", &ahead, GRACE, t0 + GRACE));
+    }
 }

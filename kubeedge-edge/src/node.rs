@@ -1,7 +1,9 @@
 //! The node's own status: registers its Node (labels `node-role.kubernetes.io/edge` and
 //! `node-role.kubernetes.io/agent`), renews its Lease every 10 s (40 s duration, as the kubelet),
 //! and reports its status when it changes, on every (re)connect to the cloud (so that a node the
-//! cloud marked Unknown turns Ready as soon as it is back), and at least every 5 minutes.
+//! cloud marked Unknown turns Ready as soon as it is back), within a renewal period when the Node
+//! the cloud sends says it is not Ready while it is connected (a mark made while the cloud could
+//! not see it), and at least every 5 minutes.
 
 use std::time::{Duration, SystemTime};
 
@@ -94,6 +96,24 @@ fn ready(now: &str) -> Value {
             "lastTransitionTime": now}])
 }
 
+/// Whether the Node the cloud sent last says this node is not Ready (a Ready condition whose
+/// status is not `True`).
+fn marked_not_ready(hub: &EdgeHub, node: &str) -> bool {
+    hub.store()
+        .store()
+        .get("nodes", None, node)
+        .is_ok_and(|n| not_ready(&n))
+}
+
+/// Whether `node` (a Node object) has a Ready condition that is not `True`.
+pub fn not_ready(node: &Value) -> bool {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] != "True")
+}
+
 /// Registers the node, then keeps its lease and status current, forever.
 pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: String) {
     let started = rfc3339(SystemTime::now());
@@ -163,7 +183,15 @@ pub async fn run(hub: EdgeHub, node: String, address: String, runtime_version: S
             tracing::warn!(error = %e, "queueing the lease renewal");
         }
         let current = machine_status(&address, &runtime_version);
-        if reconnected || current != last_status || last_report.elapsed() >= STATUS_REPORT {
+        // As the kubelet compares with the API's copy: a connected node whose Node the cloud
+        // marked not Ready (its leader may have missed it while the API was overloaded) says
+        // otherwise at the next tick, not at the next five-minute report.
+        let contradicted = hub.is_connected() && marked_not_ready(&hub, &node);
+        if reconnected
+            || contradicted
+            || current != last_status
+            || last_report.elapsed() >= STATUS_REPORT
+        {
             let mut status = current.clone();
             status["conditions"] = ready(&now);
             let patch = json!({"status": status}).to_string();

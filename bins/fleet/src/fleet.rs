@@ -79,6 +79,10 @@ pub struct Kill {
     /// Nodes of the whole fleet seen not Ready (by a watch on Nodes) from the kill until the
     /// grace had passed after it.
     pub not_ready: usize,
+    /// Of those, nodes the killed replica held.
+    pub not_ready_moved: usize,
+    /// The longest a node stayed not Ready (until seen Ready again, or until the watch ended).
+    pub longest_not_ready: Duration,
     /// Objects sent again per moved node: median, max.
     pub resent: (usize, usize),
 }
@@ -620,7 +624,8 @@ async fn kill_replica(
         .metadata
         .resource_version
         .unwrap_or_default();
-    let not_ready: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let not_ready: Arc<Mutex<HashMap<String, NotReady>>> = Arc::default();
+    let watching = Instant::now();
     let watch = {
         let not_ready = not_ready.clone();
         tokio::spawn(async move {
@@ -647,16 +652,30 @@ async fn kill_replica(
                     if let Some(v) = &node.metadata.resource_version {
                         from = v.clone();
                     }
-                    let ready = node
-                        .status
-                        .and_then(|st| st.conditions)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True");
-                    if !ready
-                        && let (Some(name), Ok(mut set)) = (node.metadata.name, not_ready.lock())
+                    let conditions = node.status.and_then(|st| st.conditions).unwrap_or_default();
+                    let ready = conditions.iter().find(|c| c.type_ == "Ready");
+                    let is_ready = ready.is_some_and(|c| c.status == "True");
+                    let (Some(name), Ok(mut seen)) = (node.metadata.name, not_ready.lock()) else {
+                        continue;
+                    };
+                    let at = watching.elapsed();
+                    if !is_ready {
+                        let entry = seen.entry(name).or_insert_with(|| NotReady {
+                            from: at,
+                            until: None,
+                            marked_at: ready
+                                .and_then(|c| c.last_transition_time.as_ref())
+                                .map(|t| t.0.to_string())
+                                .unwrap_or_default(),
+                        });
+                        // Not Ready again after being Ready again: count from here.
+                        if entry.until.is_some() {
+                            entry.until = None;
+                        }
+                    } else if let Some(entry) = seen.get_mut(&name)
+                        && entry.until.is_none()
                     {
-                        set.insert(name);
+                        entry.until = Some(at);
                     }
                 }
             }
@@ -748,14 +767,64 @@ async fn kill_replica(
     );
     // Past the grace (and the replicas' next records) after the kill: a node the leader thought
     // silent would have been marked by now.
+    // A node seen not Ready by then is given as long again to turn Ready (a real edge, and the
+    // simulated one, reports its status on every reconnect), so that how long it stayed so is
+    // measured, not only that it happened.
     let settle = start + s.grace + Duration::from_secs(12);
-    while Instant::now() < settle {
+    let last_chance = settle + s.grace + Duration::from_secs(12);
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         while reports.try_recv().is_ok() {}
+        let now = Instant::now();
+        let all_back = not_ready
+            .lock()
+            .map(|m| m.values().all(|n| n.until.is_some()))
+            .unwrap_or(true);
+        if now >= last_chance || (now >= settle && all_back) {
+            break;
+        }
     }
     watch.abort();
-    kill.not_ready = not_ready.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+    let end = watching.elapsed();
+    let seen = not_ready.lock().map(|m| m.clone()).unwrap_or_default();
+    kill.not_ready = seen.len();
+    let victim_names: HashSet<String> = victims.iter().map(|&i| worker::node_name(i)).collect();
+    kill.not_ready_moved = seen.keys().filter(|n| victim_names.contains(*n)).count();
+    kill.longest_not_ready = seen
+        .values()
+        .map(|n| n.until.unwrap_or(end).saturating_sub(n.from))
+        .max()
+        .unwrap_or_default();
+    // What a look into the cause needs: when each turned and came back, and when the cloud
+    // says it marked it (a few, longest first).
+    let mut worst: Vec<(&String, &NotReady)> = seen.iter().collect();
+    worst.sort_by_key(|(_, n)| std::cmp::Reverse(n.until.unwrap_or(end).saturating_sub(n.from)));
+    let kill_at = start.saturating_duration_since(watching);
+    for (name, n) in worst.iter().take(10) {
+        eprintln!(
+            "after the kill: {name} ({}) seen not Ready at {:.1} s, Ready again {}, marked at {}",
+            if victim_names.contains(*name) {
+                "moved"
+            } else {
+                "stayed"
+            },
+            n.from.saturating_sub(kill_at).as_secs_f64(),
+            n.until
+                .map(|u| format!("at {:.1} s", u.saturating_sub(kill_at).as_secs_f64()))
+                .unwrap_or_else(|| "never".into()),
+            n.marked_at,
+        );
+    }
     Ok(kill)
+}
+
+/// A node seen not Ready after the kill: when (since the watch began), when it was seen Ready
+/// again, and the Ready condition's transition time (when the cloud marked it).
+#[derive(Debug, Clone)]
+struct NotReady {
+    from: Duration,
+    until: Option<Duration>,
+    marked_at: String,
 }
 
 /// The four tables, one row per fleet size.
@@ -907,7 +976,8 @@ pub fn print(rows: &[Row], pods_per_node: usize) {
                 "per node p50 (ms)",
                 "p99 (ms)",
                 "objects sent again per node (median / max)",
-                "nodes seen not Ready",
+                "nodes seen not Ready (of them moved)",
+                "longest not Ready (s)",
             ],
             0,
             kills.iter().filter_map(|r| {
@@ -921,7 +991,8 @@ pub fn print(rows: &[Row], pods_per_node: usize) {
                     ms(k.resync.p50),
                     ms(k.resync.p99),
                     format!("{} / {}", k.resent.0, k.resent.1),
-                    k.not_ready.to_string(),
+                    format!("{} ({})", k.not_ready, k.not_ready_moved),
+                    format!("{:.1}", k.longest_not_ready.as_secs_f64()),
                 ])
             }),
         );

@@ -226,6 +226,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
     let mut failure = None;
     if wants("fleet") {
         let mut rows = Vec::new();
+        // cloudcore's default node grace.
+        let grace = Duration::from_secs(40);
         for &nodes in &cli.nodes {
             let settings = fleet::Settings {
                 nodes,
@@ -242,7 +244,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 },
                 sim_procs: cli.sim_procs,
                 harness: std::env::current_exe()?,
-                grace: Duration::from_secs(40),
+                grace,
             };
             match fleet::run(&cloudcore, &settings).await {
                 Ok(row) => rows.push(row),
@@ -270,12 +272,18 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         println!();
         fleet::print(&rows, cli.pods_per_node);
-        if let Some((nodes, k)) = rows
-            .iter()
-            .find_map(|r| Some((r.nodes, r.kill.as_ref().filter(|k| k.not_ready > 0)?)))
-        {
+        // The bar: no node stays not Ready longer than the grace. How many turned at
+        // all is in table 5.
+        if let Some((nodes, k)) = rows.iter().find_map(|r| {
+            Some((
+                r.nodes,
+                r.kill.as_ref().filter(|k| k.longest_not_ready > grace)?,
+            ))
+        }) {
             failure.get_or_insert(format!(
-                "fleet of {nodes}: {} nodes were seen not Ready after a replica was killed",
+                "fleet of {nodes}: after a replica was killed, a node stayed not Ready for {:.1} s, longer than the {} s grace ({} turned not Ready)",
+                k.longest_not_ready.as_secs_f64(),
+                grace.as_secs(),
                 k.not_ready
             ));
         }

@@ -185,6 +185,25 @@ fn registration(name: &str) -> Message {
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}))
 }
 
+/// The node status an edge reports on reconnecting: Ready (upstream's `nodepatch`, a patch as a
+/// JSON string).
+fn ready_again(name: &str) -> Message {
+    let now = kubeedge_core::store::rfc3339(SystemTime::now());
+    let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+        "reason": "KubeletReady", "lastHeartbeatTime": now}]}});
+    Message::new(
+        "",
+        0,
+        Route::new(
+            "edged",
+            names::RESOURCE_GROUP,
+            Operation::Patch,
+            format!("null/nodepatch/{name}"),
+        ),
+    )
+    .with_content(json!(patch.to_string()))
+}
+
 /// The status report of a pod that has started (`None` if it is already reported Running).
 fn running(pod: &serde_json::Value, ip: IpAddr) -> Option<Message> {
     if pod["status"]["phase"] == "Running" {
@@ -305,14 +324,18 @@ async fn app(
     register: bool,
 ) -> bool {
     let (reports, commit) = (b.reports, b.commit);
-    if register {
-        let m = registration(&edge.name);
-        let _ = handle
-            .exec(move |s, _| {
-                let _ = s.enqueue_uplink(m);
-            })
-            .await;
-    }
+    // Registration the first time; afterwards the status report an edgecore sends on every
+    // reconnect (a node the cloud marked Unknown meanwhile turns Ready with it).
+    let m = if register {
+        registration(&edge.name)
+    } else {
+        ready_again(&edge.name)
+    };
+    let _ = handle
+        .exec(move |s, _| {
+            let _ = s.enqueue_uplink(m);
+        })
+        .await;
     let (acks, mut to_commit) = mpsc::unbounded_channel::<edge::ApplyToken>();
     // Only with a commit time: at zero every object is acked as it arrives.
     let committer = (!commit.is_zero()).then(|| {
@@ -347,6 +370,23 @@ async fn app(
                 message,
             } => {
                 let bytes = message.to_json().len();
+                // As an edgecore: its own Node marked not Ready while it is connected is
+                // contradicted by a status report.
+                if !deleted
+                    && key.split('/').nth(1) == Some("node")
+                    && message.content["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|c| c["type"] == "Ready" && c["status"] != "True")
+                {
+                    let m = ready_again(&edge.name);
+                    let _ = handle
+                        .exec(move |s, _| {
+                            let _ = s.enqueue_uplink(m);
+                        })
+                        .await;
+                }
                 if b.run_pods && !deleted && key.split('/').nth(1) == Some("pod") {
                     let status = running(&message.content, edge.ip);
                     if let Some(m) = status {

@@ -1,7 +1,7 @@
 //! Faults of the link and of the node: a half-open link (a proxy that stops passing bytes without
 //! closing anything) turns the node Unknown within the grace period after its last frame and Ready
-//! again as soon as the link is back; an offline reboot shows the restarted pods on the metaserver
-//! at once.
+//! again as soon as the link is back; a connected edge contradicts a mark of Unknown it did not
+//! earn; an offline reboot shows the restarted pods on the metaserver at once.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -122,6 +122,44 @@ async fn a_half_open_link_turns_the_node_unknown_and_its_return_ready() {
     eventually(
         15,
         "e1 Ready within 15 s of the link's return",
+        async || status().await.as_deref() == Some("True"),
+    )
+    .await;
+    edge.stop().await;
+    cloud.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_edge_contradicts_a_mark_of_unknown_at_its_next_renewal() {
+    // A leader that missed a node (its replica's record late through a busy API) marks it
+    // Unknown while it is connected: the edge sees its Node so marked and reports Ready at its
+    // next lease renewal (10 s), as a kubelet compares with the API's copy, instead of at its
+    // five-minute report.
+    let dir = TempDir::new("contradict");
+    let cloud = common::cloud(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    let edge = EdgeCore::start(common::edge_config(&dir, &cloud))
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(cloud.client().clone());
+    let status = async || common::ready_status(&nodes, "e1").await;
+    eventually(30, "e1 Ready", async || {
+        status().await.as_deref() == Some("True")
+    })
+    .await;
+    let mark = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown",
+        "reason": "NodeStatusUnknown", "message": "marked by a leader that missed it"}]}});
+    nodes
+        .patch_status(
+            "e1",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&mark),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status().await.as_deref(), Some("Unknown"));
+    eventually(
+        25,
+        "e1 Ready again within 25 s of the mark, the link up all along",
         async || status().await.as_deref() == Some("True"),
     )
     .await;
