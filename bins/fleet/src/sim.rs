@@ -185,21 +185,21 @@ fn registration(name: &str) -> Message {
         "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}))
 }
 
-/// The node status an edge reports on reconnecting: Ready (upstream's `nodepatch`, a patch as a
-/// JSON string).
+/// The node status an edge reports on reconnecting: Ready (upstream's `nodepatch`).
 fn ready_again(name: &str) -> Message {
     let now = kubeedge_core::store::rfc3339(SystemTime::now());
     let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
         "reason": "KubeletReady", "lastHeartbeatTime": now}]}});
+    status_patch(format!("null/nodepatch/{name}"), &patch)
+}
+
+/// A status patch as an edge sends it: upstream's `*patch` resources carry the patch as a JSON
+/// string.
+fn status_patch(resource: String, patch: &serde_json::Value) -> Message {
     Message::new(
         "",
         0,
-        Route::new(
-            "edged",
-            names::RESOURCE_GROUP,
-            Operation::Patch,
-            format!("null/nodepatch/{name}"),
-        ),
+        Route::new("edged", names::RESOURCE_GROUP, Operation::Patch, resource),
     )
     .with_content(json!(patch.to_string()))
 }
@@ -224,19 +224,7 @@ fn running(pod: &serde_json::Value, ip: IpAddr) -> Option<Message> {
         "hostIP": ip.to_string(), "startTime": now, "containerStatuses": containers,
         "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now},
                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
-    Some(
-        Message::new(
-            "",
-            0,
-            Route::new(
-                "edged",
-                names::RESOURCE_GROUP,
-                Operation::Patch,
-                format!("{ns}/podpatch/{name}"),
-            ),
-        )
-        .with_content(json!(patch.to_string())),
-    )
+    Some(status_patch(format!("{ns}/podpatch/{name}"), &patch))
 }
 
 /// One simulated edge, forever: dial, sync, ack; a storm drops the connection and it dials again
