@@ -12,9 +12,10 @@
 //! the last record did not list: one write per replica per period however many
 //! nodes it holds, where the nodes' own Leases cost one write per node every 10 s (100,000 nodes:
 //! 10,000 writes a second). A record lists the nodes the replica heard within the grace,
-//! connected now or not, and one not renewed within the grace is ignored: a node gone silent
-//! turns Unknown between one and two graces (plus a period) after it was last heard, unless it
-//! speaks again through any replica. The leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
+//! connected now or not, and one the leader has not seen renewed within the grace is ignored: a
+//! node gone silent turns Unknown one to two graces (plus a period, plus the time its replica's
+//! last record took to reach the leader) after it was last heard, unless it speaks again through
+//! any replica; a Ready heartbeat it reported, seen by the leader, holds it for a grace more. The leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
 //! replicas must be one (`Config::replica`): one that is not would mark the nodes it does not
 //! hear.
 
@@ -101,6 +102,10 @@ pub async fn run(
     loop {
         tick.tick().await;
         if !leadership.is_leader() {
+            heartbeats.clear();
+            if let Some(r) = &mut records {
+                r.forget();
+            }
             continue;
         }
         if pruned.elapsed() >= Duration::from_secs(60) {
@@ -174,7 +179,33 @@ fn age_of(time: &str) -> Option<Duration> {
 /// off); one seen for the first time counts from its own time, never from the future, so that
 /// an edge's clock running ahead gains it at most one grace.
 #[derive(Debug, Default)]
-struct Heartbeats(HashMap<String, (String, tokio::time::Instant)>);
+struct Heartbeats(HashMap<String, Seen>);
+
+/// A value (a heartbeat, a record's resourceVersion) as first seen: when, and how old it was
+/// then. Kept as an age at an instant rather than an instant in the past, which a monotonic
+/// clock younger than the grace (a host just booted) cannot express.
+#[derive(Debug)]
+struct Seen {
+    value: String,
+    at: tokio::time::Instant,
+    age: Duration,
+}
+
+impl Seen {
+    /// `value` seen at `now`, already `age` old.
+    fn new(value: &str, now: tokio::time::Instant, age: Duration) -> Seen {
+        Seen {
+            value: value.to_owned(),
+            at: now,
+            age,
+        }
+    }
+
+    /// Its age at `now`.
+    fn age(&self, now: tokio::time::Instant) -> Duration {
+        self.age + now.saturating_duration_since(self.at)
+    }
+}
 
 impl Heartbeats {
     /// Whether `node` (named `name`) reported Ready's heartbeat within `grace` of `now`.
@@ -195,23 +226,28 @@ impl Heartbeats {
             return false;
         };
         match self.0.get_mut(name) {
-            Some((seen, at)) if seen == beat => now.saturating_duration_since(*at) < grace,
+            Some(seen) if seen.value == beat => seen.age(now) < grace,
             Some(entry) => {
-                *entry = (beat.to_owned(), now);
+                *entry = Seen::new(beat, now, Duration::ZERO);
                 true
             }
             None => {
                 let age = age_of(beat).unwrap_or(grace).min(grace);
-                let at = now.checked_sub(age).unwrap_or(now);
-                self.0.insert(name.to_owned(), (beat.to_owned(), at));
+                self.0.insert(name.to_owned(), Seen::new(beat, now, age));
                 age < grace
             }
         }
     }
 
-    /// Forgets heartbeats observed longer ago than `kept` (nodes heard again, or gone).
+    /// Forgets heartbeats older than `kept` (nodes heard again, or gone).
     fn prune(&mut self, kept: Duration) {
-        self.0.retain(|_, (_, at)| at.elapsed() < kept);
+        let now = tokio::time::Instant::now();
+        self.0.retain(|_, seen| seen.age(now) < kept);
+    }
+
+    /// Forgets everything (leadership lost: what it saw then says nothing of what changed since).
+    fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -357,7 +393,7 @@ struct Records {
     from: Vec<(String, String)>,
     heard: HashSet<String>,
     /// Each record's resourceVersion as last seen, and when this leader takes it renewed.
-    renewed: HashMap<String, (String, tokio::time::Instant)>,
+    renewed: HashMap<String, Seen>,
 }
 
 impl Records {
@@ -380,19 +416,23 @@ impl Records {
         now: tokio::time::Instant,
     ) -> Duration {
         match self.renewed.get_mut(name) {
-            Some((seen, at)) if seen == version => now.saturating_duration_since(*at),
+            Some(seen) if seen.value == version => seen.age(now),
             Some(entry) => {
-                *entry = (version.to_owned(), now);
+                *entry = Seen::new(version, now, Duration::ZERO);
                 Duration::ZERO
             }
             None => {
                 let age = Records::age(record).min(grace);
-                let at = now.checked_sub(age).unwrap_or(now);
                 self.renewed
-                    .insert(name.to_owned(), (version.to_owned(), at));
+                    .insert(name.to_owned(), Seen::new(version, now, age));
                 age
             }
         }
+    }
+
+    /// Forgets when records were seen renewed (leadership lost).
+    fn forget(&mut self) {
+        self.renewed.clear();
     }
 
     /// How long ago `record` was renewed (`Duration::MAX` when it does not say).

@@ -659,23 +659,30 @@ async fn kill_replica(
                         continue;
                     };
                     let at = watching.elapsed();
+                    let marked_at = || {
+                        ready
+                            .and_then(|c| c.last_transition_time.as_ref())
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_default()
+                    };
                     if !is_ready {
                         let entry = seen.entry(name).or_insert_with(|| NotReady {
                             from: at,
                             until: None,
-                            marked_at: ready
-                                .and_then(|c| c.last_transition_time.as_ref())
-                                .map(|t| t.0.to_string())
-                                .unwrap_or_default(),
+                            longest: Duration::ZERO,
+                            marked_at: marked_at(),
                         });
-                        // Not Ready again after being Ready again: count from here.
+                        // Not Ready again after being Ready again: a new stretch from here.
                         if entry.until.is_some() {
+                            entry.from = at;
                             entry.until = None;
+                            entry.marked_at = marked_at();
                         }
                     } else if let Some(entry) = seen.get_mut(&name)
                         && entry.until.is_none()
                     {
                         entry.until = Some(at);
+                        entry.longest = entry.longest.max(at.saturating_sub(entry.from));
                     }
                 }
             }
@@ -790,15 +797,12 @@ async fn kill_replica(
     kill.not_ready = seen.len();
     let victim_names: HashSet<String> = victims.iter().map(|&i| worker::node_name(i)).collect();
     kill.not_ready_moved = seen.keys().filter(|n| victim_names.contains(*n)).count();
-    kill.longest_not_ready = seen
-        .values()
-        .map(|n| n.until.unwrap_or(end).saturating_sub(n.from))
-        .max()
-        .unwrap_or_default();
+    let stretch = |n: &NotReady| n.longest.max(n.until.unwrap_or(end).saturating_sub(n.from));
+    kill.longest_not_ready = seen.values().map(stretch).max().unwrap_or_default();
     // What a look into the cause needs: when each turned and came back, and when the cloud
     // says it marked it (a few, longest first).
     let mut worst: Vec<(&String, &NotReady)> = seen.iter().collect();
-    worst.sort_by_key(|(_, n)| std::cmp::Reverse(n.until.unwrap_or(end).saturating_sub(n.from)));
+    worst.sort_by_key(|(_, n)| std::cmp::Reverse(stretch(n)));
     let kill_at = start.saturating_duration_since(watching);
     for (name, n) in worst.iter().take(10) {
         eprintln!(
@@ -818,12 +822,14 @@ async fn kill_replica(
     Ok(kill)
 }
 
-/// A node seen not Ready after the kill: when (since the watch began), when it was seen Ready
-/// again, and the Ready condition's transition time (when the cloud marked it).
+/// A node seen not Ready after the kill: when its last stretch began (since the watch began),
+/// when it was seen Ready again, its longest stretch before that, and the Ready condition's
+/// transition time (when the cloud marked it).
 #[derive(Debug, Clone)]
 struct NotReady {
     from: Duration,
     until: Option<Duration>,
+    longest: Duration,
     marked_at: String,
 }
 

@@ -233,7 +233,8 @@ impl Session {
     pub fn disconnected(&mut self) {
         self.state = State::Disconnected;
         self.outbox.reset();
-        self.replies.clear();
+        // Dropped with their room: a node may stay away for long.
+        self.replies = VecDeque::new();
     }
 
     /// `true` while a connection is up.

@@ -252,7 +252,7 @@ impl Session {
     pub fn disconnected(&mut self) {
         self.state = State::Disconnected;
         self.uplink.reset();
-        self.control.clear();
+        self.control = VecDeque::new();
     }
 
     /// `true` while a connection is up.
