@@ -15,7 +15,8 @@
 //! connected now or not, and one the leader has not seen renewed within the grace is ignored: a
 //! node gone silent turns Unknown one to two graces (plus a period, plus the time its replica's
 //! last record took to reach the leader) after it was last heard, unless it speaks again through
-//! any replica; a Ready heartbeat it reported, seen by the leader, holds it for a grace more. The leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
+//! any replica; a Ready heartbeat it reported, seen by the leader, holds it for a grace more.
+//! The leader deletes records left unrenewed for an hour. Every cloudcore that shares an API with
 //! replicas must be one (`Config::replica`): one that is not would mark the nodes it does not
 //! hear.
 
@@ -164,9 +165,13 @@ pub async fn run(
 /// How long ago an RFC 3339 time was, by this machine's clock (zero for a time to come); `None`
 /// if it does not parse.
 fn age_of(time: &str) -> Option<Duration> {
-    let at = time.parse::<Timestamp>().ok()?;
+    time.parse::<Timestamp>().ok().map(since)
+}
+
+/// How long ago `at` was, by this machine's clock (zero for a time to come).
+fn since(at: Timestamp) -> Duration {
     let ms = Timestamp::now().as_millisecond() - at.as_millisecond();
-    Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
 }
 
 /// The Ready heartbeats (`lastHeartbeatTime`) of the nodes the leader found silent, as it
@@ -179,7 +184,47 @@ fn age_of(time: &str) -> Option<Duration> {
 /// off); one seen for the first time counts from its own time, never from the future, so that
 /// an edge's clock running ahead gains it at most one grace.
 #[derive(Debug, Default)]
-struct Heartbeats(HashMap<String, Seen>);
+struct Heartbeats(Observed);
+
+/// Values (heartbeats, records' resourceVersions) by name, each timed from when it was seen to
+/// change: the same value again ages, a new one is zero old, and one seen for the first time is
+/// as old as it says (capped by the caller).
+#[derive(Debug, Default)]
+struct Observed(HashMap<String, Seen>);
+
+impl Observed {
+    /// How old `name`'s `value` is at `now`; `first` gives its age when `name` is new here.
+    fn age(
+        &mut self,
+        name: &str,
+        value: &str,
+        now: tokio::time::Instant,
+        first: impl FnOnce() -> Duration,
+    ) -> Duration {
+        match self.0.get_mut(name) {
+            Some(seen) if seen.value == value => seen.age(now),
+            Some(entry) => {
+                *entry = Seen::new(value, now, Duration::ZERO);
+                Duration::ZERO
+            }
+            None => {
+                let age = first();
+                self.0.insert(name.to_owned(), Seen::new(value, now, age));
+                age
+            }
+        }
+    }
+
+    /// Keeps only the names `keep` says yes to.
+    fn retain(&mut self, mut keep: impl FnMut(&str, &Seen) -> bool) {
+        self.0.retain(|name, seen| keep(name, seen));
+    }
+
+    /// Forgets everything (leadership lost: what it saw then says nothing of what changed since).
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
 
 /// A value (a heartbeat, a record's resourceVersion) as first seen: when, and how old it was
 /// then. Kept as an age at an instant rather than an instant in the past, which a monotonic
@@ -225,18 +270,9 @@ impl Heartbeats {
         else {
             return false;
         };
-        match self.0.get_mut(name) {
-            Some(seen) if seen.value == beat => seen.age(now) < grace,
-            Some(entry) => {
-                *entry = Seen::new(beat, now, Duration::ZERO);
-                true
-            }
-            None => {
-                let age = age_of(beat).unwrap_or(grace).min(grace);
-                self.0.insert(name.to_owned(), Seen::new(beat, now, age));
-                age < grace
-            }
-        }
+        self.0
+            .age(name, beat, now, || age_of(beat).unwrap_or(grace).min(grace))
+            < grace
     }
 
     /// Forgets heartbeats older than `kept` (nodes heard again, or gone).
@@ -245,7 +281,7 @@ impl Heartbeats {
         self.0.retain(|_, seen| seen.age(now) < kept);
     }
 
-    /// Forgets everything (leadership lost: what it saw then says nothing of what changed since).
+    /// Forgets everything (leadership lost).
     fn clear(&mut self) {
         self.0.clear();
     }
@@ -393,7 +429,7 @@ struct Records {
     from: Vec<(String, String)>,
     heard: HashSet<String>,
     /// Each record's resourceVersion as last seen, and when this leader takes it renewed.
-    renewed: HashMap<String, Seen>,
+    renewed: Observed,
 }
 
 impl Records {
@@ -402,7 +438,7 @@ impl Records {
             store,
             from: Vec::new(),
             heard: HashSet::new(),
-            renewed: HashMap::new(),
+            renewed: Observed::default(),
         }
     }
 
@@ -415,19 +451,8 @@ impl Records {
         grace: Duration,
         now: tokio::time::Instant,
     ) -> Duration {
-        match self.renewed.get_mut(name) {
-            Some(seen) if seen.value == version => seen.age(now),
-            Some(entry) => {
-                *entry = Seen::new(version, now, Duration::ZERO);
-                Duration::ZERO
-            }
-            None => {
-                let age = Records::age(record).min(grace);
-                self.renewed
-                    .insert(name.to_owned(), Seen::new(version, now, age));
-                age
-            }
-        }
+        self.renewed
+            .age(name, version, now, || Records::age(record).min(grace))
     }
 
     /// Forgets when records were seen renewed (leadership lost).
@@ -511,8 +536,7 @@ fn lease_age(leases: Option<&Store<Lease>>, name: &str) -> Duration {
     let Some(renewed) = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) else {
         return Duration::MAX;
     };
-    let ms = k8s_openapi::jiff::Timestamp::now().as_millisecond() - renewed.0.as_millisecond();
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    since(renewed.0)
 }
 
 #[cfg(test)]
