@@ -13,7 +13,9 @@
 //!   resource's events were dropped: a quiet kind is not re-listed because a busy one churned.
 //!   A watcher that falls behind the live broadcast refills
 //!   from the event log instead of losing events.
-//! * Crash-safe: each write is one durable redb transaction; what a call returned is on disk.
+//! * Crash-safe: what a call returned is on disk. Writes that arrive while a commit is under way
+//!   are committed together, in one durable redb transaction (a group commit: one fsync for
+//!   many writers, each still checked, versioned and answered on its own).
 //!
 //! Objects are JSON values addressed by resource (plural name, with the group for non-core types:
 //! `pods`, `devices.devices.kubeedge.io`), namespace (`None` when cluster-scoped) and name. The
@@ -62,10 +64,11 @@ fn resource_mark(resource: &str) -> String {
     format!("compacted/r/{resource}")
 }
 
-/// An event's resource, read without its object.
+/// An event's resource, read without building its object (serde skips it).
 #[derive(Deserialize)]
-struct EventResource {
-    resource: String,
+struct EventResource<'a> {
+    #[serde(borrow)]
+    resource: std::borrow::Cow<'a, str>,
 }
 
 /// Store settings.
@@ -212,6 +215,8 @@ struct Inner {
     live: broadcast::Sender<Live>,
     /// Held across commit and broadcast so that live events go out in version order.
     write: Mutex<IdGen>,
+    /// Changes waiting for the next group commit ([`Store::write`]).
+    pending: Mutex<Vec<Pending>>,
     /// The datastore this store mirrors ([`Store::mirror`]): writes go there, and come back
     /// through [`Store::mirror_apply`].
     remote: Option<Arc<dyn Remote>>,
@@ -409,6 +414,7 @@ impl Store {
 
     /// A name for an object with `metadata.generateName: base`, as [`create`](Self::create) makes
     /// one (for a caller that must know the name before the object is stored).
+    #[cfg_attr(not(feature = "kubeapi"), allow(dead_code))]
     pub(crate) fn generate_name(&self, base: &str) -> String {
         generated_name(base, &mut self.lock_ids())
     }
@@ -455,6 +461,7 @@ impl Store {
                 config,
                 live,
                 write: Mutex::new(IdGen::new(crate::sync::stamp::random_seed())),
+                pending: Mutex::new(Vec::new()),
                 remote,
                 applied: (Mutex::new(0), std::sync::Condvar::new()),
             }),
@@ -682,8 +689,8 @@ impl Store {
             Value::String(rfc3339(SystemTime::now())),
         );
         meta.insert("generation".into(), Value::from(1));
+        drop(ids);
         if let Some(remote) = &self.inner.remote {
-            drop(ids);
             return self
                 .remote_change(
                     remote,
@@ -701,12 +708,10 @@ impl Store {
                 .map(changed_object);
         }
         let k = key(resource, namespace, &name);
-        self.write(ids, |objects, rv| {
+        let (resource, namespace) = (resource.to_owned(), namespace.map(str::to_owned));
+        self.write(move |objects, rv| {
             if objects.get(k.as_str())?.is_some() {
-                return Err(Error::AlreadyExists {
-                    resource: resource.to_owned(),
-                    name: name.clone(),
-                });
+                return Err(Error::AlreadyExists { resource, name });
             }
             set_rv(&mut object, rv);
             objects.insert(
@@ -715,8 +720,8 @@ impl Store {
             )?;
             Ok(Event::new(
                 EventType::Added,
-                resource,
-                namespace,
+                &resource,
+                namespace.as_deref(),
                 &name,
                 rv,
                 object,
@@ -790,11 +795,16 @@ impl Store {
                 .map(changed_object);
         }
         let k = key(resource, namespace, name);
-        let ids = self.lock_ids();
-        self.write(ids, |objects, rv| {
-            let old = load(objects, &k, resource, name)?;
-            check_version(&old, given.as_deref(), resource, name)?;
-            carry_metadata(&old, &mut object, name, namespace);
+        let (resource, namespace, name) = (
+            resource.to_owned(),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        );
+        self.write(move |objects, rv| {
+            let namespace = namespace.as_deref();
+            let old = load(objects, &k, &resource, &name)?;
+            check_version(&old, given.as_deref(), &resource, &name)?;
+            carry_metadata(&old, &mut object, &name, namespace);
             set_rv(&mut object, rv);
             objects.insert(
                 k.as_str(),
@@ -802,9 +812,9 @@ impl Store {
             )?;
             Ok(Event::new(
                 EventType::Modified,
-                resource,
+                &resource,
                 namespace,
-                name,
+                &name,
                 rv,
                 object,
             ))
@@ -835,17 +845,21 @@ impl Store {
                 .map(changed_object);
         }
         let k = key(resource, namespace, name);
-        let ids = self.lock_ids();
-        self.write(ids, |objects, rv| {
-            let mut old = load(objects, &k, resource, name)?;
-            check_version(&old, precondition.as_deref(), resource, name)?;
+        let (resource, namespace, name) = (
+            resource.to_owned(),
+            namespace.map(str::to_owned),
+            name.to_owned(),
+        );
+        self.write(move |objects, rv| {
+            let mut old = load(objects, &k, &resource, &name)?;
+            check_version(&old, precondition.as_deref(), &resource, &name)?;
             objects.remove(k.as_str())?;
             set_rv(&mut old, rv);
             Ok(Event::new(
                 EventType::Deleted,
-                resource,
-                namespace,
-                name,
+                &resource,
+                namespace.as_deref(),
+                &name,
                 rv,
                 old,
             ))
@@ -855,12 +869,19 @@ impl Store {
 
     /// Every event after `rv`, oldest first; [`Error::Gone`] if some were already dropped.
     pub fn events_since(&self, rv: u64) -> Result<Vec<Arc<Event>>, Error> {
-        self.events_after(rv, None)
+        self.events_after(rv, None).map(|(events, _)| events)
     }
 
-    /// Every event kept after `rv`, oldest first; [`Error::Gone`] if some were already dropped
-    /// (with `resource`: some of that resource).
-    fn events_after(&self, rv: u64, resource: Option<&str>) -> Result<Vec<Arc<Event>>, Error> {
+    /// Every event kept after `rv`, oldest first, and the version of the last event read;
+    /// [`Error::Gone`] if some were already dropped. With `resource`, only that resource's events
+    /// (the others are skipped without being decoded: a watcher of a quiet kind that fell behind a
+    /// busy one reads past the busy one's objects instead of building each), and `Gone` only if
+    /// some of that resource's were dropped.
+    fn events_after(
+        &self,
+        rv: u64,
+        resource: Option<&str>,
+    ) -> Result<(Vec<Arc<Event>>, u64), Error> {
         self.guarded(|db| {
             let txn = db.begin_read()?;
             let meta = txn.open_table(META)?;
@@ -880,13 +901,23 @@ impl Store {
             }
             let events = txn.open_table(EVENTS)?;
             let mut out = Vec::new();
+            let mut read = rv;
             for entry in events.range(rv + 1..)? {
-                let (_, v) = entry?;
+                let (k, v) = entry?;
+                read = read.max(k.value());
+                let bytes = v.value();
+                if let Some(wanted) = resource {
+                    let of = serde_json::from_slice::<EventResource>(bytes)
+                        .map_err(|e| Error::Corrupt(e.to_string()))?;
+                    if of.resource != wanted {
+                        continue;
+                    }
+                }
                 let ev: Event =
-                    serde_json::from_slice(v.value()).map_err(|e| Error::Corrupt(e.to_string()))?;
+                    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
                 out.push(Arc::new(ev));
             }
-            Ok(out)
+            Ok((out, read))
         })
     }
 
@@ -895,9 +926,9 @@ impl Store {
         self.watch_from(rv, None)
     }
 
-    /// Watches every change after `rv` for a watcher of `resource` only (the events of every
-    /// resource still come; filter on them): it may resume from a version older than the
-    /// window's when none of `resource`'s events after it were dropped.
+    /// Watches the changes of `resource` after `rv` (only its events come; [`Watch::last_rv`]
+    /// still moves past the others'). It may resume from a version older than the window's when
+    /// none of `resource`'s events after it were dropped.
     pub fn watch_resource(&self, rv: u64, resource: &str) -> Result<Watch, Error> {
         self.watch_from(rv, Some(resource))
     }
@@ -905,11 +936,12 @@ impl Store {
     fn watch_from(&self, rv: u64, resource: Option<&str>) -> Result<Watch, Error> {
         // Subscribe before reading the log, so nothing falls between the two.
         let live = self.inner.live.subscribe();
-        let backlog = self.events_after(rv, resource)?.into();
+        let (backlog, read) = self.events_after(rv, resource)?;
         Ok(Watch {
             store: self.clone(),
             live,
-            backlog,
+            backlog: backlog.into(),
+            read,
             last: rv,
             resource: resource.map(str::to_owned),
         })
@@ -1151,38 +1183,140 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One durable write transaction: `f` changes `objects` at the next resourceVersion and says
-    /// what happened; the event is logged, old events trimmed, and the event broadcast after the
-    /// commit. The caller holds the write lock (`_ids`) throughout.
+    /// One object change, durable when this returns: `change` changes `objects` at the version it
+    /// is given and says what happened; the event is logged, old events trimmed, and the event
+    /// broadcast after the commit. A change must write nothing when it fails (check, then write),
+    /// unless with a storage error ([`Error::Db`], [`Error::Corrupt`]).
+    ///
+    /// A group commit: changes that arrive while another commit is under way wait for it, then
+    /// the first of them to take the write lock commits them all in one transaction (one fsync),
+    /// each at its own version, in the order they arrived. A change that fails alone (a conflict,
+    /// a missing object) fails alone; a storage error fails the whole group, and nothing of it is
+    /// written.
     fn write(
         &self,
-        _ids: std::sync::MutexGuard<'_, IdGen>,
-        f: impl FnOnce(&mut redb::Table<&str, &[u8]>, u64) -> Result<Event, Error>,
+        change: impl FnOnce(&mut redb::Table<&str, &[u8]>, u64) -> Result<Event, Error> + Send + 'static,
     ) -> Result<Arc<Event>, Error> {
-        self.guarded(|db| {
-            let txn = db.begin_write()?;
-            let event = {
-                let mut meta = txn.open_table(META)?;
-                let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0) + 1;
-                let mut objects = txn.open_table(OBJECTS)?;
-                let event = f(&mut objects, rv)?;
-                let mut events = txn.open_table(EVENTS)?;
-                log_event(&mut events, &event)?;
-                self.trim_and_stamp(&mut meta, &mut events, rv)?;
-                event
-            };
-            if self.dry_run {
+        if self.dry_run {
+            let _order = self.lock_ids();
+            return self.guarded(|db| {
+                let txn = db.begin_write()?;
+                let event = {
+                    let meta = txn.open_table(META)?;
+                    let rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0) + 1;
+                    let mut objects = txn.open_table(OBJECTS)?;
+                    change(&mut objects, rv)?
+                };
                 txn.abort()?;
-                return Ok(Arc::new(event));
-            }
-            txn.commit()?;
-            let event = Arc::new(event);
-            let _ = self.inner.live.send(Live::Event {
-                prev: event.rv - 1,
-                event: event.clone(),
+                Ok(Arc::new(event))
             });
-            Ok(event)
-        })
+        }
+        let answer: Arc<Answer> = Arc::default();
+        lock(&self.inner.pending).push(Pending {
+            change: Box::new(change),
+            answer: answer.clone(),
+        });
+        let order = self.lock_ids();
+        // A commit that took the lock first may have committed this change with its own.
+        let group = std::mem::take(&mut *lock(&self.inner.pending));
+        if !group.is_empty() {
+            self.commit_group(group);
+        }
+        drop(order);
+        lock(&answer)
+            .take()
+            .unwrap_or_else(|| Err(Error::Invalid("the change was not committed".into())))
+    }
+
+    /// Commits `group` in one transaction and answers each change (the write lock held).
+    fn commit_group(&self, group: Vec<Pending>) {
+        tracing::trace!(changes = group.len(), "group commit");
+        let answers: Vec<Arc<Answer>> = group.iter().map(|p| p.answer.clone()).collect();
+        let outcome = self.guarded(|db| {
+            let txn = db.begin_write()?;
+            let mut done = Vec::with_capacity(group.len());
+            let mut changed = false;
+            {
+                let mut meta = txn.open_table(META)?;
+                let mut rv = meta.get(META_RV)?.map(|v| v.value()).unwrap_or(0);
+                let mut objects = txn.open_table(OBJECTS)?;
+                let mut events = txn.open_table(EVENTS)?;
+                for pending in group {
+                    match (pending.change)(&mut objects, rv + 1) {
+                        Ok(event) => {
+                            log_event(&mut events, &event)?;
+                            rv += 1;
+                            changed = true;
+                            done.push(Ok(Arc::new(event)));
+                        }
+                        Err(e @ (Error::Db(_) | Error::Corrupt(_))) => return Err(e),
+                        Err(e) => done.push(Err(e)),
+                    }
+                }
+                if changed {
+                    self.trim_and_stamp(&mut meta, &mut events, rv)?;
+                }
+            }
+            if changed {
+                txn.commit()?;
+            } else {
+                txn.abort()?;
+            }
+            Ok(done)
+        });
+        match outcome {
+            Ok(done) => {
+                for (answer, result) in answers.iter().zip(done) {
+                    if let Ok(event) = &result {
+                        let _ = self.inner.live.send(Live::Event {
+                            prev: event.rv - 1,
+                            event: event.clone(),
+                        });
+                    }
+                    *lock(answer) = Some(result);
+                }
+            }
+            Err(e) => {
+                for answer in &answers {
+                    *lock(answer) = Some(Err(e.copy()));
+                }
+            }
+        }
+    }
+}
+
+/// Where a change waiting for a group commit gets its answer.
+type Answer = Mutex<Option<Result<Arc<Event>, Error>>>;
+
+/// A change of one object at the version it is given (see [`Store::write`]).
+type Change =
+    Box<dyn FnOnce(&mut redb::Table<&str, &[u8]>, u64) -> Result<Event, Error> + Send + 'static>;
+
+/// A change waiting for a group commit.
+struct Pending {
+    change: Change,
+    answer: Arc<Answer>,
+}
+
+/// `m` locked; a poisoned lock only means a holder panicked, and what it guards stays usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Error {
+    /// The same failure, for every change of a group commit that failed as a whole.
+    fn copy(&self) -> Error {
+        match self {
+            Error::Corrupt(m) => Error::Corrupt(m.clone()),
+            Error::Db(e) => {
+                let io = match &**e {
+                    redb::Error::Io(io) => std::io::Error::new(io.kind(), io.to_string()),
+                    other => std::io::Error::other(other.to_string()),
+                };
+                Error::Db(Box::new(redb::Error::Io(io)))
+            }
+            other => Error::Invalid(other.to_string()),
+        }
     }
 }
 
@@ -1365,6 +1499,9 @@ pub struct Watch {
     store: Store,
     live: broadcast::Receiver<Live>,
     backlog: VecDeque<Arc<Event>>,
+    /// The version the backlog was read from the log up to (its other resources' events
+    /// skipped): where the watch stands once the backlog is delivered.
+    read: u64,
     last: u64,
     /// The one resource the watcher wants, if it said so ([`Store::watch_resource`]).
     resource: Option<String>,
@@ -1382,18 +1519,24 @@ impl Watch {
                 }
                 continue;
             }
+            // The log was read past events of other resources.
+            self.last = self.last.max(self.read);
             match self.live.recv().await {
                 Ok(Live::Event { prev, event }) if event.rv > self.last => {
                     if prev > self.last {
                         // Something was committed before we subscribed and after we read the log:
                         // fill the gap from the log first.
-                        self.backlog = self
-                            .store
-                            .events_after(self.last, self.resource.as_deref())?
-                            .into();
+                        self.refill()?;
                         continue;
                     }
                     self.last = event.rv;
+                    if self
+                        .resource
+                        .as_deref()
+                        .is_some_and(|r| r != event.resource)
+                    {
+                        continue;
+                    }
                     return Ok(event);
                 }
                 Ok(Live::Reset { oldest }) => {
@@ -1403,12 +1546,7 @@ impl Watch {
                     });
                 }
                 Ok(Live::Event { .. }) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.backlog = self
-                        .store
-                        .events_after(self.last, self.resource.as_deref())?
-                        .into();
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.refill()?,
                 Err(broadcast::error::RecvError::Closed) => {
                     return Err(Error::Invalid("the store was dropped".into()));
                 }
@@ -1416,7 +1554,25 @@ impl Watch {
         }
     }
 
-    /// The resourceVersion of the last event returned (or where the watch started).
+    /// The backlog from the log, after the last event returned.
+    fn refill(&mut self) -> Result<(), Error> {
+        let (backlog, read) = self
+            .store
+            .events_after(self.last, self.resource.as_deref())?;
+        tracing::debug!(
+            resource = self.resource.as_deref().unwrap_or("*"),
+            from = self.last,
+            to = read,
+            events = backlog.len(),
+            "a watch refilled from the log"
+        );
+        self.backlog = backlog.into();
+        self.read = read;
+        Ok(())
+    }
+
+    /// The resourceVersion of the last event returned (or where the watch started); for a
+    /// watch of one resource, of the last event of any resource it read past.
     pub fn last_rv(&self) -> u64 {
         self.last
     }

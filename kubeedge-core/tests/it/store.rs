@@ -452,6 +452,117 @@ async fn a_watcher_that_falls_behind_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_watcher_of_one_resource_behind_a_busy_one_gets_its_own_events_only() {
+    let dir = tempdir::Dir::new();
+    let mut cfg = Config::default();
+    cfg.watch_buffer = 2;
+    let store = open(&dir, cfg);
+    let cm =
+        |name: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    let mut w = store.watch_resource(0, "configmaps").unwrap();
+    // Far more than the live buffer: the watcher reads the rest from the log.
+    for i in 0..50 {
+        store
+            .create("pods", Some("default"), pod(&format!("p{i}"), "e1", "web"))
+            .unwrap();
+        if i % 10 == 9 {
+            store
+                .create("configmaps", Some("default"), cm(&format!("cm{i}")))
+                .unwrap();
+        }
+    }
+    let mut names = Vec::new();
+    let mut last = 0;
+    for _ in 0..5 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.resource, "configmaps");
+        assert!(ev.rv > last);
+        last = ev.rv;
+        names.push(ev.name.clone());
+    }
+    assert_eq!(names, ["cm9", "cm19", "cm29", "cm39", "cm49"]);
+    // Live again: the next ConfigMap, after pods it reads past, and the watch stands at it.
+    store
+        .create("pods", Some("default"), pod("late-pod", "e1", "web"))
+        .unwrap();
+    let late = store
+        .create("configmaps", Some("default"), cm("late"))
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (ev.resource.as_str(), ev.name.as_str()),
+        ("configmaps", "late")
+    );
+    assert_eq!(late["metadata"]["resourceVersion"], ev.rv.to_string());
+    assert_eq!(w.last_rv(), store.resource_version().unwrap());
+}
+
+#[tokio::test]
+async fn writers_committed_together_fail_alone() {
+    // Eight threads race on the same names (creates, then updates at the version each read): in
+    // whatever groups they are committed, each name is created once and updated once per version,
+    // the losers are told why, and the log holds exactly what the winners were answered.
+    let dir = tempdir::Dir::new();
+    let store = open(&dir, Config::default());
+    let mut w = store.watch(0).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut won = Vec::new();
+                for i in 0..20 {
+                    let name = format!("p{i}");
+                    match store.create("pods", Some("default"), pod(&name, "e1", "web")) {
+                        Ok(p) => won.push(p["metadata"]["resourceVersion"].clone()),
+                        Err(Error::AlreadyExists { .. }) => {}
+                        Err(e) => panic!("create {name}: {e}"),
+                    }
+                    let Ok(mut p) = store.get("pods", Some("default"), &name) else {
+                        panic!("{name} is not there");
+                    };
+                    p["metadata"]["labels"]["seen"] = json!("yes");
+                    match store.update("pods", Some("default"), &name, p) {
+                        Ok(p) => won.push(p["metadata"]["resourceVersion"].clone()),
+                        Err(Error::Conflict { .. }) => {}
+                        Err(e) => panic!("update {name}: {e}"),
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let mut answered: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .map(|v| v.as_str().unwrap().parse().unwrap())
+        .collect();
+    answered.sort_unstable();
+    let last = store.resource_version().unwrap();
+    assert_eq!(answered, (1..=last).collect::<Vec<_>>());
+    let (mut created, mut updated) = (0, 0);
+    for want in 1..=last {
+        let ev = w.next().await.unwrap();
+        assert_eq!(ev.rv, want);
+        match ev.kind {
+            EventType::Added => created += 1,
+            EventType::Modified => updated += 1,
+            EventType::Deleted => panic!("nothing was deleted"),
+        }
+    }
+    assert_eq!(created, 20);
+    assert!(
+        updated >= 20,
+        "every pod was updated at least once: {updated}"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_writers_get_distinct_increasing_versions() {
     let dir = tempdir::Dir::new();
     let store = open(&dir, Config::default());
