@@ -120,45 +120,99 @@ pub async fn run(
                 r.sweep(&client).await;
             }
         }
-        // Heard from within the grace: by this replica, or (replicas) through its Lease or a
-        // live replica's record.
-        let heard = |name: &str| {
-            hub.silent_for(name) < grace
-                || lease_age(leases.as_ref(), name) < grace
-                || records.as_ref().is_some_and(|r| r.heard.contains(name))
-        };
+        // The nodes silent now: not heard within the grace by this replica, through their Lease
+        // or a live replica's record (replicas), and no Ready heartbeat seen within it.
+        let mut silent = Vec::new();
         for name in index.edge_node_names() {
-            let name = name.as_str();
-            if heard(name) {
+            if heard(
+                name.as_str(),
+                &hub,
+                leases.as_ref(),
+                records.as_ref(),
+                grace,
+            ) {
                 continue;
             }
-            let Some(node) = index.get(Kind::Node, "", name) else {
+            let Some(node) = index.get(Kind::Node, "", name.as_str()) else {
                 continue;
             };
-            if heartbeats.fresh(name, &node, grace, tokio::time::Instant::now()) {
+            if heartbeats.fresh(name.as_str(), &node, grace, tokio::time::Instant::now()) {
                 continue;
             }
             let now = kubeedge_core::store::rfc3339(std::time::SystemTime::now());
             let Some(conditions) = unknown_conditions(&node, &now) else {
                 continue;
             };
-            // The edge may have spoken meanwhile: its own report wins.
-            if heard(name) {
-                continue;
-            }
-            let patch = json!({"status": {"conditions": conditions}});
-            match api_in(&client, Kind::Node, "")
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => tracing::info!(
-                    node = name,
-                    silent = ?hub.silent_for(name),
-                    "node silent past its grace period: Ready=Unknown"
-                ),
-                Err(e) => tracing::warn!(node = name, error = %e, "marking a node unreachable"),
-            }
+            let version = node["metadata"]["resourceVersion"].clone();
+            silent.push((name, version, conditions));
         }
+        // Marked a few at a time, each checked again just before: through a busy API a pass
+        // takes a while (one mark after another, 646 marks once took six minutes), and a node
+        // that came back meanwhile (a replica's new record, its own report) is left alone. The
+        // Node's resourceVersion goes with the mark, so that a report landing first fails the
+        // mark (a conflict) rather than being overwritten by it.
+        for batch in silent.chunks(MARKS_AT_ONCE) {
+            if !leadership.is_leader() {
+                break;
+            }
+            if let Some(r) = &mut records {
+                r.refresh(grace);
+            }
+            let marks = batch.iter().filter(|(name, version, _)| {
+                !heard(
+                    name.as_str(),
+                    &hub,
+                    leases.as_ref(),
+                    records.as_ref(),
+                    grace,
+                ) && index
+                    .get(Kind::Node, "", name.as_str())
+                    .is_some_and(|n| n["metadata"]["resourceVersion"] == *version)
+            });
+            futures_util::future::join_all(marks.map(|(name, version, conditions)| {
+                mark_unknown(&client, &hub, name.as_str(), version, conditions)
+            }))
+            .await;
+        }
+    }
+}
+
+/// How many nodes the leader marks at once.
+const MARKS_AT_ONCE: usize = 16;
+
+/// Whether node `name` was heard within `grace`: by this replica, or (replicas) through its
+/// Lease or a live replica's record.
+fn heard(
+    name: &str,
+    hub: &Hub,
+    leases: Option<&Store<Lease>>,
+    records: Option<&Records>,
+    grace: Duration,
+) -> bool {
+    hub.silent_for(name) < grace
+        || lease_age(leases, name) < grace
+        || records.is_some_and(|r| r.heard.contains(name))
+}
+
+/// Marks node `name`, at `version`, with `conditions` (all Unknown).
+async fn mark_unknown(client: &Client, hub: &Hub, name: &str, version: &Value, conditions: &Value) {
+    let patch = json!({"metadata": {"resourceVersion": version},
+                       "status": {"conditions": conditions}});
+    match api_in(client, Kind::Node, "")
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!(
+            node = name,
+            silent = ?hub.silent_for(name),
+            "node silent past its grace period: Ready=Unknown"
+        ),
+        // It changed since it was found silent (its own report, most likely): looked at again
+        // at the next check.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(node = name, "node changed before it was marked")
+        }
+        Err(e) => tracing::warn!(node = name, error = %e, "marking a node unreachable"),
     }
 }
 
@@ -368,8 +422,10 @@ async fn publish_heard(client: Client, hub: Hub, grace: Duration, replica: Leade
         // Connected or not: a node that just left counts as heard until its silence passes the
         // grace, as it would on a single cloudcore.
         let nodes = hub.heard_within(grace);
+        let new = nodes.iter().filter(|n| !published.contains(*n)).count();
         published = nodes.iter().cloned().collect();
-        published_at = Some(tokio::time::Instant::now());
+        let started = tokio::time::Instant::now();
+        published_at = Some(started);
         let data = heard_data(&nodes, Timestamp::now());
         let patch = json!({"data": data});
         let written = match api
@@ -396,7 +452,10 @@ async fn publish_heard(client: Client, hub: Hub, grace: Duration, replica: Leade
             other => other.map(|_| ()),
         };
         match written {
-            Ok(()) => warned = false,
+            Ok(()) => {
+                warned = false;
+                tracing::debug!(record = %name, nodes = nodes.len(), new, took = ?started.elapsed(), "published the nodes this replica hears");
+            }
             // Once per outage: the leader counts these nodes as heard until the grace ends.
             Err(e) if !warned => {
                 warned = true;
@@ -503,6 +562,7 @@ impl Records {
             .filter(|n| !n.is_empty())
             .map(str::to_owned)
             .collect();
+        tracing::debug!(records = ?from, nodes = self.heard.len(), "the live replicas' records changed");
         self.from = from;
     }
 
