@@ -11,7 +11,8 @@
 # --validate=strict, a 3 MiB object), after which the server still serves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked -q -p cloudcore
+# The workspace's binaries as .ci/test builds them (a `-p` list would build them again).
+cargo build --locked -q --workspace --bins --examples
 bin=${CARGO_TARGET_DIR:-target}/debug
 minors=("$@")
 ((${#minors[@]})) || minors=(27 33)

@@ -7,7 +7,8 @@
 # cloud. Ports are picked by the OS (port 0); the ready lines say which.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked -q -p cloudcore -p keadm -p edgecore -p mapper
+# The workspace's binaries as .ci/test builds them (a `-p` list would build them again).
+cargo build --locked -q --workspace --bins --examples
 bin=${CARGO_TARGET_DIR:-target}/debug
 work=$(mktemp -d)
 pid=

@@ -25,7 +25,52 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        kill_processes_in(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Kills every process working in `dir` (its process group with it, but never this test's own):
+/// pods of the process runtime outlive their edgecore, as containers do, so a test's pods stop
+/// with its directory.
+fn kill_processes_in(dir: &Path) {
+    let pgid = |stat: &str| -> Option<i32> {
+        // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(2)?
+            .parse()
+            .ok()
+    };
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| pgid(&s));
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if !std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+            continue;
+        }
+        let group = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| pgid(&s));
+        let target = match group {
+            Some(g) if g > 1 && Some(g) != own => format!("-{g}"),
+            _ => pid.to_string(),
+        };
+        let _ = Command::new("kill").args(["-KILL", "--", &target]).status();
     }
 }
 
