@@ -170,7 +170,7 @@ pub async fn run(
                     .is_some_and(|n| n["metadata"]["resourceVersion"] == *version)
             });
             futures_util::future::join_all(marks.map(|(name, version, conditions)| {
-                mark_unknown(&client, &hub, name.as_str(), version, conditions)
+                mark_logged(&client, &hub, name.as_str(), version, conditions)
             }))
             .await;
         }
@@ -194,24 +194,37 @@ fn heard(
         || records.is_some_and(|r| r.heard.contains(name))
 }
 
-/// Marks node `name`, at `version`, with `conditions` (all Unknown).
-async fn mark_unknown(client: &Client, hub: &Hub, name: &str, version: &Value, conditions: &Value) {
+/// Writes `conditions` (see [`unknown_conditions`]) into node `name`'s status, only if the Node
+/// is still at resourceVersion `version` (as the caller found it silent): `Ok(false)` when it
+/// changed since (a report of its own landed first, and stays), `Ok(true)` when it was marked.
+pub async fn mark_unknown(
+    client: &Client,
+    name: &str,
+    version: &Value,
+    conditions: &Value,
+) -> Result<bool, kube::Error> {
     let patch = json!({"metadata": {"resourceVersion": version},
                        "status": {"conditions": conditions}});
     match api_in(client, Kind::Node, "")
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => tracing::info!(
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`mark_unknown`], logged.
+async fn mark_logged(client: &Client, hub: &Hub, name: &str, version: &Value, conditions: &Value) {
+    match mark_unknown(client, name, version, conditions).await {
+        Ok(true) => tracing::info!(
             node = name,
             silent = ?hub.silent_for(name),
             "node silent past its grace period: Ready=Unknown"
         ),
-        // It changed since it was found silent (its own report, most likely): looked at again
-        // at the next check.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            tracing::debug!(node = name, "node changed before it was marked")
-        }
+        // Looked at again at the next check.
+        Ok(false) => tracing::debug!(node = name, "node changed before it was marked"),
         Err(e) => tracing::warn!(node = name, error = %e, "marking a node unreachable"),
     }
 }

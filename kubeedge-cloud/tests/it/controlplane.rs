@@ -233,3 +233,57 @@ async fn the_python_client_lists_and_watches_pods_and_nodes() {
     );
     core.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_of_unknown_loses_to_a_report_that_landed_first() {
+    let dir = TempDir::new("mark");
+    let core = start(&dir).await;
+    let client = core.client().clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/edge": ""}}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let ready = |beat: &str| {
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "EdgeReady",
+               "lastHeartbeatTime": beat, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    let report = |beat: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            nodes
+                .patch_status("n1", &PatchParams::default(), &Patch::Merge(ready(beat)))
+                .await
+                .unwrap()
+        }
+    };
+    // The leader finds the node silent at this version...
+    let seen = report("2026-01-01T00:00:00Z").await;
+    let seen_version = json!(seen.metadata.resource_version.clone().unwrap());
+    let seen_json = serde_json::to_value(&seen).unwrap();
+    let conditions =
+        kubeedge_cloud::lifecycle::unknown_conditions(&seen_json, "2026-01-01T00:01:00Z").unwrap();
+    // ...the edge reports before the mark lands: the mark loses, the report stays.
+    let reported = report("2026-01-01T00:00:50Z").await;
+    assert!(
+        !kubeedge_cloud::lifecycle::mark_unknown(&client, "n1", &seen_version, &conditions)
+            .await
+            .unwrap()
+    );
+    let ready_status = |n: &Node| {
+        n.status.as_ref().unwrap().conditions.as_ref().unwrap()[0]
+            .status
+            .clone()
+    };
+    assert_eq!(ready_status(&nodes.get("n1").await.unwrap()), "True");
+    // At the version it has now, the mark is written.
+    let now_version = json!(reported.metadata.resource_version.clone().unwrap());
+    assert!(
+        kubeedge_cloud::lifecycle::mark_unknown(&client, "n1", &now_version, &conditions)
+            .await
+            .unwrap()
+    );
+    assert_eq!(ready_status(&nodes.get("n1").await.unwrap()), "Unknown");
+}
