@@ -1176,11 +1176,7 @@ impl Store {
     }
 
     fn lock_ids(&self) -> std::sync::MutexGuard<'_, IdGen> {
-        // A poisoned lock only means a writer panicked; the id generator is still usable.
-        self.inner
-            .write
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.inner.write)
     }
 
     /// One object change, durable when this returns: `change` changes `objects` at the version it

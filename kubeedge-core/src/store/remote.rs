@@ -176,12 +176,7 @@ impl Store {
 
     /// The remote revision the mirror has applied (0 before the first load).
     pub fn mirror_applied(&self) -> u64 {
-        *self
-            .inner
-            .applied
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *super::lock(&self.inner.applied.0)
     }
 
     /// Replaces the mirror's content with the remote's at `revision`: `items` are every key with
@@ -340,9 +335,7 @@ impl Store {
 
     fn set_applied(&self, revision: u64) {
         let (lock, waiters) = &self.inner.applied;
-        let mut applied = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut applied = super::lock(lock);
         *applied = (*applied).max(revision);
         waiters.notify_all();
     }
@@ -356,9 +349,7 @@ impl Store {
     pub(super) fn wait_applied_within(&self, revision: u64, limit: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + limit;
         let (lock, waiters) = &self.inner.applied;
-        let mut applied = lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut applied = super::lock(lock);
         while *applied < revision {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
